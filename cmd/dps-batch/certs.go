@@ -1,12 +1,452 @@
 package main
 
-import "context"
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
 
-// runCerts is a placeholder until the command lands.
-func runCerts(_ context.Context, e *env, args []string) error {
-	fs := newFlagSet(e, "certs", "The certs command (not in this build yet).", "dps-batch certs --help")
+	"github.com/dps-batch/dps-batch/certs"
+)
+
+// certsVerb is one "dps-batch certs" subcommand.
+type certsVerb struct {
+	name    string
+	summary string
+	run     func(ctx context.Context, e *env, args []string) error
+}
+
+func certsVerbs() []certsVerb {
+	return []certsVerb{
+		{"root", "Create a self-signed root CA", runCertsRoot},
+		{"intermediate", "Create an intermediate CA signed by a CA", runCertsIntermediate},
+		{"device", "Create a device certificate whose CN is the registration id", runCertsDevice},
+		{"verification", "Create a proof-of-possession certificate for a DPS verification code", runCertsVerification},
+		{"fleet", "Create a root, an intermediate, N devices, a manifest and a simulator config", runCertsFleet},
+	}
+}
+
+// testCertsWarning goes to stderr after anything is generated.
+const testCertsWarning = "warning: these are TEST certificates for development and the local simulator; do not use them in production"
+
+// runCerts dispatches "dps-batch certs <verb>".
+func runCerts(ctx context.Context, e *env, args []string) error {
+	if len(args) == 0 {
+		return usagef("dps-batch certs --help", "a subcommand is required: root, intermediate, device, verification or fleet")
+	}
+	switch args[0] {
+	case "-h", "-help", "--help", "help":
+		printCertsUsage(e.stdout)
+		return errHelpShown
+	}
+	for _, v := range certsVerbs() {
+		if v.name == args[0] {
+			return v.run(ctx, e, args[1:])
+		}
+	}
+	return usagef("dps-batch certs --help", "unknown certs subcommand %q (want root, intermediate, device, verification or fleet)", args[0])
+}
+
+func printCertsUsage(w io.Writer) {
+	fmt.Fprintf(w, `Generate a test PKI for DPS X.509 attestation: CAs, device certificates,
+proof-of-possession certificates and whole fleets with a manifest. Keys are
+written as unencrypted PKCS#8 PEM with mode 0600. These certificates are for
+tests, demos and the local simulator, not for production.
+
+Usage:
+  dps-batch certs <subcommand> [flags]
+
+Subcommands:
+`)
+	for _, v := range certsVerbs() {
+		fmt.Fprintf(w, "  %-13s %s\n", v.name, v.summary)
+	}
+	fmt.Fprintf(w, `
+Run "dps-batch certs <subcommand> --help" for its flags.
+
+Examples:
+  # a fleet of 1000 devices for the local simulator
+  dps-batch certs fleet --count 1000 --out ./fleet
+
+  # a root, an intermediate and one device, step by step
+  dps-batch certs root --cn "My Test Root" --out ./pki
+  dps-batch certs intermediate --cn "My Test Intermediate" --ca ./pki/root.pem --ca-key ./pki/root.key --out ./pki
+  dps-batch certs device --id dev-0001 --ca ./pki/intermediate.pem --ca-key ./pki/intermediate.key --out ./pki/devices
+`)
+}
+
+// keyFlags are the flags shared by every subcommand that makes a key.
+type keyFlags struct {
+	keyType  string
+	validity time.Duration
+	force    bool
+}
+
+func addKeyFlags(fs *flag.FlagSet, defaultValidity time.Duration, validityHelp string) *keyFlags {
+	var k keyFlags
+	fs.StringVar(&k.keyType, "key-type", string(certs.ECDSAP256), "key `type`: ecdsa-p256, rsa2048 or ed25519")
+	fs.DurationVar(&k.validity, "validity", defaultValidity, validityHelp)
+	fs.BoolVar(&k.force, "force", false, "overwrite existing output files")
+	return &k
+}
+
+// options validates the shared flags.
+func (k *keyFlags) options(verb string) (certs.Options, error) {
+	kt, err := certs.ParseKeyType(k.keyType)
+	if err != nil {
+		return certs.Options{}, usagef("dps-batch certs "+verb+" --help", "--key-type: %s", err)
+	}
+	if k.validity < 0 {
+		return certs.Options{}, usagef("dps-batch certs "+verb+" --help", "--validity %v is negative", k.validity)
+	}
+	return certs.Options{KeyType: kt, Validity: k.validity}, nil
+}
+
+// caFlags are --ca and --ca-key.
+type caFlags struct{ cert, key string }
+
+func addCAFlags(fs *flag.FlagSet) *caFlags {
+	var c caFlags
+	fs.StringVar(&c.cert, "ca", "", "issuing CA certificate `file` (PEM; may be followed by its own chain); required")
+	fs.StringVar(&c.key, "ca-key", "", "issuing CA private key `file` (PEM: PKCS#8, PKCS#1 or SEC1, unencrypted); required")
+	return &c
+}
+
+// load checks the flags and loads the CA. Problems with the files the user
+// named are usage errors: nothing was written and a different flag fixes it.
+func (c *caFlags) load(fs *flag.FlagSet, example string) (*certs.CA, error) {
+	if err := requireFlag(fs, "ca", c.cert, example); err != nil {
+		return nil, err
+	}
+	if err := requireFlag(fs, "ca-key", c.key, example); err != nil {
+		return nil, err
+	}
+	ca, err := certs.LoadCA(c.cert, c.key)
+	if err != nil {
+		return nil, usagef("check --ca and --ca-key: the CA certificate and its matching private key", "%s", err)
+	}
+	return ca, nil
+}
+
+// writeErr turns "file exists" into a usage error with the --force hint and
+// passes other write errors through.
+func writeErr(verb string, err error) error {
+	if errors.Is(err, certs.ErrExists) {
+		return usagef("dps-batch certs "+verb+" ... --force", "%s", err)
+	}
+	return err
+}
+
+const (
+	caValidityHelp   = "validity `duration` (Go syntax: h, m, s); 43800h is 5 years"
+	leafValidityHelp = "validity `duration` (Go syntax: h, m, s); 8760h is 1 year; capped at the CA's expiry"
+)
+
+func runCertsRoot(_ context.Context, e *env, args []string) error {
+	fs := newFlagSet(e, "certs root", "Create a self-signed root CA: DIR/root.pem and DIR/root.key (mode 0600).",
+		`dps-batch certs root --cn "My Test Root" --out ./pki`,
+		`dps-batch certs root --cn "RSA Test Root" --key-type rsa2048 --validity 8760h --out ./pki-rsa`)
+	cn := fs.String("cn", "", "subject common `name` of the root; required")
+	out := fs.String("out", "", "output `directory` (created if needed); required")
+	kf := addKeyFlags(fs, certs.DefaultCAValidity, caValidityHelp)
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	return usagef("dps-batch help", "the certs command is not available in this build yet")
+	example := `dps-batch certs root --cn "My Test Root" --out ./pki`
+	if err := requireFlag(fs, "cn", *cn, example); err != nil {
+		return err
+	}
+	if err := requireFlag(fs, "out", *out, example); err != nil {
+		return err
+	}
+	opts, err := kf.options("root")
+	if err != nil {
+		return err
+	}
+	ca, err := certs.NewRoot(*cn, opts)
+	if err != nil {
+		return err
+	}
+	p, err := certs.WriteCA(*out, ca, "root", kf.force)
+	if err != nil {
+		return writeErr("root", err)
+	}
+	fmt.Fprintf(e.stdout, "root CA %q (expires %s)\n  certificate: %s\n  key:         %s\n",
+		*cn, ca.Cert.NotAfter.UTC().Format(time.DateOnly), p.Cert, p.Key)
+	fmt.Fprintln(e.stderr, testCertsWarning)
+	return nil
+}
+
+func runCertsIntermediate(_ context.Context, e *env, args []string) error {
+	fs := newFlagSet(e, "certs intermediate",
+		"Create an intermediate CA signed by --ca: DIR/intermediate.pem and DIR/intermediate.key (mode 0600).\n"+
+			"The intermediate may issue device certificates but not further CAs.",
+		`dps-batch certs intermediate --cn "My Test Intermediate" --ca ./pki/root.pem --ca-key ./pki/root.key --out ./pki`)
+	cn := fs.String("cn", "", "subject common `name` of the intermediate; required")
+	out := fs.String("out", "", "output `directory` (created if needed); required")
+	name := fs.String("name", "intermediate", "base `name` of the output files: NAME.pem and NAME.key")
+	cf := addCAFlags(fs)
+	kf := addKeyFlags(fs, certs.DefaultCAValidity, caValidityHelp+"; capped at the CA's expiry")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	example := `dps-batch certs intermediate --cn "My Test Intermediate" --ca ./pki/root.pem --ca-key ./pki/root.key --out ./pki`
+	if err := requireFlag(fs, "cn", *cn, example); err != nil {
+		return err
+	}
+	if err := requireFlag(fs, "out", *out, example); err != nil {
+		return err
+	}
+	if err := checkBaseName("name", *name); err != nil {
+		return err
+	}
+	opts, err := kf.options("intermediate")
+	if err != nil {
+		return err
+	}
+	parent, err := cf.load(fs, example)
+	if err != nil {
+		return err
+	}
+	ca, err := parent.NewIntermediate(*cn, opts)
+	if err != nil {
+		return usagef("use a root CA (or an intermediate without a path length limit) as --ca", "%s", err)
+	}
+	p, err := certs.WriteCA(*out, ca, *name, kf.force)
+	if err != nil {
+		return writeErr("intermediate", err)
+	}
+	fmt.Fprintf(e.stdout, "intermediate CA %q issued by %q (expires %s)\n  certificate: %s\n  key:         %s\n",
+		*cn, parent.Cert.Subject.CommonName, ca.Cert.NotAfter.UTC().Format(time.DateOnly), p.Cert, p.Key)
+	fmt.Fprintln(e.stderr, testCertsWarning)
+	return nil
+}
+
+func runCertsDevice(_ context.Context, e *env, args []string) error {
+	fs := newFlagSet(e, "certs device",
+		"Create a device (TLS client) certificate whose subject CN is the registration id:\n"+
+			"DIR/ID.pem (the certificate), DIR/ID.key (mode 0600) and DIR/ID-fullchain.pem\n"+
+			"(the certificate followed by the intermediates up to, not including, the root:\n"+
+			"what the device presents to DPS).",
+		`dps-batch certs device --id dev-0001 --ca ./pki/intermediate.pem --ca-key ./pki/intermediate.key --out ./pki/devices`,
+		`dps-batch certs device --id dev-0002 --ca ./fleet/ca/intermediate.pem --ca-key ./fleet/ca/intermediate.key --out ./fleet/devices`)
+	id := fs.String("id", "", "registration `id`: 1-64 of a-z 0-9 - . _ :, ending in a letter, digit or '-'; required")
+	out := fs.String("out", "", "output `directory` (created if needed); required")
+	cf := addCAFlags(fs)
+	kf := addKeyFlags(fs, certs.DefaultLeafValidity, leafValidityHelp)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	example := `dps-batch certs device --id dev-0001 --ca ./pki/intermediate.pem --ca-key ./pki/intermediate.key --out ./pki/devices`
+	if err := requireFlag(fs, "id", *id, example); err != nil {
+		return err
+	}
+	if err := certs.ValidateRegistrationID(*id); err != nil {
+		return usagef("dps-batch certs device --help", "--id: %s", err)
+	}
+	if err := requireFlag(fs, "out", *out, example); err != nil {
+		return err
+	}
+	opts, err := kf.options("device")
+	if err != nil {
+		return err
+	}
+	ca, err := cf.load(fs, example)
+	if err != nil {
+		return err
+	}
+	leaf, err := ca.NewDevice(*id, opts)
+	if err != nil {
+		return err
+	}
+	p, err := certs.WriteLeaf(*out, leaf, *id, true, kf.force)
+	if err != nil {
+		return writeErr("device", err)
+	}
+	fmt.Fprintf(e.stdout, "device %s issued by %q (expires %s)\n  certificate: %s\n  key:         %s\n  full chain:  %s (%d certificate(s): leaf + intermediates)\n",
+		*id, ca.Cert.Subject.CommonName, leaf.Cert.NotAfter.UTC().Format(time.DateOnly), p.Cert, p.Key, p.FullChain, 1+len(leaf.Chain))
+	fmt.Fprintln(e.stderr, testCertsWarning)
+	return nil
+}
+
+func runCertsVerification(_ context.Context, e *env, args []string) error {
+	fs := newFlagSet(e, "certs verification",
+		"Create a proof-of-possession certificate: subject CN = the verification code DPS\n"+
+			"shows for an uploaded CA certificate, signed with that CA's key. Upload FILE to DPS\n"+
+			"to mark the CA verified. Only the certificate is written: DPS needs nothing else.",
+		`dps-batch certs verification --ca ./pki/root.pem --ca-key ./pki/root.key --code 1A2B3C4D5E6F --out ./pki/verification.pem`)
+	code := fs.String("code", "", "verification `code` from DPS (1-64 printable characters); required")
+	out := fs.String("out", "", "output certificate `file`; required")
+	cf := addCAFlags(fs)
+	kf := addKeyFlags(fs, certs.DefaultLeafValidity, leafValidityHelp)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	example := `dps-batch certs verification --ca ./pki/root.pem --ca-key ./pki/root.key --code CODE --out ./pki/verification.pem`
+	if err := requireFlag(fs, "code", *code, example); err != nil {
+		return err
+	}
+	if err := requireFlag(fs, "out", *out, example); err != nil {
+		return err
+	}
+	opts, err := kf.options("verification")
+	if err != nil {
+		return err
+	}
+	ca, err := cf.load(fs, example)
+	if err != nil {
+		return err
+	}
+	leaf, err := ca.NewVerification(*code, opts)
+	if err != nil {
+		return usagef("dps-batch certs verification --help", "--code: %s", err)
+	}
+	if err := certs.WriteCertFile(*out, kf.force, leaf.Cert); err != nil {
+		return writeErr("verification", err)
+	}
+	fmt.Fprintf(e.stdout, "verification certificate for %q (CN %s)\n  certificate: %s\nUpload it to DPS to complete proof of possession.\n",
+		ca.Cert.Subject.CommonName, *code, *out)
+	fmt.Fprintln(e.stderr, testCertsWarning)
+	return nil
+}
+
+// defaultIDScope is the placeholder ID scope for simulator configurations.
+const defaultIDScope = "0ne00000000"
+
+func runCertsFleet(ctx context.Context, e *env, args []string) error {
+	fs := newFlagSet(e, "certs fleet",
+		"Create a fleet of test devices for X.509 group enrollment:\n"+
+			"  DIR/ca/root.pem, root.key                 the root CA\n"+
+			"  DIR/ca/intermediate.pem, intermediate.key the CA devices are issued by (--chain intermediate)\n"+
+			"  DIR/devices/ID.pem, ID.key                one certificate (leaf only) and key per device\n"+
+			"  DIR/manifest.csv                          registration_id,cert_path,key_path,chain_path (paths relative to DIR)\n"+
+			"  DIR/sim.json                              a simulator configuration with one enrollment group for the fleet's CA\n"+
+			"Registration ids are PREFIX + index zero-padded to at least 5 digits (dev-00001).\n"+
+			"The manifest is written last: a fleet directory with a manifest is complete.",
+		`dps-batch certs fleet --count 1000 --out ./fleet`,
+		`dps-batch certs fleet --count 100000 --prefix sensor- --chain root --out ./big-fleet --force`,
+		"# then serve it with the local simulator and provision it\n"+
+			"dps-batch certs fleet --count 100 --out ./fleet --id-scope 0ne00000000\n"+
+			"dps-batch sim --help")
+	count := fs.Int("count", 0, "`number` of devices; required, at least 1")
+	out := fs.String("out", "", "output `directory` (created if needed); required")
+	prefix := fs.String("prefix", "dev-", "registration id `prefix`")
+	chain := fs.String("chain", certs.ChainIntermediate, "`issuer` of the devices: intermediate (root > intermediate > device) or root (root > device)")
+	idScope := fs.String("id-scope", defaultIDScope, "DPS ID `scope` written to the simulator configuration")
+	workers := fs.Int("workers", 0, "`number` of devices generated at once; 0 means one per CPU")
+	kf := addKeyFlags(fs, 0, "validity `duration` of every certificate (Go syntax: h, m, s); 0 means 43800h for CAs and 8760h for devices")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	example := `dps-batch certs fleet --count 1000 --out ./fleet`
+	if err := requireFlag(fs, "out", *out, example); err != nil {
+		return err
+	}
+	if *count <= 0 {
+		return usagef(example, "--count must be at least 1 (got %d)", *count)
+	}
+	if *workers < 0 {
+		return usagef("dps-batch certs fleet --help", "--workers must not be negative (got %d)", *workers)
+	}
+	if *prefix == "" {
+		return usagef("dps-batch certs fleet --help", "--prefix must not be empty")
+	}
+	if err := certs.ValidateRegistrationID(*prefix + "00001"); err != nil {
+		return usagef("dps-batch certs fleet --help", "--prefix %q makes invalid registration ids: %s", *prefix, err)
+	}
+	if *chain != certs.ChainRoot && *chain != certs.ChainIntermediate {
+		return usagef("dps-batch certs fleet --help", "--chain %q: want intermediate or root", *chain)
+	}
+	if err := requireFlag(fs, "id-scope", *idScope, example); err != nil {
+		return err
+	}
+	opts, err := kf.options("fleet")
+	if err != nil {
+		return err
+	}
+
+	// The first interrupt stops generation: device files are written whole,
+	// so there is nothing to drain, and the manifest is not written.
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-e.drain:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+
+	start := time.Now()
+	fleet, err := certs.GenerateFleet(ctx, certs.FleetOptions{
+		Dir:      *out,
+		Count:    *count,
+		Prefix:   *prefix,
+		Chain:    *chain,
+		KeyType:  opts.KeyType,
+		Validity: opts.Validity,
+		Force:    kf.force,
+		Workers:  *workers,
+		Progress: fleetProgress(e.stderr, *count),
+	})
+	if err != nil {
+		if errors.Is(err, context.Canceled) {
+			return fmt.Errorf("%w; no manifest was written: run the same command with --force to start again", err)
+		}
+		return writeErr("fleet", err)
+	}
+	elapsed := time.Since(start)
+
+	w := e.stdout
+	fmt.Fprintf(w, "fleet of %d devices in %s (%s, %.0f devices/s)\n", len(fleet.RegistrationIDs), fleet.Dir,
+		elapsed.Round(time.Millisecond), float64(len(fleet.RegistrationIDs))/elapsed.Seconds())
+	fmt.Fprintf(w, "  root CA:         %s\n", fleet.RootCertPath)
+	if fleet.IntermediateCertPath != "" {
+		fmt.Fprintf(w, "  intermediate CA: %s\n", fleet.IntermediateCertPath)
+	}
+	fmt.Fprintf(w, "  group CA:        %q (reference it in the enrollment group)\n", fleet.GroupCA.Cert.Subject.CommonName)
+	fmt.Fprintf(w, "  devices:         %s (%s ... %s)\n", filepath.Join(fleet.Dir, "devices"),
+		fleet.RegistrationIDs[0], fleet.RegistrationIDs[len(fleet.RegistrationIDs)-1])
+	fmt.Fprintf(w, "  manifest:        %s\n", fleet.ManifestPath)
+	simPath, err := writeFleetSimConfig(fleet.Dir, *idScope, certs.CertPEM(fleet.GroupCA.Cert), kf.force)
+	if err != nil {
+		// The certificates are complete and usable without it.
+		fmt.Fprintf(e.stderr, "warning: simulator configuration not written: %s\n", err)
+	} else {
+		fmt.Fprintf(w, "  simulator:       %s (ID scope %s)\n", simPath, *idScope)
+	}
+	fmt.Fprintln(e.stderr, testCertsWarning)
+	return nil
+}
+
+// fleetProgress returns a Progress callback that prints a line to w at
+// every tenth of a large fleet, or nil for small fleets that finish quickly.
+func fleetProgress(w io.Writer, count int) func(int) {
+	if count < 10000 {
+		return nil
+	}
+	var mu sync.Mutex // Progress is called from several workers at once
+	step := count / 10
+	return func(done int) {
+		if done%step != 0 || done == count {
+			return
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		fmt.Fprintf(w, "generated %d/%d devices\n", done, count)
+	}
+}
+
+// checkBaseName refuses a file base name that would escape the output
+// directory or be empty.
+func checkBaseName(flagName, name string) error {
+	if name == "" || name == "." || name == ".." || strings.ContainsAny(name, `/\`) {
+		return usagef("dps-batch certs --help", "--%s %q must be a plain file name without directories", flagName, name)
+	}
+	return nil
 }
