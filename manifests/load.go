@@ -654,7 +654,10 @@ func parseKey(data []byte, certsAllowed bool) (crypto.Signer, *issue) {
 			hintText: "keep only the device certificate's private key in the file"}
 	case key != nil:
 		return key, nil
-	case sawCert && !certsAllowed:
+	case sawCert && certsAllowed:
+		return nil, &issue{msg: "file holds a certificate but no private key",
+			hintText: "key_path names the same file as cert_path; point key_path at the certificate's private key"}
+	case sawCert:
 		return nil, &issue{msg: "file holds a certificate, not a private key",
 			hintText: "point key_path at the private key and cert_path at the certificate (are they swapped?)"}
 	case len(data) > 0 && data[0] == 0x30:

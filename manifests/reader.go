@@ -403,24 +403,25 @@ func (l *lineLimitReader) Read(p []byte) (int, error) {
 		return 0, l.err
 	}
 	n, err := l.r.Read(p)
-	chunk := p[:n]
-	for len(chunk) > 0 {
-		i := bytes.IndexByte(chunk, '\n')
-		if i < 0 {
-			l.cur += len(chunk)
-			break
+	for start := 0; start < n; {
+		i := bytes.IndexByte(p[start:n], '\n')
+		seg := n - start
+		if i >= 0 {
+			seg = i
 		}
-		if l.cur+i > l.max {
-			l.cur += i
+		if l.cur+seg > l.max {
+			// Hand over data up to just past the limit and no newline, so
+			// the over-long line can never be returned as a record.
+			l.err = fmt.Errorf("line %d is longer than %d bytes; is this a CSV manifest? %w", l.line+1, l.max, errLineTooLong)
+			return start + l.max - l.cur + 1, l.err
+		}
+		if i < 0 {
+			l.cur += seg
 			break
 		}
 		l.cur = 0
 		l.line++
-		chunk = chunk[i+1:]
-	}
-	if l.cur > l.max {
-		l.err = fmt.Errorf("line %d is longer than %d bytes; is this a CSV manifest? %w", l.line+1, l.max, errLineTooLong)
-		return n, l.err
+		start += i + 1
 	}
 	return n, err
 }

@@ -104,7 +104,9 @@ func Validate(ctx context.Context, path string, opts Options, maxProblems int) (
 				Hint:    "registration ids must be unique; remove the repeated row or give it its own id",
 			}, maxProblems)
 			if k, ok := suspectKinds[d.line]; ok {
-				s.ByKind[k]--
+				if s.ByKind[k]--; s.ByKind[k] == 0 {
+					delete(s.ByKind, k)
+				}
 			}
 		}
 	}
