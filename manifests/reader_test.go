@@ -12,10 +12,10 @@ import (
 func TestHeader(t *testing.T) {
 	type want struct{ column, substr string }
 	tests := []struct {
-		name   string
-		input  string
-		want   []want // every header problem, in order; nil: header is fine
-		wantID string // hint substring of the first problem, if set
+		name     string
+		input    string
+		want     []want // every header problem, in order; nil: header is fine
+		wantHint string // hint substring of the first problem, if set
 	}{
 		{name: "all columns", input: header + "\n"},
 		{name: "symmetric only", input: "registration_id,symmetric_key\n"},
@@ -32,8 +32,8 @@ func TestHeader(t *testing.T) {
 		{name: "missing registration_id", input: "symmetric_key\n",
 			want: []want{{colRegistrationID, "required column is missing"}}},
 		{name: "unknown and misspelt columns", input: "regstration_id,cert_path,key_path,notes\n",
-			want: []want{{"regstration_id", "unknown column"}, {"notes", "unknown column"}, {colRegistrationID, "required column is missing"}},
-			wantID: `did you mean "registration_id"?`},
+			want:     []want{{"regstration_id", "unknown column"}, {"notes", "unknown column"}, {colRegistrationID, "required column is missing"}},
+			wantHint: `did you mean "registration_id"?`},
 		{name: "duplicate column", input: "registration_id,symmetric_key,Registration_ID\n",
 			want: []want{{colRegistrationID, "column appears twice (columns 1 and 3)"}}},
 		{name: "empty column name", input: "registration_id,,symmetric_key\n",
@@ -69,8 +69,8 @@ func TestHeader(t *testing.T) {
 						i, p.Line, p.Column, p.Message, p.Hint, w.column, w.substr)
 				}
 			}
-			if tt.wantID != "" && !strings.Contains(he.Problems[0].Hint, tt.wantID) {
-				t.Errorf("hint = %q, want it to contain %q", he.Problems[0].Hint, tt.wantID)
+			if tt.wantHint != "" && !strings.Contains(he.Problems[0].Hint, tt.wantHint) {
+				t.Errorf("hint = %q, want it to contain %q", he.Problems[0].Hint, tt.wantHint)
 			}
 			if msg := he.Error(); !strings.Contains(msg, he.Problems[len(he.Problems)-1].Message) {
 				t.Errorf("HeaderError.Error() = %q, want it to list every problem", msg)

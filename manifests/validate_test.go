@@ -194,9 +194,9 @@ func TestValidateAllProblemsAtOnce(t *testing.T) {
 	fx := mustFixture(t)
 	path := writeManifest(t, fx.dir, "many.csv", header,
 		"# a comment line",
-		"dev-3,devices/dev-4.pem,devices/dev-3.key,,,",   // line 3: CN and key mismatch
-		"dev-4,devices/dev-4.pem,devices/dev-4.key,,,",   // line 4: good
-		"dev-5,,,,,",                                     // line 5: no credentials
+		"dev-3,devices/dev-4.pem,devices/dev-3.key,,,", // line 3: CN and key mismatch
+		"dev-4,devices/dev-4.pem,devices/dev-4.key,,,", // line 4: good
+		"dev-5,,,,,", // line 5: no credentials
 		"dev-4,devices/dev-4.pem,devices/dev-4.key,,,",   // line 6: duplicate of line 4
 		"dev-2,devices/dev-2.pem,bad/open.key,,,",        // line 7: key mismatch + warning
 		"dev-4,devices/dev-4.pem,devices/dev-4.key,,,",   // line 8: duplicate again
