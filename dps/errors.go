@@ -195,6 +195,36 @@ const (
 	alertCertificateRequired    = 116
 )
 
+// isRemoteAlert reports whether err is a TLS alert received from the
+// server and stores its code in a. crypto/tls reports received alerts as a
+// *net.OpError with Op "remote error" around an unexported alert type whose
+// text equals tls.AlertError's; QUIC-style callers get tls.AlertError itself.
+func isRemoteAlert(err error, a *tls.AlertError) bool {
+	if errors.As(err, a) {
+		return true
+	}
+	var op *net.OpError
+	if !errors.As(err, &op) || op.Op != "remote error" || op.Err == nil {
+		return false
+	}
+	msg := op.Err.Error()
+	for _, code := range knownAlerts {
+		if tls.AlertError(code).Error() == msg {
+			*a = tls.AlertError(code)
+			return true
+		}
+	}
+	*a = 0 // some other alert
+	return true
+}
+
+// knownAlerts are the alerts classifyCause distinguishes.
+var knownAlerts = []uint8{
+	alertHandshakeFailure, alertBadCertificate, alertUnsupportedCertificate, alertCertificateRevoked,
+	alertCertificateExpired, alertCertificateUnknown, alertUnknownCA, alertAccessDenied,
+	alertProtocolVersion, alertInsufficientSecurity, alertCertificateRequired,
+}
+
 // classifyCause classifies an error by what caused it.
 func classifyCause(err error) Class {
 	var (
@@ -221,7 +251,9 @@ func classifyCause(err error) Class {
 	case errors.As(err, &record):
 		// The endpoint does not speak TLS (plain HTTP on the port, or not a web server).
 		return Fatal
-	case errors.As(err, &alert):
+	case errors.Is(err, http.ErrSchemeMismatch):
+		return Fatal
+	case isRemoteAlert(err, &alert):
 		switch alert {
 		case alertHandshakeFailure, alertBadCertificate, alertUnsupportedCertificate, alertCertificateRevoked,
 			alertCertificateExpired, alertCertificateUnknown, alertUnknownCA, alertAccessDenied, alertCertificateRequired:
@@ -309,9 +341,9 @@ func Hint(err error) string {
 		return hintTimeout
 	case errors.As(err, &verr), errors.As(err, &unkCA), errors.As(err, &host), errors.As(err, &inval):
 		return hintServerTrust
-	case errors.As(err, &record):
+	case errors.As(err, &record), errors.Is(err, http.ErrSchemeMismatch):
 		return hintNotTLS
-	case errors.As(err, &alert) && Classify(err) == Permanent:
+	case isRemoteAlert(err, &alert) && Classify(err) == Permanent:
 		return hintDeviceCert
 	case errors.As(err, &dns) && dns.IsNotFound:
 		return hintNoHost

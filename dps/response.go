@@ -139,12 +139,12 @@ func redactSAS(s string) string {
 			i += len("SharedAccessSignature ")
 			b.WriteString(s[:i])
 			b.WriteString(redacted)
-			s = s[i+tokenEnd(s[i:], " \t\r\n\"'"):]
+			s = s[i+tokenEnd(s[i:], " \t\r\n\"',;"):]
 		default:
 			j += len("sig=")
 			b.WriteString(s[:j])
 			b.WriteString(redacted)
-			s = s[j+tokenEnd(s[j:], "& \t\r\n\"'"):]
+			s = s[j+tokenEnd(s[j:], "& \t\r\n\"',;"):]
 		}
 	}
 }
