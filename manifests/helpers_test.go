@@ -9,6 +9,7 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"math/big"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -33,6 +34,7 @@ type certOpts struct {
 	notBefore, notAfter time.Time
 	eku                 []x509.ExtKeyUsage // nil: clientAuth; empty non-nil: none
 	key                 crypto.Signer      // nil: a new P-256 key
+	ips                 []net.IP           // IP address SANs
 }
 
 // p256Key returns a fresh ECDSA P-256 key.
@@ -62,6 +64,7 @@ func issueCert(tb testing.TB, parent *testCA, cn string, isCA bool, o certOpts) 
 		NotAfter:              testNow.Add(24 * time.Hour),
 		BasicConstraintsValid: true,
 		IsCA:                  isCA,
+		IPAddresses:           o.ips,
 	}
 	if !o.notBefore.IsZero() {
 		tmpl.NotBefore = o.notBefore
