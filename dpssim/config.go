@@ -1,0 +1,745 @@
+package dpssim
+
+import (
+	"bytes"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/dps-batch/dps-batch/certs"
+)
+
+// Defaults used when the corresponding Config field is zero.
+const (
+	// DefaultIDScope is the ID scope served when Config.IDScope is empty. It
+	// is also what "dps-batch certs fleet" writes when given no scope.
+	DefaultIDScope = "0ne00000000"
+	// DefaultRetryAfterSeconds is the Retry-After DPS sends on its 202s.
+	DefaultRetryAfterSeconds = 3
+	// DefaultRegistrationsPerMinute is the DPS registration quota per instance.
+	DefaultRegistrationsPerMinute = 1000
+	// DefaultPollsPer10sPerDevice is the DPS operation-status polling quota.
+	DefaultPollsPer10sPerDevice = 5
+	// DefaultHubField is the payload field the custom allocation policy reads.
+	DefaultHubField = "iotHub"
+)
+
+// DefaultHubs are the linked IoT hubs used when Config.Hubs is empty.
+var DefaultHubs = []string{"hub-1.azure-devices.net", "hub-2.azure-devices.net"}
+
+// Allocation policies (Config.Allocation). The names follow the DPS service
+// API's allocationPolicy values where one exists.
+const (
+	// AllocationHashed picks a hub from a hash of the registration id, so a
+	// device always lands on the same hub (DPS's "evenly weighted
+	// distribution", allocationPolicy "hashed"). The default.
+	AllocationHashed = "hashed"
+	// AllocationEvenlyWeighted picks the linked hub with the fewest devices
+	// assigned so far (ties go to the hub listed first). A repeat
+	// registration is re-evaluated and may move the device.
+	AllocationEvenlyWeighted = "evenlyWeighted"
+	// AllocationStatic sends every device to the first linked hub (or the
+	// enrollment's iotHub).
+	AllocationStatic = "static"
+	// AllocationCustom lets the registration payload pick the hub, standing in
+	// for a DPS custom allocation webhook: the payload field named by
+	// CustomAllocation.HubField names a linked hub. A payload without the
+	// field falls back to hashed; a field naming a hub that is not linked
+	// fails the registration with 400207.
+	AllocationCustom = "custom"
+)
+
+// Provisioning status values of an enrollment.
+const (
+	ProvisioningEnabled  = "enabled"
+	ProvisioningDisabled = "disabled"
+)
+
+// Config describes one simulated DPS instance: its ID scope, linked hubs,
+// CA certificates and enrollments, plus quotas and fault knobs. It is read
+// from a JSON file by LoadConfig; every field may be omitted and the zero
+// value is a working, empty instance. Example:
+//
+//	{
+//	  "idScope": "0ne00000000",
+//	  "hubs": ["hub-1.azure-devices.net", "hub-2.azure-devices.net"],
+//	  "allocationPolicy": "hashed",
+//	  "certificates": [
+//	    {"name": "fleet-ca", "file": "ca/intermediate.pem", "verified": true}
+//	  ],
+//	  "enrollmentGroups": [
+//	    {"enrollmentGroupId": "fleet", "attestation": {"x509": {"caCertificate": "fleet-ca"}}},
+//	    {"enrollmentGroupId": "sensors", "attestation": {"symmetricKey": {"primaryKey": "base64..."}}}
+//	  ],
+//	  "individualEnrollments": [
+//	    {"registrationId": "dev-1", "attestation": {"x509": {"certificateFile": "dev-1.pem"}}, "deviceId": "boiler-1"},
+//	    {"registrationId": "dev-2", "attestation": {"symmetricKey": {"primaryKey": "base64...", "secondaryKey": "base64..."}},
+//	     "provisioningStatus": "disabled"}
+//	  ],
+//	  "retryAfterSeconds": 3,
+//	  "assignmentDelay": "500ms",
+//	  "quotas": {"registrationsPerMinute": 1000, "pollsPer10sPerDevice": 5},
+//	  "faults": {"seed": 1, "registerErrorRate": 0.05, "latency": "20ms"}
+//	}
+//
+// File paths (file, certificateFile, signingCertificateFile) are relative to
+// the directory of the configuration file.
+type Config struct {
+	// IDScope is the scope devices put first in every path; "" means
+	// DefaultIDScope.
+	IDScope string `json:"idScope"`
+	// Hubs are the linked IoT hub host names; empty means DefaultHubs.
+	Hubs []string `json:"hubs,omitempty"`
+	// Allocation is the allocation policy: "hashed" (the default when
+	// empty), "evenlyWeighted", "static" or "custom"; see the Allocation*
+	// constants.
+	Allocation string `json:"allocationPolicy,omitempty"`
+	// CustomAllocation tunes the "custom" policy and payload echoing.
+	CustomAllocation CustomAllocation `json:"customAllocation"`
+	// Certificates are the CA certificates uploaded to the instance, each
+	// verified (proof of possession done) or not.
+	Certificates []CACertificate `json:"certificates"`
+	// Individual are the individual enrollments, one per registration id.
+	Individual []IndividualEnrollment `json:"individualEnrollments"`
+	// Groups are the enrollment groups, tried in order.
+	Groups []EnrollmentGroup `json:"enrollmentGroups"`
+	// RetryAfterSeconds is the Retry-After sent with every 202; nil means
+	// DefaultRetryAfterSeconds, 0 asks clients not to wait (fast tests).
+	RetryAfterSeconds *int `json:"retryAfterSeconds,omitempty"`
+	// AssignmentDelay is how long an operation stays "assigning" after its
+	// register PUT; zero means it is assigned by the first poll. JSON: "1.5s".
+	AssignmentDelay Duration `json:"assignmentDelay"`
+	// Quotas are the throttling limits.
+	Quotas Quotas `json:"quotas"`
+	// Faults are the injected failures; the zero value injects none.
+	Faults Faults `json:"faults"`
+}
+
+// CustomAllocation configures the "custom" allocation policy, which stands in
+// for a DPS custom allocation webhook.
+type CustomAllocation struct {
+	// HubField is the top-level payload field whose string value names the
+	// hub; "" means DefaultHubField ("iotHub").
+	HubField string `json:"hubField,omitempty"`
+	// EchoPayload returns the request payload in registrationState.payload,
+	// as a webhook that returns the payload would. It applies whatever the
+	// policy; false (the default) returns no payload, like DPS without a
+	// webhook.
+	EchoPayload bool `json:"echoPayload,omitempty"`
+}
+
+// CACertificate is a CA certificate uploaded to the instance (DPS
+// "Certificates" blade), referenced by X.509 enrollment groups by name.
+type CACertificate struct {
+	// Name identifies the certificate in enrollment groups and in the
+	// /_sim/certificates/{name} admin endpoints.
+	Name string `json:"name"`
+	// PEM is the certificate; alternatively File names a PEM file.
+	PEM string `json:"pem,omitempty"`
+	// File is a PEM file, relative to the configuration file's directory.
+	File string `json:"file,omitempty"`
+	// Verified says proof of possession of the CA key was done. Groups
+	// whose CA is not verified reject every device with 401002, like DPS.
+	// The /_sim/certificates/{name}/verify endpoint sets it at run time.
+	Verified bool `json:"verified"`
+}
+
+// IndividualEnrollment admits one device by registration id.
+type IndividualEnrollment struct {
+	// RegistrationID is the device's registration id (for X.509, the CN of
+	// its certificate).
+	RegistrationID string `json:"registrationId"`
+	// Attestation is how the device proves its identity: exactly one of
+	// x509 (certificate or certificateFile) or symmetricKey.
+	Attestation Attestation `json:"attestation"`
+	// DeviceID is the IoT Hub device id to create; "" means the
+	// registration id.
+	DeviceID string `json:"deviceId,omitempty"`
+	// IoTHub pins the device to one linked hub, overriding the policy.
+	IoTHub string `json:"iotHub,omitempty"`
+	// ProvisioningStatus is "enabled" (the default when empty) or
+	// "disabled"; a disabled enrollment's operations end "disabled".
+	ProvisioningStatus string `json:"provisioningStatus,omitempty"`
+}
+
+// EnrollmentGroup admits every device that proves membership: a certificate
+// chaining to the group's CA, or a SAS token signed with a key derived from
+// the group key.
+type EnrollmentGroup struct {
+	// EnrollmentGroupID names the group.
+	EnrollmentGroupID string `json:"enrollmentGroupId"`
+	// Attestation is exactly one of x509 (caCertificate, signingCertificate
+	// or signingCertificateFile) or symmetricKey.
+	Attestation Attestation `json:"attestation"`
+	// IoTHub pins the group's devices to one linked hub.
+	IoTHub string `json:"iotHub,omitempty"`
+	// ProvisioningStatus is "enabled" (default) or "disabled".
+	ProvisioningStatus string `json:"provisioningStatus,omitempty"`
+}
+
+// Attestation holds exactly one attestation mechanism.
+type Attestation struct {
+	X509         *X509Attestation         `json:"x509,omitempty"`
+	SymmetricKey *SymmetricKeyAttestation `json:"symmetricKey,omitempty"`
+}
+
+// X509Attestation is the X.509 part of an enrollment. Individual enrollments
+// set Certificate (or CertificateFile); groups set CACertificate, or
+// SigningCertificate (or SigningCertificateFile).
+type X509Attestation struct {
+	// Certificate is the device certificate (PEM) of an individual
+	// enrollment; the device must present exactly this certificate.
+	Certificate string `json:"certificate,omitempty"`
+	// CertificateFile is Certificate read from a file.
+	CertificateFile string `json:"certificateFile,omitempty"`
+	// CACertificate names an entry of Config.Certificates (DPS
+	// "caReferences"): the group's CA, which must be verified.
+	CACertificate string `json:"caCertificate,omitempty"`
+	// SigningCertificate is a CA certificate (PEM) uploaded to the group
+	// itself (DPS "signingCertificates", the portal's "intermediate
+	// certificate" option). Uploading it is enough: no proof of possession.
+	SigningCertificate string `json:"signingCertificate,omitempty"`
+	// SigningCertificateFile is SigningCertificate read from a file.
+	SigningCertificateFile string `json:"signingCertificateFile,omitempty"`
+}
+
+// SymmetricKeyAttestation holds base64 keys (16 to 64 bytes decoded). For a
+// group they are group keys: devices sign with
+// base64(HMAC-SHA256(groupKey, registrationId)).
+type SymmetricKeyAttestation struct {
+	PrimaryKey   string `json:"primaryKey"`
+	SecondaryKey string `json:"secondaryKey,omitempty"`
+}
+
+// Quotas are the throttling limits. Register and poll are throttled
+// separately, as DPS does; a throttled request gets 429 with Retry-After.
+type Quotas struct {
+	// RegistrationsPerMinute limits register PUTs for the whole instance
+	// (a token bucket holding one minute's worth); 0 means
+	// DefaultRegistrationsPerMinute, negative means unlimited.
+	RegistrationsPerMinute int `json:"registrationsPerMinute"`
+	// PollsPer10sPerDevice limits operation-status GETs per registration id
+	// in any 10-second window; 0 means DefaultPollsPer10sPerDevice,
+	// negative means unlimited.
+	PollsPer10sPerDevice int `json:"pollsPer10sPerDevice"`
+}
+
+// Faults are injected failures. Every decision is a pure function of Seed,
+// the registration id, the kind of request and how many requests of that
+// kind the id has sent, so a run is reproducible whatever the interleaving
+// of devices. Faults apply to authenticated device requests only.
+type Faults struct {
+	// Seed selects the fault sequence.
+	Seed int64 `json:"seed"`
+	// RegisterErrorRate is the probability (0..1) that a register PUT
+	// answers 500 or 503 (half each) without starting an operation.
+	RegisterErrorRate float64 `json:"registerErrorRate"`
+	// PollErrorRate is the same for operation-status GETs.
+	PollErrorRate float64 `json:"pollErrorRate"`
+	// LookupErrorRate is the same for registration status lookups.
+	LookupErrorRate float64 `json:"lookupErrorRate"`
+	// DropConnectionRate is the probability that a request is dropped
+	// unanswered (connection closed) before it has any effect.
+	DropConnectionRate float64 `json:"dropConnectionRate"`
+	// DropResponseRate is the probability that a request takes effect (a
+	// register starts its operation) but its response is lost: the
+	// connection is closed instead. Clients then cannot tell whether it
+	// happened.
+	DropResponseRate float64 `json:"dropResponseRate"`
+	// Latency is added to every device request.
+	Latency Duration `json:"latency"`
+	// LatencyJitter adds a further uniform random delay in [0, LatencyJitter).
+	LatencyJitter Duration `json:"latencyJitter"`
+	// StayAssigningPolls makes the first N polls of every operation answer
+	// 202 "assigning" even when the assignment is done.
+	StayAssigningPolls int `json:"stayAssigningPolls"`
+}
+
+// Duration is a time.Duration that reads and writes JSON as a Go duration
+// string ("1.5s", "250ms"); a bare JSON number is taken as seconds.
+type Duration time.Duration
+
+// MarshalJSON writes d as a duration string.
+func (d Duration) MarshalJSON() ([]byte, error) {
+	return json.Marshal(time.Duration(d).String())
+}
+
+// UnmarshalJSON reads a duration string or a number of seconds.
+func (d *Duration) UnmarshalJSON(b []byte) error {
+	if len(b) > 0 && b[0] == '"' {
+		var s string
+		if err := json.Unmarshal(b, &s); err != nil {
+			return err
+		}
+		v, err := time.ParseDuration(s)
+		if err != nil {
+			return fmt.Errorf("duration %q: want a value like \"1.5s\" or \"250ms\"", s)
+		}
+		*d = Duration(v)
+		return nil
+	}
+	secs, err := strconv.ParseFloat(string(b), 64)
+	if err != nil {
+		return fmt.Errorf("duration %s: want a string like \"1.5s\" or a number of seconds", b)
+	}
+	*d = Duration(secs * float64(time.Second))
+	return nil
+}
+
+// LoadConfig reads and validates a JSON configuration file. File paths in it
+// are resolved against the file's directory and the files are read, so the
+// returned Config carries the PEM text itself. Errors name the file and the
+// offending field (or line and column for syntax errors).
+func LoadConfig(path string) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("load simulator config: %w", err)
+	}
+	var cfg Config
+	dec := json.NewDecoder(bytes.NewReader(data))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&cfg); err != nil {
+		return nil, fmt.Errorf("load simulator config %s: %w", path, describeJSONError(data, err))
+	}
+	if dec.More() {
+		return nil, fmt.Errorf("load simulator config %s: unexpected data after the JSON object", path)
+	}
+	if err := cfg.readFiles(filepath.Dir(path)); err != nil {
+		return nil, fmt.Errorf("load simulator config %s: %w", path, err)
+	}
+	if _, err := compile(cfg); err != nil {
+		return nil, fmt.Errorf("load simulator config %s: %w", path, err)
+	}
+	return &cfg, nil
+}
+
+// describeJSONError adds line and column to a syntax or type error.
+func describeJSONError(data []byte, err error) error {
+	var syn *json.SyntaxError
+	var typ *json.UnmarshalTypeError
+	switch {
+	case errors.As(err, &syn):
+		line, col := lineCol(data, syn.Offset)
+		return fmt.Errorf("line %d, column %d: %w", line, col, err)
+	case errors.As(err, &typ):
+		line, col := lineCol(data, typ.Offset)
+		return fmt.Errorf("line %d, column %d: field %s: want %s, got JSON %s", line, col, typ.Field, typ.Type, typ.Value)
+	}
+	return err
+}
+
+func lineCol(data []byte, off int64) (line, col int) {
+	if off > int64(len(data)) {
+		off = int64(len(data))
+	}
+	before := data[:off]
+	line = bytes.Count(before, []byte("\n")) + 1
+	col = int(off) - bytes.LastIndexByte(before, '\n')
+	return line, col
+}
+
+// readFiles replaces every file reference with the file's content. Relative
+// paths are taken from dir.
+func (c *Config) readFiles(dir string) error {
+	// Copy the slices first: the caller's Config must not change.
+	c.Certificates = append([]CACertificate(nil), c.Certificates...)
+	c.Individual = append([]IndividualEnrollment(nil), c.Individual...)
+	c.Groups = append([]EnrollmentGroup(nil), c.Groups...)
+	read := func(field, name string) (string, error) {
+		p := name
+		if !filepath.IsAbs(p) && dir != "" {
+			p = filepath.Join(dir, p)
+		}
+		b, err := os.ReadFile(p)
+		if err != nil {
+			return "", fmt.Errorf("%s: %w", field, err)
+		}
+		return string(b), nil
+	}
+	for i := range c.Certificates {
+		ca := &c.Certificates[i]
+		if ca.File == "" {
+			continue
+		}
+		if ca.PEM != "" {
+			return fmt.Errorf("certificates[%d] (%s): set pem or file, not both", i, ca.Name)
+		}
+		pem, err := read(fmt.Sprintf("certificates[%d] (%s).file", i, ca.Name), ca.File)
+		if err != nil {
+			return err
+		}
+		ca.PEM, ca.File = pem, ""
+	}
+	for i := range c.Individual {
+		e := &c.Individual[i]
+		if x := e.Attestation.X509; x != nil && x.CertificateFile != "" {
+			if x.Certificate != "" {
+				return fmt.Errorf("individualEnrollments[%d] (%s): set attestation.x509.certificate or certificateFile, not both", i, e.RegistrationID)
+			}
+			pem, err := read(fmt.Sprintf("individualEnrollments[%d] (%s).attestation.x509.certificateFile", i, e.RegistrationID), x.CertificateFile)
+			if err != nil {
+				return err
+			}
+			x2 := *x
+			x2.Certificate, x2.CertificateFile = pem, ""
+			e.Attestation.X509 = &x2
+		}
+	}
+	for i := range c.Groups {
+		g := &c.Groups[i]
+		if x := g.Attestation.X509; x != nil && x.SigningCertificateFile != "" {
+			if x.SigningCertificate != "" {
+				return fmt.Errorf("enrollmentGroups[%d] (%s): set attestation.x509.signingCertificate or signingCertificateFile, not both", i, g.EnrollmentGroupID)
+			}
+			pem, err := read(fmt.Sprintf("enrollmentGroups[%d] (%s).attestation.x509.signingCertificateFile", i, g.EnrollmentGroupID), x.SigningCertificateFile)
+			if err != nil {
+				return err
+			}
+			x2 := *x
+			x2.SigningCertificate, x2.SigningCertificateFile = pem, ""
+			g.Attestation.X509 = &x2
+		}
+	}
+	return nil
+}
+
+// instance is a validated Config in the form the server uses.
+type instance struct {
+	idScope      string
+	hubs         []string
+	hubSet       map[string]bool
+	allocation   string
+	hubField     string
+	echoPayload  bool
+	cas          []*caCert
+	caByName     map[string]*caCert
+	individuals  map[string]*enrollment // by lower-case registration id
+	x509Groups   []*enrollment          // in config order
+	symKeyGroups []*enrollment          // in config order
+	knobs        Knobs
+}
+
+// caCert is an uploaded CA certificate. verified changes at run time when
+// proof of possession is done, so it is atomic.
+type caCert struct {
+	name     string
+	cert     *x509.Certificate
+	verified atomic.Bool
+	code     string // verification code, derived from the certificate
+}
+
+// enrollment is one individual enrollment or group, compiled.
+type enrollment struct {
+	group    bool
+	id       string // registration id or enrollment group id
+	disabled bool
+	deviceID string // individual only; "" = registration id
+	hub      string // pinned hub, "" = policy
+	// X.509: exactly one of these is set.
+	cert    *x509.Certificate // individual: the device certificate
+	ca      *caCert           // group: referenced, must be verified
+	signing *x509.Certificate // group: uploaded to the group, trusted
+	// Symmetric key: raw primary and (optional) secondary key.
+	keys [][]byte
+}
+
+func (e *enrollment) isX509() bool { return e.cert != nil || e.ca != nil || e.signing != nil }
+
+// groupCA returns the CA certificate of an X.509 group.
+func (e *enrollment) groupCA() *x509.Certificate {
+	if e.ca != nil {
+		return e.ca.cert
+	}
+	return e.signing
+}
+
+// name is how results and the registrations listing refer to an enrollment.
+func (e *enrollment) name() string {
+	if e.group {
+		return "group:" + e.id
+	}
+	return "individual:" + e.id
+}
+
+// compile validates cfg and builds the server's view of it. Errors name the
+// field, e.g. `individualEnrollments[2] (dev-3): attestation: ...`.
+func compile(cfg Config) (*instance, error) {
+	in := &instance{
+		idScope:     cfg.IDScope,
+		allocation:  cfg.Allocation,
+		hubField:    cfg.CustomAllocation.HubField,
+		echoPayload: cfg.CustomAllocation.EchoPayload,
+		hubSet:      map[string]bool{},
+		caByName:    map[string]*caCert{},
+		individuals: map[string]*enrollment{},
+	}
+	if in.idScope == "" {
+		in.idScope = DefaultIDScope
+	}
+	if strings.ContainsAny(in.idScope, "/?#% ") {
+		return nil, fmt.Errorf("idScope %q: must not contain '/', '?', '#', '%%' or spaces", in.idScope)
+	}
+	in.hubs = cfg.Hubs
+	if len(in.hubs) == 0 {
+		in.hubs = DefaultHubs
+	}
+	for i, h := range in.hubs {
+		if h == "" || strings.ContainsAny(h, "/ ") {
+			return nil, fmt.Errorf("hubs[%d]: %q is not a host name", i, h)
+		}
+		if in.hubSet[h] {
+			return nil, fmt.Errorf("hubs[%d]: %q is listed twice", i, h)
+		}
+		in.hubSet[h] = true
+	}
+	switch in.allocation {
+	case "":
+		in.allocation = AllocationHashed
+	case AllocationHashed, AllocationEvenlyWeighted, AllocationStatic, AllocationCustom:
+	default:
+		return nil, fmt.Errorf("allocationPolicy %q: want %q, %q, %q or %q", in.allocation,
+			AllocationHashed, AllocationEvenlyWeighted, AllocationStatic, AllocationCustom)
+	}
+	if in.hubField == "" {
+		in.hubField = DefaultHubField
+	}
+	for i, c := range cfg.Certificates {
+		field := fmt.Sprintf("certificates[%d] (%s)", i, c.Name)
+		if c.Name == "" {
+			return nil, fmt.Errorf("certificates[%d]: name is required", i)
+		}
+		if in.caByName[c.Name] != nil {
+			return nil, fmt.Errorf("%s: name is used twice", field)
+		}
+		if c.File != "" {
+			return nil, fmt.Errorf("%s: file %q was not read (use LoadConfig, or put the PEM text in pem)", field, c.File)
+		}
+		cert, err := parseOneCert(c.PEM)
+		if err != nil {
+			return nil, fmt.Errorf("%s.pem: %w", field, err)
+		}
+		ca := &caCert{name: c.Name, cert: cert, code: VerificationCode(cert)}
+		ca.verified.Store(c.Verified)
+		in.cas = append(in.cas, ca)
+		in.caByName[c.Name] = ca
+	}
+	for i, ie := range cfg.Individual {
+		field := fmt.Sprintf("individualEnrollments[%d] (%s)", i, ie.RegistrationID)
+		e, err := in.compileIndividual(ie)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", field, err)
+		}
+		key := strings.ToLower(e.id)
+		if in.individuals[key] != nil {
+			return nil, fmt.Errorf("%s: registrationId is used twice (ids are case-insensitive)", field)
+		}
+		in.individuals[key] = e
+	}
+	groupIDs := map[string]bool{}
+	for i, g := range cfg.Groups {
+		field := fmt.Sprintf("enrollmentGroups[%d] (%s)", i, g.EnrollmentGroupID)
+		e, err := in.compileGroup(g)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", field, err)
+		}
+		if groupIDs[strings.ToLower(e.id)] {
+			return nil, fmt.Errorf("%s: enrollmentGroupId is used twice", field)
+		}
+		groupIDs[strings.ToLower(e.id)] = true
+		if e.isX509() {
+			in.x509Groups = append(in.x509Groups, e)
+		} else {
+			in.symKeyGroups = append(in.symKeyGroups, e)
+		}
+	}
+	k, err := knobsFromConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	in.knobs = k
+	return in, nil
+}
+
+func (in *instance) compileIndividual(ie IndividualEnrollment) (*enrollment, error) {
+	if err := checkRegistrationID(ie.RegistrationID); err != nil {
+		return nil, fmt.Errorf("registrationId: %w", err)
+	}
+	e := &enrollment{id: ie.RegistrationID, deviceID: ie.DeviceID}
+	if err := in.commonFields(e, ie.IoTHub, ie.ProvisioningStatus); err != nil {
+		return nil, err
+	}
+	a := ie.Attestation
+	switch {
+	case a.X509 != nil && a.SymmetricKey != nil:
+		return nil, errors.New("attestation: set x509 or symmetricKey, not both")
+	case a.X509 != nil:
+		x := a.X509
+		if x.CACertificate != "" || x.SigningCertificate != "" || x.SigningCertificateFile != "" {
+			return nil, errors.New("attestation.x509: an individual enrollment takes the device certificate (certificate or certificateFile); caCertificate and signingCertificate are for enrollment groups")
+		}
+		if x.CertificateFile != "" {
+			return nil, fmt.Errorf("attestation.x509.certificateFile %q was not read (use LoadConfig, or put the PEM text in certificate)", x.CertificateFile)
+		}
+		cert, err := parseOneCert(x.Certificate)
+		if err != nil {
+			return nil, fmt.Errorf("attestation.x509.certificate: %w", err)
+		}
+		// DPS takes an X.509 device's registration id from its CN.
+		if !strings.EqualFold(cert.Subject.CommonName, ie.RegistrationID) {
+			return nil, fmt.Errorf("attestation.x509.certificate: subject CN %q does not match the registration id (DPS requires them to be equal)", cert.Subject.CommonName)
+		}
+		e.cert = cert
+	case a.SymmetricKey != nil:
+		keys, err := decodeKeys(*a.SymmetricKey)
+		if err != nil {
+			return nil, err
+		}
+		e.keys = keys
+	default:
+		return nil, errors.New("attestation: set x509 (certificate) or symmetricKey (primaryKey)")
+	}
+	return e, nil
+}
+
+func (in *instance) compileGroup(g EnrollmentGroup) (*enrollment, error) {
+	if strings.TrimSpace(g.EnrollmentGroupID) == "" {
+		return nil, errors.New("enrollmentGroupId is required")
+	}
+	e := &enrollment{group: true, id: g.EnrollmentGroupID}
+	if err := in.commonFields(e, g.IoTHub, g.ProvisioningStatus); err != nil {
+		return nil, err
+	}
+	a := g.Attestation
+	switch {
+	case a.X509 != nil && a.SymmetricKey != nil:
+		return nil, errors.New("attestation: set x509 or symmetricKey, not both")
+	case a.X509 != nil:
+		x := a.X509
+		if x.Certificate != "" || x.CertificateFile != "" {
+			return nil, errors.New("attestation.x509: a group takes a CA (caCertificate or signingCertificate); certificate is for individual enrollments")
+		}
+		if x.SigningCertificateFile != "" {
+			return nil, fmt.Errorf("attestation.x509.signingCertificateFile %q was not read (use LoadConfig, or put the PEM text in signingCertificate)", x.SigningCertificateFile)
+		}
+		switch {
+		case x.CACertificate != "" && x.SigningCertificate != "":
+			return nil, errors.New("attestation.x509: set caCertificate or signingCertificate, not both")
+		case x.CACertificate != "":
+			ca := in.caByName[x.CACertificate]
+			if ca == nil {
+				return nil, fmt.Errorf("attestation.x509.caCertificate: no certificate named %q in certificates", x.CACertificate)
+			}
+			e.ca = ca
+		case x.SigningCertificate != "":
+			cert, err := parseOneCert(x.SigningCertificate)
+			if err != nil {
+				return nil, fmt.Errorf("attestation.x509.signingCertificate: %w", err)
+			}
+			e.signing = cert
+		default:
+			return nil, errors.New("attestation.x509: set caCertificate (a name from certificates) or signingCertificate (PEM)")
+		}
+	case a.SymmetricKey != nil:
+		keys, err := decodeKeys(*a.SymmetricKey)
+		if err != nil {
+			return nil, err
+		}
+		e.keys = keys
+	default:
+		return nil, errors.New("attestation: set x509 (caCertificate or signingCertificate) or symmetricKey (primaryKey)")
+	}
+	return e, nil
+}
+
+func (in *instance) commonFields(e *enrollment, hub, status string) error {
+	if hub != "" && !in.hubSet[hub] {
+		return fmt.Errorf("iotHub %q is not one of the linked hubs %v", hub, in.hubs)
+	}
+	e.hub = hub
+	switch status {
+	case "", ProvisioningEnabled:
+	case ProvisioningDisabled:
+		e.disabled = true
+	default:
+		return fmt.Errorf("provisioningStatus %q: want %q or %q", status, ProvisioningEnabled, ProvisioningDisabled)
+	}
+	return nil
+}
+
+func decodeKeys(sk SymmetricKeyAttestation) ([][]byte, error) {
+	var keys [][]byte
+	for _, k := range []struct{ name, v string }{{"primaryKey", sk.PrimaryKey}, {"secondaryKey", sk.SecondaryKey}} {
+		if k.v == "" {
+			if k.name == "primaryKey" {
+				return nil, errors.New("attestation.symmetricKey.primaryKey is required")
+			}
+			continue
+		}
+		b, err := base64.StdEncoding.DecodeString(k.v)
+		if err != nil {
+			// Never echo the key itself.
+			return nil, fmt.Errorf("attestation.symmetricKey.%s is not valid base64", k.name)
+		}
+		if len(b) < 16 || len(b) > 64 {
+			return nil, fmt.Errorf("attestation.symmetricKey.%s is %d bytes; DPS keys are 16 to 64 bytes", k.name, len(b))
+		}
+		keys = append(keys, b)
+	}
+	return keys, nil
+}
+
+func parseOneCert(pemText string) (*x509.Certificate, error) {
+	if strings.TrimSpace(pemText) == "" {
+		return nil, errors.New("no certificate given")
+	}
+	cs, err := certs.ParseCertsPEM([]byte(pemText))
+	if err != nil {
+		return nil, err
+	}
+	if len(cs) != 1 {
+		return nil, fmt.Errorf("want exactly one certificate, found %d", len(cs))
+	}
+	return cs[0], nil
+}
+
+// checkRegistrationID applies the DPS registration id rules as the service
+// does: up to 128 characters of letters, digits and - . _ : (ids are
+// case-insensitive, so upper case is accepted).
+func checkRegistrationID(id string) error {
+	if id == "" {
+		return errors.New("is empty")
+	}
+	if len(id) > 128 {
+		return fmt.Errorf("%q is longer than 128 characters", id)
+	}
+	for i := 0; i < len(id); i++ {
+		c := id[i]
+		ok := c >= 'a' && c <= 'z' || c >= 'A' && c <= 'Z' || c >= '0' && c <= '9' || c == '-' || c == '.' || c == '_' || c == ':'
+		if !ok {
+			return fmt.Errorf("%q has %q at position %d; allowed: letters, digits, - . _ :", id, c, i+1)
+		}
+	}
+	return nil
+}
+
+// knobsFromConfig extracts and validates the run-time tunables.
+func knobsFromConfig(cfg Config) (Knobs, error) {
+	k := Knobs{
+		RetryAfterSeconds: DefaultRetryAfterSeconds,
+		AssignmentDelay:   cfg.AssignmentDelay,
+		Quotas:            cfg.Quotas,
+		Faults:            cfg.Faults,
+	}
+	if cfg.RetryAfterSeconds != nil {
+		k.RetryAfterSeconds = *cfg.RetryAfterSeconds
+	}
+	return k, k.validate()
+}

@@ -1,0 +1,546 @@
+package dpssim
+
+import (
+	"bytes"
+	"encoding/json"
+	"fmt"
+	"io"
+	"mime"
+	"net/http"
+	"net/url"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/dps-batch/dps-batch/dps"
+)
+
+// Error codes the dps package does not name.
+const (
+	// codeRouteNotFound answers a path that is no DPS device operation.
+	codeRouteNotFound = 404000
+	// codeEnrollmentDisabled goes in the registrationState of a disabled
+	// operation. DPS's code for this is undocumented; 400209 is what IoT
+	// Central (which blocks devices by disabling their enrollment) reports
+	// for a blocked device (dps-protocol.md §4.2).
+	codeEnrollmentDisabled = 400209
+)
+
+// maxBody is DPS's maximum message size (dps-protocol.md §7).
+const maxBody = 96 << 10
+
+// apiError is an error answer: HTTP status, DPS error code and message.
+type apiError struct {
+	status     int
+	code       int
+	msg        string
+	retryAfter int // seconds; 0 = no header
+}
+
+// Request kinds, used in stats, logs and fault draws.
+const (
+	kindRegister = "register"
+	kindPoll     = "poll"
+	kindLookup   = "lookup"
+)
+
+// ServeHTTP serves the DPS device API and, under /_sim/, the simulator's
+// inspection and admin API.
+func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	s.init()
+	if p := r.URL.Path; p == "/_sim" || strings.HasPrefix(p, "/_sim/") {
+		s.serveAdmin(w, r)
+		return
+	}
+	s.serveDevice(w, r)
+}
+
+// call is one device request in flight.
+type call struct {
+	s          *Server
+	w          http.ResponseWriter
+	r          *http.Request
+	reqID      string
+	start      time.Time
+	kind       string
+	regID      string
+	apiVersion string
+}
+
+func (s *Server) serveDevice(w http.ResponseWriter, r *http.Request) {
+	s.stats.requests.Add(1)
+	c := &call{s: s, w: w, r: r, reqID: newUUID(), start: time.Now()}
+	kind, scope, id, opID, aerr := route(r)
+	c.kind, c.regID = kind, id
+	switch kind {
+	case kindRegister:
+		s.stats.registerRequests.Add(1)
+	case kindPoll:
+		s.stats.polls.Add(1)
+	case kindLookup:
+		s.stats.lookups.Add(1)
+	}
+	if aerr != nil {
+		c.fail(aerr)
+		return
+	}
+	c.apiVersion = r.URL.Query().Get("api-version")
+	switch {
+	case c.apiVersion == "":
+		c.fail(&apiError{status: http.StatusBadRequest, code: dps.CodeBadRequest, msg: "the api-version query parameter is required (e.g. api-version=2021-10-01)"})
+		return
+	case !apiVersions[c.apiVersion]:
+		c.fail(&apiError{status: http.StatusBadRequest, code: dps.CodeBadRequest, msg: fmt.Sprintf("api-version %q is not supported (use 2021-10-01 or 2019-03-31)", c.apiVersion)})
+		return
+	}
+	if !strings.EqualFold(scope, s.in.idScope) {
+		c.fail(&apiError{status: http.StatusNotFound, code: dps.CodeNotFound, msg: fmt.Sprintf("ID scope %q is not served here (this instance is %q)", scope, s.in.idScope)})
+		return
+	}
+	// Node sends "{}" with its GETs; the body of a poll means nothing.
+	var body deviceRegistration
+	if kind == kindPoll {
+		_, _ = io.Copy(io.Discard, io.LimitReader(r.Body, maxBody))
+	} else {
+		if body, aerr = readDeviceRegistration(r, id); aerr != nil {
+			c.fail(aerr)
+			return
+		}
+	}
+	now := s.now()
+	att, aerr := s.authenticate(r, id, body.tpm, now)
+	if aerr != nil {
+		c.fail(aerr)
+		return
+	}
+	switch kind {
+	case kindRegister:
+		s.register(c, att, body, scope)
+	case kindPoll:
+		s.poll(c, opID)
+	case kindLookup:
+		s.lookup(c)
+	}
+}
+
+// route splits the path into the operation and its decoded segments. Path
+// segments may use either hex case, and '+' for a space (WebUtility.UrlEncode).
+func route(r *http.Request) (kind, scope, id, opID string, aerr *apiError) {
+	raw := strings.Split(strings.Trim(r.URL.EscapedPath(), "/"), "/")
+	segs := make([]string, len(raw))
+	for i, s := range raw {
+		d, err := url.QueryUnescape(s)
+		if err != nil {
+			return "", "", "", "", &apiError{status: http.StatusBadRequest, code: dps.CodeBadRequest, msg: fmt.Sprintf("path segment %q is not valid URL encoding", s)}
+		}
+		segs[i] = d
+	}
+	var method string
+	switch {
+	case len(segs) == 4 && strings.EqualFold(segs[1], "registrations") && strings.EqualFold(segs[3], "register"):
+		kind, method = kindRegister, http.MethodPut
+	case len(segs) == 5 && strings.EqualFold(segs[1], "registrations") && strings.EqualFold(segs[3], "operations"):
+		kind, method, opID = kindPoll, http.MethodGet, segs[4]
+	case len(segs) == 3 && strings.EqualFold(segs[1], "registrations"):
+		kind, method = kindLookup, http.MethodPost
+	default:
+		return "", "", "", "", &apiError{status: http.StatusNotFound, code: codeRouteNotFound,
+			msg: fmt.Sprintf("%s is not a DPS device operation: use PUT /{idScope}/registrations/{id}/register, GET /{idScope}/registrations/{id}/operations/{operationId} or POST /{idScope}/registrations/{id}", r.URL.Path)}
+	}
+	scope, id = segs[0], segs[2]
+	if r.Method != method {
+		return kind, scope, id, opID, &apiError{status: http.StatusMethodNotAllowed, code: dps.CodeMethodNotAllowed,
+			msg: fmt.Sprintf("%s is not allowed here; the %s operation is %s", r.Method, kind, method)}
+	}
+	if err := checkRegistrationID(id); err != nil {
+		return kind, scope, id, opID, &apiError{status: http.StatusBadRequest, code: dps.CodeBadRequest, msg: "registration id " + err.Error()}
+	}
+	return kind, scope, id, opID, nil
+}
+
+// deviceRegistration is the parsed register / lookup body.
+type deviceRegistration struct {
+	payload json.RawMessage
+	tpm     bool
+}
+
+// readDeviceRegistration reads a DeviceRegistration body: JSON (any
+// charset parameter; Content-Encoding is ignored as DPS does with the
+// documented "utf-8"), at most 96 KB, registrationId equal to the path's if
+// present, payload a JSON object. An empty body is accepted.
+func readDeviceRegistration(r *http.Request, pathID string) (deviceRegistration, *apiError) {
+	b, err := io.ReadAll(io.LimitReader(r.Body, maxBody+1))
+	if err != nil {
+		return deviceRegistration{}, &apiError{status: http.StatusBadRequest, code: dps.CodeBadRequest, msg: "reading the request body: " + err.Error()}
+	}
+	if len(b) > maxBody {
+		return deviceRegistration{}, &apiError{status: http.StatusBadRequest, code: dps.CodeBadRequest, msg: "the request body is larger than the 96 KB DPS accepts"}
+	}
+	if len(bytes.TrimSpace(b)) == 0 {
+		return deviceRegistration{}, nil
+	}
+	if mt, _, err := mime.ParseMediaType(r.Header.Get("Content-Type")); err != nil || mt != "application/json" {
+		return deviceRegistration{}, &apiError{status: http.StatusUnsupportedMediaType, code: dps.CodeUnsupportedMediaType,
+			msg: fmt.Sprintf("Content-Type %q is not supported: send application/json", r.Header.Get("Content-Type"))}
+	}
+	var v struct {
+		RegistrationID *string         `json:"registrationId"`
+		Payload        json.RawMessage `json:"payload"`
+		TPM            json.RawMessage `json:"tpm"`
+	}
+	if err := json.Unmarshal(b, &v); err != nil {
+		return deviceRegistration{}, &apiError{status: http.StatusBadRequest, code: dps.CodeBadRequest, msg: "malformed JSON body: " + err.Error()}
+	}
+	if v.RegistrationID != nil && *v.RegistrationID != "" && !strings.EqualFold(*v.RegistrationID, pathID) {
+		return deviceRegistration{}, &apiError{status: http.StatusBadRequest, code: dps.CodeBadRequest,
+			msg: fmt.Sprintf("registrationId %q in the body does not match %q in the path", *v.RegistrationID, pathID)}
+	}
+	var dr deviceRegistration
+	if p := bytes.TrimSpace(v.Payload); len(p) > 0 && !bytes.Equal(p, []byte("null")) {
+		if p[0] != '{' {
+			return deviceRegistration{}, &apiError{status: http.StatusBadRequest, code: dps.CodeBadRequest, msg: "payload must be a JSON object"}
+		}
+		dr.payload = json.RawMessage(p)
+	}
+	dr.tpm = len(v.TPM) > 0 && !bytes.Equal(bytes.TrimSpace(v.TPM), []byte("null"))
+	return dr, nil
+}
+
+func (s *Server) register(c *call, att attested, body deviceRegistration, scope string) {
+	k := s.knobs.Load()
+	s.mu.Lock()
+	rec := s.record(c.regID)
+	rec.registerRequests++
+	seq := rec.registerRequests
+	s.mu.Unlock()
+	if !c.inject(k, seq, k.Faults.RegisterErrorRate) {
+		return
+	}
+	if ch := s.holdChan(); ch != nil {
+		s.held.Add(1)
+		select {
+		case <-ch:
+			s.held.Add(-1)
+		case <-c.r.Context().Done():
+			// The client gave up while held: the request has no effect.
+			s.held.Add(-1)
+			return
+		}
+	}
+	k = s.knobs.Load()
+	now := s.now()
+	s.mu.Lock()
+	s.settle(rec, now)
+	if op := rec.current(); op != nil && !op.done {
+		s.mu.Unlock()
+		c.fail(&apiError{status: http.StatusConflict, code: dps.CodePreconditionFailed,
+			msg: fmt.Sprintf("Precondition failed: registration %q already has operation %s in progress", c.regID, op.id)})
+		return
+	}
+	if res := s.regLim.ReserveN(now, 1); !res.OK() || res.DelayFrom(now) > 0 {
+		wait := res.DelayFrom(now)
+		res.CancelAt(now)
+		s.mu.Unlock()
+		c.fail(&apiError{status: http.StatusTooManyRequests, code: dps.CodeThrottled, retryAfter: retryAfterSeconds(wait),
+			msg: fmt.Sprintf("registration rate exceeded: at most %d registrations per minute", k.Quotas.registrationsPerMinute())})
+		return
+	}
+	op := &operation{id: s.opPrefix + newUUID(), apiVersion: c.apiVersion, readyAt: now.Add(time.Duration(k.AssignmentDelay))}
+	op.out = s.decide(rec, att, c.regID, body.payload)
+	if rec.created.IsZero() {
+		rec.created = now
+	}
+	rec.status = dps.StatusAssigning
+	rec.substatus, rec.hub, rec.deviceID, rec.errCode, rec.errMsg = "", "", "", 0, ""
+	rec.updated = now
+	rec.etag = newETag()
+	rec.ops = append(rec.ops, op)
+	if len(rec.ops) > maxOpsKept {
+		rec.ops = append(rec.ops[:0], rec.ops[len(rec.ops)-maxOpsKept:]...)
+	}
+	rec.registers++
+	s.mu.Unlock()
+	s.stats.registers.Add(1)
+	c.maybeDropResponse(k, seq)
+	loc := "https://" + c.r.Host + "/" + url.PathEscape(scope) + "/registrations/" + url.PathEscape(c.regID) + "/register"
+	c.reply(http.StatusAccepted, dps.RegistrationOperationStatus{OperationID: op.id, Status: dps.StatusAssigning}, k.RetryAfterSeconds, loc)
+}
+
+// decide computes a new operation's outcome from the enrollment, the
+// allocation policy and the payload. s.mu held.
+func (s *Server) decide(rec *registration, att attested, id string, payload json.RawMessage) outcome {
+	e := att.enr
+	o := outcome{enrollment: e.name(), x509: att.x509, symKey: att.symKey}
+	if s.in.echoPayload {
+		o.payload = payload
+	}
+	if e.disabled {
+		o.status = dps.StatusDisabled
+		o.errCode = codeEnrollmentDisabled
+		o.errMsg = fmt.Sprintf("the %s enrollment %q is disabled", map[bool]string{true: "group", false: "individual"}[e.group], e.id)
+		return o
+	}
+	hub, failure := s.allocate(rec, e, id, payload)
+	if failure != "" {
+		o.status = dps.StatusFailed
+		o.errCode = dps.CodeCustomAllocation
+		o.errMsg = failure
+		return o
+	}
+	o.status = dps.StatusAssigned
+	o.hub = hub
+	o.deviceID = id
+	if e.deviceID != "" {
+		o.deviceID = e.deviceID
+	}
+	if rec.countedHub != "" {
+		s.hubLoad[rec.countedHub]--
+	}
+	s.hubLoad[hub]++
+	rec.countedHub = hub
+	return o
+}
+
+// allocate picks the hub, or returns why custom allocation failed. s.mu held.
+func (s *Server) allocate(rec *registration, e *enrollment, id string, payload json.RawMessage) (hub, failure string) {
+	hubs := s.in.hubs
+	if e.hub != "" {
+		return e.hub, ""
+	}
+	switch s.in.allocation {
+	case AllocationStatic:
+		return hubs[0], ""
+	case AllocationEvenlyWeighted:
+		best, bestLoad := "", 0
+		for _, h := range hubs {
+			load := s.hubLoad[h]
+			if h == rec.countedHub {
+				load-- // re-evaluating: do not count the device against its own hub
+			}
+			if best == "" || load < bestLoad {
+				best, bestLoad = h, load
+			}
+		}
+		return best, ""
+	case AllocationCustom:
+		if len(payload) > 0 {
+			var fields map[string]json.RawMessage
+			if err := json.Unmarshal(payload, &fields); err == nil {
+				if raw, ok := fields[s.in.hubField]; ok {
+					var h string
+					if err := json.Unmarshal(raw, &h); err != nil {
+						return "", fmt.Sprintf("Custom allocation failed: payload field %q must be a string naming a linked IoT hub", s.in.hubField)
+					}
+					if !s.in.hubSet[h] {
+						return "", fmt.Sprintf("Custom allocation failed: payload field %q names %q, which is not a linked IoT hub", s.in.hubField, h)
+					}
+					return h, ""
+				}
+			}
+		}
+	}
+	return hubs[hashIndex(id, len(hubs))], ""
+}
+
+func (s *Server) poll(c *call, opID string) {
+	k := s.knobs.Load()
+	s.mu.Lock()
+	rec := s.record(c.regID)
+	rec.polls++
+	seq := rec.polls
+	s.mu.Unlock()
+	if !c.inject(k, seq, k.Faults.PollErrorRate) {
+		return
+	}
+	now := s.now()
+	s.mu.Lock()
+	if limit := k.Quotas.pollsPer10s(); limit > 0 {
+		cut := 0
+		for cut < len(rec.pollLog) && !rec.pollLog[cut].After(now.Add(-pollWindow)) {
+			cut++
+		}
+		rec.pollLog = rec.pollLog[cut:]
+		if len(rec.pollLog) >= limit {
+			wait := rec.pollLog[0].Add(pollWindow).Sub(now)
+			s.mu.Unlock()
+			c.fail(&apiError{status: http.StatusTooManyRequests, code: dps.CodeThrottled, retryAfter: retryAfterSeconds(wait),
+				msg: fmt.Sprintf("polling rate exceeded: at most %d operation status requests per device per 10 seconds", limit)})
+			return
+		}
+		rec.pollLog = append(rec.pollLog, now)
+	}
+	s.settle(rec, now)
+	op := rec.findOp(opID)
+	if op == nil {
+		s.mu.Unlock()
+		c.fail(&apiError{status: http.StatusNotFound, code: dps.CodeNotFound,
+			msg: fmt.Sprintf("operation %q not found for registration %q", opID, c.regID)})
+		return
+	}
+	op.polls++
+	status := http.StatusOK
+	body := dps.RegistrationOperationStatus{OperationID: op.id}
+	if !op.done || op.polls <= k.Faults.StayAssigningPolls {
+		status = http.StatusAccepted
+		body.Status = dps.StatusAssigning
+		body.RegistrationState = &dps.DeviceRegistrationResult{RegistrationID: rec.id, Status: dps.StatusAssigning}
+	} else {
+		body.Status = op.final.Status
+		body.RegistrationState = op.final
+	}
+	s.mu.Unlock()
+	c.maybeDropResponse(k, seq)
+	retry := -1
+	if status == http.StatusAccepted {
+		retry = k.RetryAfterSeconds
+	}
+	c.reply(status, body, retry, "")
+}
+
+// lookup answers the registration status POST with the current state. A
+// device that authenticates but never registered gets 404 + 404201: DPS has
+// no registration record for it yet (the service API answers 404 for an
+// unknown registration, and 404201 is the code DPS uses for "registration
+// not found"). Callers use this to tell "never registered, safe to register"
+// from "already assigned, do not register again" without a billable PUT.
+func (s *Server) lookup(c *call) {
+	k := s.knobs.Load()
+	s.mu.Lock()
+	rec := s.record(c.regID)
+	rec.lookups++
+	seq := rec.lookups
+	s.mu.Unlock()
+	if !c.inject(k, seq, k.Faults.LookupErrorRate) {
+		return
+	}
+	now := s.now()
+	s.mu.Lock()
+	s.settle(rec, now)
+	if rec.status == "" {
+		s.mu.Unlock()
+		c.fail(&apiError{status: http.StatusNotFound, code: dps.CodeNotFound,
+			msg: fmt.Sprintf("registration %q not found: the device has not registered yet", c.regID)})
+		return
+	}
+	res := rec.result()
+	s.mu.Unlock()
+	c.maybeDropResponse(k, seq)
+	c.reply(http.StatusOK, res, -1, "")
+}
+
+// inject applies latency, dropped connections and 5xx errors to an
+// authenticated request, the seq-th of its kind for the registration id. It
+// returns false when the request was answered (or dropped) here.
+func (c *call) inject(k *Knobs, seq int, errRate float64) bool {
+	f := &k.Faults
+	d := time.Duration(f.Latency)
+	if f.LatencyJitter > 0 {
+		d += time.Duration(draw(f.Seed, c.kind, drawJitter, c.regID, seq) * float64(f.LatencyJitter))
+	}
+	if d > 0 {
+		t := time.NewTimer(d)
+		select {
+		case <-t.C:
+		case <-c.r.Context().Done():
+			t.Stop()
+			return false
+		}
+	}
+	if f.DropConnectionRate > 0 && draw(f.Seed, c.kind, drawDropRequest, c.regID, seq) < f.DropConnectionRate {
+		c.drop()
+	}
+	if errRate > 0 && draw(f.Seed, c.kind, drawError, c.regID, seq) < errRate {
+		c.s.stats.faults.Add(1)
+		e := &apiError{status: http.StatusInternalServerError, code: dps.CodeInternalServerError, msg: "injected fault: internal server error"}
+		if draw(f.Seed, c.kind, drawErrorStatus, c.regID, seq) < 0.5 {
+			e = &apiError{status: http.StatusServiceUnavailable, code: dps.CodeServiceUnavailable, msg: "injected fault: service unavailable", retryAfter: k.RetryAfterSeconds}
+		}
+		c.fail(e)
+		return false
+	}
+	return true
+}
+
+// maybeDropResponse closes the connection instead of answering a request
+// that has already taken effect.
+func (c *call) maybeDropResponse(k *Knobs, seq int) {
+	if f := &k.Faults; f.DropResponseRate > 0 && draw(f.Seed, c.kind, drawDropResponse, c.regID, seq) < f.DropResponseRate {
+		c.drop()
+	}
+}
+
+// drop closes the connection without an answer. It does not return: the
+// http.ErrAbortHandler panic is how net/http aborts a response silently.
+func (c *call) drop() {
+	c.s.stats.faults.Add(1)
+	c.s.stats.dropped.Add(1)
+	c.log(0, 0)
+	panic(http.ErrAbortHandler)
+}
+
+// reply writes a JSON answer with the headers DPS sends. retryAfter < 0
+// means no Retry-After header.
+func (c *call) reply(status int, v any, retryAfter int, location string) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		c.fail(&apiError{status: http.StatusInternalServerError, code: dps.CodeInternalServerError, msg: "encoding the response failed: " + err.Error()})
+		return
+	}
+	if location != "" {
+		c.w.Header().Set("Location", location)
+	}
+	c.write(status, b, retryAfter)
+	c.log(status, 0)
+}
+
+// fail writes a DPS error body whose trackingId is the x-ms-request-id, and
+// the error code in x-ms-error-code.
+func (c *call) fail(e *apiError) {
+	if e.status == http.StatusTooManyRequests {
+		c.s.stats.throttled.Add(1)
+	}
+	b, _ := json.Marshal(dps.ErrorBody{ErrorCode: e.code, TrackingID: c.reqID, Message: e.msg, TimestampUTC: formatTime(time.Now())})
+	c.w.Header().Set(dps.HeaderErrorCode, strconv.Itoa(e.code))
+	retry := -1
+	if e.retryAfter > 0 {
+		retry = e.retryAfter
+	}
+	c.write(e.status, b, retry)
+	c.log(e.status, e.code)
+}
+
+func (c *call) write(status int, body []byte, retryAfter int) {
+	h := c.w.Header()
+	h.Set("Content-Type", "application/json; charset=utf-8")
+	h.Set(dps.HeaderRequestID, c.reqID)
+	h.Set("Strict-Transport-Security", "max-age=31536000; includeSubDomains")
+	if retryAfter >= 0 {
+		h.Set(dps.HeaderRetryAfter, strconv.Itoa(retryAfter))
+	}
+	c.w.WriteHeader(status)
+	_, _ = c.w.Write(body)
+	if status > 0 && status < len(c.s.stats.byStatus) {
+		c.s.stats.byStatus[status].Add(1)
+	}
+}
+
+// log writes one line per device request; status 0 means dropped. It never
+// logs headers, so no SAS token can leak.
+func (c *call) log(status, code int) {
+	l := c.s.Logger
+	if l == nil {
+		return
+	}
+	attrs := []any{"method", c.r.Method, "path", c.r.URL.Path, "device", c.regID, "status", status, "request_id", c.reqID, "duration", time.Since(c.start).Round(time.Microsecond)}
+	if code != 0 {
+		attrs = append(attrs, "error_code", code)
+	}
+	if status == 0 {
+		attrs = append(attrs, "dropped", true)
+	}
+	msg := c.kind
+	if msg == "" {
+		msg = "request"
+	}
+	l.Info(msg, attrs...)
+}

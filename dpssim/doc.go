@@ -1,0 +1,32 @@
+// Package dpssim is a local simulator of the Azure IoT Hub Device
+// Provisioning Service (DPS) device API, faithful enough that the dps
+// client, curl and the official device SDKs accept it.
+//
+// It verifies credentials like DPS (X.509 client certificates matched to
+// individual enrollments or walked up to a verified enrollment-group CA; SAS
+// tokens signed with enrollment or derived group keys), answers
+// asynchronously like DPS (a register PUT returns 202 "assigning" and an
+// operation id; polls return 202 until the assignment is done, then 200 with
+// the registration state), throttles like DPS (registrations per minute,
+// polls per device per 10 seconds, 429 with Retry-After) and fails on demand
+// (5xx, dropped connections, latency, slow assignment), deterministically
+// for a given seed.
+//
+// A Server is an http.Handler holding all state in memory. Serve it with
+// Start (or StartTLS), which mints a server CA and certificate for loopback,
+// or in-process with httptest:
+//
+//	sim, err := dpssim.New(cfg)
+//	ts := httptest.NewUnstartedServer(sim)
+//	ts.TLS = sim.TLSConfig(tls.Certificate{})
+//	ts.StartTLS()
+//
+// Under /_sim/ the same listener serves inspection (per-registration counts
+// of register PUTs, polls and lookups; totals by HTTP status) and admin
+// endpoints (run-time knobs, hold/release, CA proof of possession), without
+// client certificates. Registrations and Stats give the same in Go.
+//
+// The protocol details it reproduces, with their sources, are in
+// dps-protocol.md (§10.1 is the checklist). dpssim imports the dps package
+// for wire types only, and never the batch runner, ledger or manifests.
+package dpssim
