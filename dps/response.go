@@ -72,11 +72,12 @@ func fillErrorDetails(e *Error, h http.Header, body []byte, truncated bool) {
 		e.TrackingID = cleanText(eb.TrackingID, 100)
 		e.Message = cleanText(eb.Message, maxMessageLen)
 	} else if t := bytes.TrimSpace(body); len(t) > 0 {
+		line := t
 		if i := bytes.IndexAny(t, "\r\n"); i >= 0 {
-			t = t[:i]
+			line = t[:i]
 		}
-		e.Message = cleanText(string(t), maxMessageLen)
-		if truncated || len(e.Message) < len(t) {
+		e.Message = cleanText(string(line), maxMessageLen)
+		if truncated || len(line) < len(t) || len(line) > maxMessageLen {
 			e.Message += " [truncated]"
 		}
 	}
