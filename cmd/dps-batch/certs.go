@@ -128,16 +128,16 @@ func (c *caFlags) load(fs *flag.FlagSet, example string) (*certs.CA, error) {
 	}
 	ca, err := certs.LoadCA(c.cert, c.key)
 	if err != nil {
-		return nil, usagef("check --ca and --ca-key: the CA certificate and its matching private key", "%s", err)
+		return nil, usagef("point --ca at the CA certificate (PEM) and --ca-key at its private key", "%s", err)
 	}
 	return ca, nil
 }
 
 // writeErr turns "file exists" into a usage error with the --force hint and
 // passes other write errors through.
-func writeErr(verb string, err error) error {
+func writeErr(err error) error {
 	if errors.Is(err, certs.ErrExists) {
-		return usagef("dps-batch certs "+verb+" ... --force", "%s", err)
+		return usagef("add --force to replace the existing files, or choose another --out", "%s", err)
 	}
 	return err
 }
@@ -174,7 +174,7 @@ func runCertsRoot(_ context.Context, e *env, args []string) error {
 	}
 	p, err := certs.WriteCA(*out, ca, "root", kf.force)
 	if err != nil {
-		return writeErr("root", err)
+		return writeErr(err)
 	}
 	fmt.Fprintf(e.stdout, "root CA %q (expires %s)\n  certificate: %s\n  key:         %s\n",
 		*cn, ca.Cert.NotAfter.UTC().Format(time.DateOnly), p.Cert, p.Key)
@@ -219,7 +219,7 @@ func runCertsIntermediate(_ context.Context, e *env, args []string) error {
 	}
 	p, err := certs.WriteCA(*out, ca, *name, kf.force)
 	if err != nil {
-		return writeErr("intermediate", err)
+		return writeErr(err)
 	}
 	fmt.Fprintf(e.stdout, "intermediate CA %q issued by %q (expires %s)\n  certificate: %s\n  key:         %s\n",
 		*cn, parent.Cert.Subject.CommonName, ca.Cert.NotAfter.UTC().Format(time.DateOnly), p.Cert, p.Key)
@@ -266,7 +266,7 @@ func runCertsDevice(_ context.Context, e *env, args []string) error {
 	}
 	p, err := certs.WriteLeaf(*out, leaf, *id, true, kf.force)
 	if err != nil {
-		return writeErr("device", err)
+		return writeErr(err)
 	}
 	fmt.Fprintf(e.stdout, "device %s issued by %q (expires %s)\n  certificate: %s\n  key:         %s\n  full chain:  %s (%d certificate(s): leaf + intermediates)\n",
 		*id, ca.Cert.Subject.CommonName, leaf.Cert.NotAfter.UTC().Format(time.DateOnly), p.Cert, p.Key, p.FullChain, 1+len(leaf.Chain))
@@ -307,7 +307,7 @@ func runCertsVerification(_ context.Context, e *env, args []string) error {
 		return usagef("dps-batch certs verification --help", "--code: %s", err)
 	}
 	if err := certs.WriteCertFile(*out, kf.force, leaf.Cert); err != nil {
-		return writeErr("verification", err)
+		return writeErr(err)
 	}
 	fmt.Fprintf(e.stdout, "verification certificate for %q (CN %s)\n  certificate: %s\nUpload it to DPS to complete proof of possession.\n",
 		ca.Cert.Subject.CommonName, *code, *out)
@@ -398,7 +398,7 @@ func runCertsFleet(ctx context.Context, e *env, args []string) error {
 		if errors.Is(err, context.Canceled) {
 			return fmt.Errorf("%w; no manifest was written: run the same command with --force to start again", err)
 		}
-		return writeErr("fleet", err)
+		return writeErr(err)
 	}
 	elapsed := time.Since(start)
 

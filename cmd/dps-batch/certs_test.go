@@ -1,0 +1,355 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto"
+	"crypto/x509"
+	"encoding/csv"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/dps-batch/dps-batch/certs"
+)
+
+// mustRunCerts runs a certs command that must succeed and returns stdout.
+func mustRunCerts(t *testing.T, args ...string) string {
+	t.Helper()
+	code, out, errs := runCmd(t, append([]string{"certs"}, args...)...)
+	if code != exitOK {
+		t.Fatalf("dps-batch certs %s: exit %d, stderr:\n%s", strings.Join(args, " "), code, errs)
+	}
+	if !strings.Contains(errs, "TEST certificates") {
+		t.Errorf("stderr = %q, want the test-certificate warning", errs)
+	}
+	return out
+}
+
+// mustReadCerts parses the PEM certificates in path.
+func mustReadCerts(t *testing.T, path string) []*x509.Certificate {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cs, err := certs.ParseCertsPEM(data)
+	if err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	return cs
+}
+
+// checkKey fails unless path is a mode-0600 PKCS#8 key for cert.
+func checkKey(t *testing.T, path string, cert *x509.Certificate) {
+	t.Helper()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := fi.Mode().Perm(); got != 0o600 {
+		t.Errorf("%s mode = %v, want 0600", path, got)
+	}
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.HasPrefix(data, []byte("-----BEGIN PRIVATE KEY-----")) {
+		t.Errorf("%s is not a PKCS#8 PRIVATE KEY PEM", path)
+	}
+	key, err := certs.ParseKeyPEM(data)
+	if err != nil {
+		t.Fatalf("%s: %v", path, err)
+	}
+	if !key.Public().(interface{ Equal(crypto.PublicKey) bool }).Equal(cert.PublicKey) {
+		t.Errorf("%s does not match the certificate %q", path, cert.Subject.CommonName)
+	}
+}
+
+func TestCertsHelp(t *testing.T) {
+	code, out, _ := runCmd(t, "certs", "--help")
+	if code != exitOK {
+		t.Fatalf("certs --help exit = %d, want 0", code)
+	}
+	for _, v := range certsVerbs() {
+		if !strings.Contains(out, "  "+v.name) {
+			t.Errorf("certs --help does not list %q:\n%s", v.name, out)
+		}
+	}
+	wantFlags := map[string][]string{
+		"root":         {"-cn", "-out", "-key-type", "-validity", "-force", "43800h"},
+		"intermediate": {"-cn", "-ca", "-ca-key", "-out", "-key-type", "-validity", "-force"},
+		"device":       {"-id", "-ca", "-ca-key", "-out", "-key-type", "-validity", "-force", "8760h"},
+		"verification": {"-code", "-ca", "-ca-key", "-out", "-force"},
+		"fleet":        {"-count", "-out", "-prefix", "-chain", "-id-scope", "-key-type", "-validity", "-force", "-workers", "0ne00000000"},
+	}
+	for _, v := range certsVerbs() {
+		t.Run(v.name, func(t *testing.T) {
+			code, out, errs := runCmd(t, "certs", v.name, "--help")
+			if code != exitOK {
+				t.Fatalf("certs %s --help exit = %d, stderr %q", v.name, code, errs)
+			}
+			for _, want := range append(wantFlags[v.name], "Examples:", "dps-batch certs "+v.name+" --") {
+				if !strings.Contains(out, want) {
+					t.Errorf("certs %s --help lacks %q:\n%s", v.name, want, out)
+				}
+			}
+		})
+	}
+}
+
+func TestCertsStepByStep(t *testing.T) {
+	dir := t.TempDir()
+	pki := filepath.Join(dir, "pki")
+	rootPEM, rootKey := filepath.Join(pki, "root.pem"), filepath.Join(pki, "root.key")
+	interPEM, interKey := filepath.Join(pki, "intermediate.pem"), filepath.Join(pki, "intermediate.key")
+
+	out := mustRunCerts(t, "root", "--cn", "CLI Root", "--out", pki)
+	if !strings.Contains(out, rootPEM) || !strings.Contains(out, rootKey) {
+		t.Errorf("root stdout = %q, want both paths", out)
+	}
+	mustRunCerts(t, "intermediate", "--cn", "CLI Intermediate", "--ca", rootPEM, "--ca-key", rootKey, "--out", pki)
+	out = mustRunCerts(t, "device", "--id", "dev-0001", "--ca", interPEM, "--ca-key", interKey, "--out", filepath.Join(dir, "devices"))
+	if !strings.Contains(out, "dev-0001-fullchain.pem") {
+		t.Errorf("device stdout = %q, want the full-chain path", out)
+	}
+	mustRunCerts(t, "verification", "--ca", rootPEM, "--ca-key", rootKey, "--code", "ABC123DEF456", "--out", filepath.Join(dir, "verify.pem"))
+
+	root := mustReadCerts(t, rootPEM)[0]
+	inter := mustReadCerts(t, interPEM)[0]
+	checkKey(t, rootKey, root)
+	checkKey(t, interKey, inter)
+	if !root.IsCA || !inter.IsCA || inter.Issuer.CommonName != "CLI Root" {
+		t.Errorf("root IsCA=%v, intermediate IsCA=%v issuer %q; want CAs, intermediate issued by CLI Root", root.IsCA, inter.IsCA, inter.Issuer.CommonName)
+	}
+
+	devPEM := filepath.Join(dir, "devices", "dev-0001.pem")
+	dev := mustReadCerts(t, devPEM)
+	if len(dev) != 1 || dev[0].Subject.CommonName != "dev-0001" {
+		t.Fatalf("%s: %d certificates, CN %q; want the leaf alone with CN dev-0001", devPEM, len(dev), dev[0].Subject.CommonName)
+	}
+	checkKey(t, filepath.Join(dir, "devices", "dev-0001.key"), dev[0])
+	full := mustReadCerts(t, filepath.Join(dir, "devices", "dev-0001-fullchain.pem"))
+	if len(full) != 2 || !full[0].Equal(dev[0]) || !full[1].Equal(inter) {
+		t.Errorf("full chain has %d certificates, want the device then the intermediate (no root)", len(full))
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(root)
+	inters := x509.NewCertPool()
+	inters.AddCert(full[1])
+	if _, err := dev[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inters, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		t.Errorf("device does not verify through the full chain: %v", err)
+	}
+
+	ver := mustReadCerts(t, filepath.Join(dir, "verify.pem"))
+	if len(ver) != 1 || ver[0].Subject.CommonName != "ABC123DEF456" {
+		t.Errorf("verification certificate: %d certificates, want one with CN ABC123DEF456", len(ver))
+	} else if err := ver[0].CheckSignatureFrom(root); err != nil {
+		t.Errorf("verification certificate not signed by the root key: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "verify.key")); err == nil {
+		t.Errorf("verification wrote a key; DPS needs only the certificate")
+	}
+
+	if bin, err := exec.LookPath("openssl"); err != nil {
+		t.Log("openssl not on PATH: skipping the openssl verify check")
+	} else {
+		out, err := exec.Command(bin, "verify", "-purpose", "sslclient", "-CAfile", rootPEM, "-untrusted", interPEM, devPEM).CombinedOutput()
+		if err != nil || !strings.Contains(string(out), ": OK") {
+			t.Errorf("openssl verify: %v\n%s", err, out)
+		}
+	}
+
+	// A device issued by a root gets a full chain of the leaf alone.
+	mustRunCerts(t, "device", "--id", "dev-0002", "--ca", rootPEM, "--ca-key", rootKey, "--out", filepath.Join(dir, "devices"), "--key-type", "ed25519")
+	if got := mustReadCerts(t, filepath.Join(dir, "devices", "dev-0002-fullchain.pem")); len(got) != 1 {
+		t.Errorf("full chain for a root-issued device has %d certificates, want 1", len(got))
+	}
+}
+
+func TestCertsBadInput(t *testing.T) {
+	dir := t.TempDir()
+	pki := filepath.Join(dir, "pki")
+	mustRunCerts(t, "root", "--cn", "R", "--out", pki)
+	mustRunCerts(t, "intermediate", "--cn", "I", "--ca", filepath.Join(pki, "root.pem"), "--ca-key", filepath.Join(pki, "root.key"), "--out", pki)
+	mustRunCerts(t, "device", "--id", "leaf", "--ca", filepath.Join(pki, "root.pem"), "--ca-key", filepath.Join(pki, "root.key"), "--out", pki)
+	rootPEM, rootKey := filepath.Join(pki, "root.pem"), filepath.Join(pki, "root.key")
+	interKey := filepath.Join(pki, "intermediate.key")
+	missing := filepath.Join(dir, "missing.pem")
+	out := filepath.Join(dir, "out") // must stay empty
+
+	tests := []struct {
+		name     string
+		args     []string
+		wantCode int
+		wantErr  []string
+	}{
+		{"no subcommand", nil, exitUsage, []string{"a subcommand is required", "Try: dps-batch certs --help"}},
+		{"unknown subcommand", []string{"leaf"}, exitUsage, []string{`unknown certs subcommand "leaf"`}},
+		{"positional argument", []string{"root", "--cn", "R", "--out", out, "extra"}, exitUsage, []string{`unexpected argument "extra"`}},
+		{"root without --cn", []string{"root", "--out", out}, exitUsage, []string{"--cn is required", "Try: dps-batch certs root"}},
+		{"root without --out", []string{"root", "--cn", "R"}, exitUsage, []string{"--out is required"}},
+		{"unknown key type", []string{"root", "--cn", "R", "--out", out, "--key-type", "dsa"}, exitUsage, []string{"--key-type", `unknown key type "dsa"`}},
+		{"negative validity", []string{"root", "--cn", "R", "--out", out, "--validity", "-1h"}, exitUsage, []string{"--validity -1h0m0s is negative"}},
+		{"bad validity", []string{"root", "--cn", "R", "--out", out, "--validity", "5y"}, exitUsage, []string{"-validity"}},
+		{"root exists", []string{"root", "--cn", "R", "--out", pki}, exitUsage, []string{rootPEM, "already exists", "use --force"}},
+		{"device invalid id", []string{"device", "--id", "Dev_1.", "--ca", rootPEM, "--ca-key", rootKey, "--out", out}, exitUsage, []string{"--id", "upper-case"}},
+		{"device id too long", []string{"device", "--id", strings.Repeat("d", 65), "--ca", rootPEM, "--ca-key", rootKey, "--out", out}, exitUsage, []string{"limited to 64"}},
+		{"device without --ca", []string{"device", "--id", "d1", "--out", out}, exitUsage, []string{"--ca is required"}},
+		{"device unreadable CA", []string{"device", "--id", "d1", "--ca", missing, "--ca-key", rootKey, "--out", out}, exitUsage, []string{missing}},
+		{"device CA key mismatch", []string{"device", "--id", "d1", "--ca", rootPEM, "--ca-key", interKey, "--out", out}, exitUsage, []string{"does not match", interKey, rootPEM}},
+		{"device CA not a CA", []string{"device", "--id", "d1", "--ca", filepath.Join(pki, "leaf.pem"), "--ca-key", filepath.Join(pki, "leaf.key"), "--out", out}, exitUsage, []string{"not a CA certificate"}},
+		{"device exists", []string{"device", "--id", "leaf", "--ca", rootPEM, "--ca-key", rootKey, "--out", pki}, exitUsage, []string{"leaf.pem", "use --force"}},
+		{"intermediate under intermediate", []string{"intermediate", "--cn", "I2", "--ca", filepath.Join(pki, "intermediate.pem"), "--ca-key", interKey, "--out", out}, exitUsage, []string{"may only issue leaf certificates"}},
+		{"intermediate bad name", []string{"intermediate", "--cn", "I2", "--ca", rootPEM, "--ca-key", rootKey, "--out", out, "--name", "../x"}, exitUsage, []string{"--name"}},
+		{"verification without code", []string{"verification", "--ca", rootPEM, "--ca-key", rootKey, "--out", filepath.Join(out, "v.pem")}, exitUsage, []string{"--code is required"}},
+		{"verification code too long", []string{"verification", "--ca", rootPEM, "--ca-key", rootKey, "--code", strings.Repeat("A", 65), "--out", filepath.Join(out, "v.pem")}, exitUsage, []string{"--code", "at most 64"}},
+		{"verification exists", []string{"verification", "--ca", rootPEM, "--ca-key", rootKey, "--code", "X", "--out", rootPEM}, exitUsage, []string{rootPEM, "use --force"}},
+		{"fleet count 0", []string{"fleet", "--count", "0", "--out", out}, exitUsage, []string{"--count must be at least 1"}},
+		{"fleet count negative", []string{"fleet", "--count", "-5", "--out", out}, exitUsage, []string{"--count must be at least 1 (got -5)"}},
+		{"fleet count missing", []string{"fleet", "--out", out}, exitUsage, []string{"--count"}},
+		{"fleet without --out", []string{"fleet", "--count", "2"}, exitUsage, []string{"--out is required"}},
+		{"fleet bad chain", []string{"fleet", "--count", "2", "--out", out, "--chain", "flat"}, exitUsage, []string{`--chain "flat"`}},
+		{"fleet bad prefix", []string{"fleet", "--count", "2", "--out", out, "--prefix", "Dev "}, exitUsage, []string{`--prefix "Dev "`}},
+		{"fleet bad key type", []string{"fleet", "--count", "2", "--out", out, "--key-type", "rsa4096"}, exitUsage, []string{"unknown key type"}},
+		{"fleet negative workers", []string{"fleet", "--count", "2", "--out", out, "--workers", "-1"}, exitUsage, []string{"--workers"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, stdout, stderr := runCmd(t, append([]string{"certs"}, tt.args...)...)
+			if code != tt.wantCode {
+				t.Errorf("exit = %d, want %d (stderr %q)", code, tt.wantCode, stderr)
+			}
+			for _, want := range tt.wantErr {
+				if !strings.Contains(stderr, want) {
+					t.Errorf("stderr = %q, want it to contain %q", stderr, want)
+				}
+			}
+			if strings.Contains(stderr, "PRIVATE KEY") || strings.Contains(stdout, "PRIVATE KEY") {
+				t.Errorf("output contains key material")
+			}
+			if _, err := os.Stat(out); err == nil {
+				t.Errorf("%s was created by a failed command", out)
+			}
+		})
+	}
+}
+
+func TestCertsFleet(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "fleet")
+	code, out, errs := runCmd(t, "certs", "fleet", "--count", "4", "--out", dir, "--prefix", "cam-")
+	if code != exitOK {
+		t.Fatalf("fleet exit = %d, stderr:\n%s", code, errs)
+	}
+	for _, want := range []string{"fleet of 4 devices", filepath.Join(dir, "manifest.csv"), filepath.Join(dir, "ca", "intermediate.pem"), "cam-00001 ... cam-00004"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("stdout = %q, want it to contain %q", out, want)
+		}
+	}
+	if !strings.Contains(errs, "TEST certificates") {
+		t.Errorf("stderr = %q, want the test-certificate warning", errs)
+	}
+	// The simulator config comes from another package: either it was
+	// written and reported, or its error is a warning and the exit is still 0.
+	if !strings.Contains(out, "simulator:") && !strings.Contains(errs, "warning: simulator configuration not written") {
+		t.Errorf("neither a simulator config line on stdout nor a warning on stderr:\n%s\n%s", out, errs)
+	}
+
+	f, err := os.Open(filepath.Join(dir, "manifest.csv"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	rows, err := csv.NewReader(f).ReadAll()
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := [][]string{
+		{"registration_id", "cert_path", "key_path", "chain_path"},
+		{"cam-00001", "devices/cam-00001.pem", "devices/cam-00001.key", "ca/intermediate.pem"},
+		{"cam-00002", "devices/cam-00002.pem", "devices/cam-00002.key", "ca/intermediate.pem"},
+		{"cam-00003", "devices/cam-00003.pem", "devices/cam-00003.key", "ca/intermediate.pem"},
+		{"cam-00004", "devices/cam-00004.pem", "devices/cam-00004.key", "ca/intermediate.pem"},
+	}
+	if got, wantS := csvString(rows), csvString(want); got != wantS {
+		t.Errorf("manifest:\n%s\nwant:\n%s", got, wantS)
+	}
+	for _, row := range rows[1:] {
+		leaf := mustReadCerts(t, filepath.Join(dir, row[1]))[0]
+		checkKey(t, filepath.Join(dir, row[2]), leaf)
+		if leaf.Subject.CommonName != row[0] {
+			t.Errorf("%s: CN = %q, want %q", row[1], leaf.Subject.CommonName, row[0])
+		}
+	}
+	before, err := os.ReadFile(filepath.Join(dir, "ca", "root.pem"))
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// Again without --force: refused, nothing changed.
+	code, _, errs = runCmd(t, "certs", "fleet", "--count", "4", "--out", dir, "--prefix", "cam-")
+	if code != exitUsage || !strings.Contains(errs, "use --force") || !strings.Contains(errs, "manifest.csv") {
+		t.Errorf("second fleet without --force: exit %d, stderr %q; want 2 naming manifest.csv with a --force hint", code, errs)
+	}
+	if after, _ := os.ReadFile(filepath.Join(dir, "ca", "root.pem")); !bytes.Equal(before, after) {
+		t.Errorf("refused fleet changed ca/root.pem")
+	}
+
+	// With --force and chain root: replaced, manifest has an empty chain_path.
+	code, _, errs = runCmd(t, "certs", "fleet", "--count", "2", "--out", dir, "--prefix", "cam-", "--chain", "root", "--force")
+	if code != exitOK {
+		t.Fatalf("fleet --force exit = %d, stderr:\n%s", code, errs)
+	}
+	if after, _ := os.ReadFile(filepath.Join(dir, "ca", "root.pem")); bytes.Equal(before, after) {
+		t.Errorf("fleet --force kept the old root")
+	}
+	data, err := os.ReadFile(filepath.Join(dir, "manifest.csv"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := string(data), "registration_id,cert_path,key_path,chain_path\ncam-00001,devices/cam-00001.pem,devices/cam-00001.key,\ncam-00002,devices/cam-00002.pem,devices/cam-00002.key,\n"; got != want {
+		t.Errorf("manifest after --force --chain root:\n%s\nwant:\n%s", got, want)
+	}
+}
+
+// TestCertsFleetInterrupted checks that the first interrupt stops a fleet:
+// exit 130 and no manifest, so the partial fleet is not mistaken for a
+// complete one.
+func TestCertsFleetInterrupted(t *testing.T) {
+	dir := t.TempDir()
+	drain := make(chan struct{})
+	close(drain)
+	var stdout, stderr bytes.Buffer
+	code := run(context.Background(), []string{"certs", "fleet", "--count", "50", "--out", dir},
+		&env{stdin: strings.NewReader(""), stdout: &stdout, stderr: &stderr, drain: drain})
+	if code != exitInterrupted {
+		t.Errorf("exit = %d, want %d (stderr %q)", code, exitInterrupted, stderr.String())
+	}
+	if _, err := os.Stat(filepath.Join(dir, "manifest.csv")); err == nil {
+		t.Errorf("manifest.csv written by an interrupted fleet")
+	}
+}
+
+func csvString(rows [][]string) string {
+	var b strings.Builder
+	for _, r := range rows {
+		b.WriteString(strings.Join(r, ",") + "\n")
+	}
+	return b.String()
+}
+
+func TestFleetProgress(t *testing.T) {
+	if p := fleetProgress(&bytes.Buffer{}, 9999); p != nil {
+		t.Errorf("fleetProgress for 9999 devices is set, want nil (small fleets print nothing)")
+	}
+	var buf bytes.Buffer
+	p := fleetProgress(&buf, 20000)
+	for _, done := range []int{1, 1999, 2000, 2001, 4000, 20000} {
+		p(done)
+	}
+	if got, want := buf.String(), "generated 2000/20000 devices\ngenerated 4000/20000 devices\n"; got != want {
+		t.Errorf("progress output = %q, want %q", got, want)
+	}
+}
