@@ -64,24 +64,25 @@ func (e *Error) Error() string {
 	b.WriteString("device ")
 	b.WriteString(e.RegistrationID)
 	b.WriteString(": ")
-	if e.HTTPStatus != 0 && (e.Err == nil || !isSuccess(e.HTTPStatus)) {
+	switch {
+	case e.HTTPStatus != 0 && !isSuccess(e.HTTPStatus):
+		// An error response: status, DPS code and message.
 		fmt.Fprintf(&b, "HTTP %d", e.HTTPStatus)
 		if t := http.StatusText(e.HTTPStatus); t != "" {
-			b.WriteString(" ")
-			b.WriteString(t)
+			b.WriteString(" " + t)
 		}
 		if e.Code != 0 {
 			fmt.Fprintf(&b, ": DPS error %d", e.Code)
 		}
 		if e.Message != "" {
-			b.WriteString(": ")
-			b.WriteString(e.Message)
+			b.WriteString(": " + e.Message)
 		}
-	} else if e.HTTPStatus != 0 {
-		fmt.Fprintf(&b, "HTTP %d: ", e.HTTPStatus)
+	case e.HTTPStatus != 0:
+		// A 2xx response whose body could not be used; Err says why.
+		fmt.Fprintf(&b, "HTTP %d", e.HTTPStatus)
 	}
 	if e.Err != nil {
-		if e.HTTPStatus != 0 && !isSuccess(e.HTTPStatus) {
+		if e.HTTPStatus != 0 {
 			b.WriteString(": ")
 		}
 		b.WriteString(e.Err.Error())
