@@ -237,7 +237,7 @@ func (s *Server) register(c *call, att attested, body deviceRegistration, scope 
 			msg: fmt.Sprintf("Precondition failed: registration %q already has operation %s in progress", c.regID, op.id)})
 		return
 	}
-	if res := s.regLim.ReserveN(now, 1); !res.OK() || res.DelayFrom(now) > 0 {
+	if res := s.regLim.Load().ReserveN(now, 1); !res.OK() || res.DelayFrom(now) > 0 {
 		wait := res.DelayFrom(now)
 		res.CancelAt(now)
 		s.mu.Unlock()

@@ -83,15 +83,13 @@ func (q Quotas) pollsPer10s() int {
 // pollWindow is the window of the per-device polling quota.
 const pollWindow = 10 * time.Second
 
-// configureLimiter sets lim to allow perMinute registrations a minute with a
-// burst of one minute's worth; perMinute 0 means unlimited.
-func configureLimiter(lim *rate.Limiter, perMinute int, now time.Time) {
+// newRegLimiter returns a full token bucket allowing perMinute registrations
+// a minute with a burst of one minute's worth; perMinute 0 means unlimited.
+func newRegLimiter(perMinute int) *rate.Limiter {
 	if perMinute == 0 {
-		lim.SetLimitAt(now, rate.Inf)
-		return
+		return rate.NewLimiter(rate.Inf, 1)
 	}
-	lim.SetLimitAt(now, rate.Limit(float64(perMinute)/60))
-	lim.SetBurstAt(now, perMinute)
+	return rate.NewLimiter(rate.Limit(float64(perMinute)/60), perMinute)
 }
 
 // retryAfterSeconds rounds a wait up to whole seconds, at least 1, as the

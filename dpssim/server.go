@@ -41,7 +41,7 @@ type Server struct {
 
 	knobsMu sync.Mutex // serialises knob writers
 	knobs   atomic.Pointer[Knobs]
-	regLim  *rate.Limiter
+	regLim  atomic.Pointer[rate.Limiter]
 
 	mu      sync.Mutex
 	regs    map[string]*registration // by lower-case registration id
@@ -90,8 +90,7 @@ func (s *Server) setup(in *instance) {
 	s.opPrefix = fmt.Sprintf("4.%016x.", h.Sum64())
 	k := in.knobs
 	s.knobs.Store(&k)
-	s.regLim = rate.NewLimiter(rate.Inf, 1)
-	configureLimiter(s.regLim, k.Quotas.registrationsPerMinute(), s.now())
+	s.regLim.Store(newRegLimiter(k.Quotas.registrationsPerMinute()))
 }
 
 func (s *Server) now() time.Time {
@@ -120,8 +119,8 @@ func (s *Server) SetFaults(f Faults) error {
 	return s.updateKnobs(func(k *Knobs) { k.Faults = f })
 }
 
-// SetQuotas replaces the throttling quotas. The registration bucket is
-// re-sized, not refilled.
+// SetQuotas replaces the throttling quotas. A changed registration quota
+// starts with a full bucket.
 func (s *Server) SetQuotas(q Quotas) error {
 	return s.updateKnobs(func(k *Knobs) { k.Quotas = q })
 }
@@ -140,8 +139,10 @@ func (s *Server) updateKnobs(change func(*Knobs)) error {
 	if err := k.validate(); err != nil {
 		return err
 	}
-	s.knobs.Store(&k)
-	configureLimiter(s.regLim, k.Quotas.registrationsPerMinute(), s.now())
+	old := s.knobs.Swap(&k)
+	if old.Quotas.registrationsPerMinute() != k.Quotas.registrationsPerMinute() {
+		s.regLim.Store(newRegLimiter(k.Quotas.registrationsPerMinute()))
+	}
 	return nil
 }
 
