@@ -280,10 +280,10 @@ func TestAttestation(t *testing.T) {
 			id:   "sas-1", key: groupKey, wantMsg: "does not match",
 		},
 		{
-			name: "expired SAS token",
-			cfg:  Config{Individual: []IndividualEnrollment{symInd("sas-1", keyA)}},
-			id:   "sas-1",
-			header: map[string]string{"Authorization": dps.SASToken(keyA, testScope, "sas-1", time.Now().Add(-time.Minute))},
+			name:    "expired SAS token",
+			cfg:     Config{Individual: []IndividualEnrollment{symInd("sas-1", keyA)}},
+			id:      "sas-1",
+			header:  map[string]string{"Authorization": dps.SASToken(keyA, testScope, "sas-1", time.Now().Add(-time.Minute))},
 			wantMsg: "expired",
 		},
 		{
