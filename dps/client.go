@@ -248,20 +248,17 @@ func (c *Client) Register(ctx context.Context, d *Device, payload json.RawMessag
 	if err != nil {
 		return nil, c.failure(op, d, "", fmt.Errorf("%w: encode body: %v", ErrInvalidRequest, err))
 	}
-	path := c.devicePath(d) + "/register"
-	r, data, err := c.roundTrip(ctx, d, op, http.MethodPut, path, body)
-	if err != nil {
-		return nil, err
-	}
-	st, err := decodeOperation(data)
-	if err == nil && st.OperationID == "" {
-		err = fmt.Errorf("%w: register response has no operationId", ErrProtocol)
-	}
-	if err != nil {
-		return nil, c.badBody(op, d, r, err)
-	}
-	r.Operation = st
-	return r, nil
+	return c.roundTrip(ctx, d, op, http.MethodPut, c.devicePath(d)+"/register", body, func(r *Response, data []byte) error {
+		st, err := decodeOperation(data)
+		if err != nil {
+			return err
+		}
+		if st.OperationID == "" {
+			return fmt.Errorf("%w: register response has no operationId", ErrProtocol)
+		}
+		r.Operation = st
+		return nil
+	})
 }
 
 // OperationStatus polls a registration operation:
@@ -276,23 +273,21 @@ func (c *Client) OperationStatus(ctx context.Context, d *Device, operationID str
 		return nil, c.failure(op, d, "", fmt.Errorf("%w: operation id is empty", ErrInvalidRequest))
 	}
 	path := c.devicePath(d) + "/operations/" + url.PathEscape(operationID)
-	r, data, err := c.roundTrip(ctx, d, op, http.MethodGet, path, nil)
-	if err != nil {
-		return nil, err
-	}
-	st, err := decodeOperation(data)
-	if err != nil {
-		return nil, c.badBody(op, d, r, err)
-	}
-	// DPS may omit the id on polls; a different id is reported, not followed.
-	if st.OperationID != operationID {
-		if st.OperationID != "" {
-			r.ReportedOperationID = st.OperationID
+	return c.roundTrip(ctx, d, op, http.MethodGet, path, nil, func(r *Response, data []byte) error {
+		st, err := decodeOperation(data)
+		if err != nil {
+			return err
 		}
-		st.OperationID = operationID
-	}
-	r.Operation = st
-	return r, nil
+		// DPS may omit the id on polls; a different id is reported, not followed.
+		if st.OperationID != operationID {
+			if st.OperationID != "" {
+				r.ReportedOperationID = st.OperationID
+			}
+			st.OperationID = operationID
+		}
+		r.Operation = st
+		return nil
+	})
 }
 
 // RegistrationStatus looks up the device's current registration without
@@ -307,19 +302,17 @@ func (c *Client) RegistrationStatus(ctx context.Context, d *Device) (*Response, 
 	if err != nil {
 		return nil, c.failure(op, d, "", fmt.Errorf("%w: encode body: %v", ErrInvalidRequest, err))
 	}
-	r, data, err := c.roundTrip(ctx, d, op, http.MethodPost, c.devicePath(d), body)
-	if err != nil {
-		return nil, err
-	}
-	var res DeviceRegistrationResult
-	if err := json.Unmarshal(data, &res); err != nil {
-		return nil, c.badBody(op, d, r, fmt.Errorf("%w: %v", ErrMalformedResponse, err))
-	}
-	if res.Status == "" {
-		return nil, c.badBody(op, d, r, fmt.Errorf("%w: registration status response has no status", ErrProtocol))
-	}
-	r.Registration = &res
-	return r, nil
+	return c.roundTrip(ctx, d, op, http.MethodPost, c.devicePath(d), body, func(r *Response, data []byte) error {
+		var res DeviceRegistrationResult
+		if err := json.Unmarshal(data, &res); err != nil {
+			return fmt.Errorf("%w: %v", ErrMalformedResponse, err)
+		}
+		if res.Status == "" {
+			return fmt.Errorf("%w: registration status response has no status", ErrProtocol)
+		}
+		r.Registration = &res
+		return nil
+	})
 }
 
 // decodeOperation parses a register or poll body, which must have a status.
@@ -378,17 +371,18 @@ var bufPool = sync.Pool{New: func() any { return new(bytes.Buffer) }}
 // maxPooledBuffer keeps unusually large buffers out of the pool.
 const maxPooledBuffer = 64 << 10
 
-// roundTrip sends one request for d and reads the (bounded) body. A 2xx
-// response returns the Response and the body (valid until the next call on
-// this goroutine returns it to the pool, so callers decode at once); any
-// failure returns an *Error.
-func (c *Client) roundTrip(ctx context.Context, d *Device, op, method, path string, body []byte) (*Response, []byte, error) {
+// roundTrip sends one request for d, reads the (bounded) body and, for a
+// 2xx response, calls decode to fill in the Response from the body (which
+// is only valid during the call). A decode error is reported as a bad body;
+// any failure is an *Error.
+func (c *Client) roundTrip(ctx context.Context, d *Device, op, method, path string, body []byte,
+	decode func(r *Response, data []byte) error) (*Response, error) {
 	reqID := newRequestID()
 	var hc *http.Client
 	if d.kind() == credX509 {
 		var err error
 		if hc, err = d.x509Client(c); err != nil {
-			return nil, nil, c.failure(op, d, reqID, err)
+			return nil, c.failure(op, d, reqID, err)
 		}
 	} else {
 		hc = c.sasHTTP
@@ -402,7 +396,7 @@ func (c *Client) roundTrip(ctx context.Context, d *Device, op, method, path stri
 	}
 	req, err := http.NewRequestWithContext(rctx, method, c.base+path+c.query, rd)
 	if err != nil {
-		return nil, nil, c.failure(op, d, reqID, fmt.Errorf("%w: %v", ErrInvalidRequest, err))
+		return nil, c.failure(op, d, reqID, fmt.Errorf("%w: %v", ErrInvalidRequest, err))
 	}
 	h := req.Header
 	h["Accept"] = []string{"application/json"}
@@ -420,7 +414,7 @@ func (c *Client) roundTrip(ctx context.Context, d *Device, op, method, path stri
 	start := time.Now()
 	resp, err := hc.Do(req)
 	if err != nil {
-		return nil, nil, c.failure(op, d, reqID, c.transportCause(ctx, rctx, err))
+		return nil, c.failure(op, d, reqID, c.transportCause(ctx, rctx, err))
 	}
 	buf := bufPool.Get().(*bytes.Buffer)
 	buf.Reset()
@@ -452,16 +446,18 @@ func (c *Client) roundTrip(ctx context.Context, d *Device, op, method, path stri
 		e.RequestID = r.RequestID
 		e.RetryAfter = r.RetryAfter
 		fillErrorDetails(e, resp.Header, buf.Bytes(), tooLarge)
-		return nil, nil, e
+		return nil, e
 	}
 	switch {
 	case tooLarge:
-		e := c.badBody(op, d, r, fmt.Errorf("%w: more than %d bytes", ErrResponseTooLarge, c.cfg.MaxResponseBytes))
-		return nil, nil, e
+		return nil, c.badBody(op, d, r, fmt.Errorf("%w: more than %d bytes", ErrResponseTooLarge, c.cfg.MaxResponseBytes))
 	case readErr != nil:
-		return nil, nil, c.badBody(op, d, r, fmt.Errorf("read response body: %w", c.transportCause(ctx, rctx, readErr)))
+		return nil, c.badBody(op, d, r, fmt.Errorf("read response body: %w", c.transportCause(ctx, rctx, readErr)))
 	}
-	return r, buf.Bytes(), nil
+	if err := decode(r, buf.Bytes()); err != nil {
+		return nil, c.badBody(op, d, r, err)
+	}
+	return r, nil
 }
 
 // transportCause turns a transport error into the cause stored in Error.Err:

@@ -198,3 +198,60 @@ func TestCertificateSentWhateverCANames(t *testing.T) {
 		})
 	}
 }
+
+// TestConcurrentDevices runs many devices at once through one Client and
+// checks each gets its own answer (the server echoes the id it saw).
+func TestConcurrentDevices(t *testing.T) {
+	p := mustPKI(t)
+	f := startFake(t, func(w http.ResponseWriter, r *http.Request) {
+		parts := strings.Split(r.URL.Path, "/") // "", scope, "registrations", id, ...
+		id := parts[3]
+		state := `{"registrationId":"` + id + `","status":"assigned","assignedHub":"hub-` + id + `.azure-devices.net",` +
+			`"payload":{"pad":"` + strings.Repeat(id, 50) + `"}}`
+		switch r.Method {
+		case http.MethodPut:
+			replyJSON(w, 202, `{"operationId":"op-`+id+`","status":"assigning"}`)
+		case http.MethodGet:
+			replyJSON(w, 200, `{"operationId":"`+parts[5]+`","status":"assigned","registrationState":`+state+`}`)
+		}
+	})
+	c := mustClient(t, f.URL)
+	const n = 40
+	errs := make(chan error, n)
+	for i := 0; i < n; i++ {
+		id := fmt.Sprintf("dev-%02d", i)
+		var d *dps.Device
+		if i%2 == 0 {
+			d = dps.NewSymmetricKeyDevice(id, []byte("k"))
+		} else {
+			d = mustDevice(t, p.root, id, certs.Options{})
+		}
+		go func() {
+			errs <- func() error {
+				for j := 0; j < 5; j++ {
+					r, err := c.Register(context.Background(), d, nil)
+					if err != nil {
+						return err
+					}
+					if r.Operation.OperationID != "op-"+id {
+						return fmt.Errorf("%s: register answered %q", id, r.Operation.OperationID)
+					}
+					r, err = c.OperationStatus(context.Background(), d, r.Operation.OperationID)
+					if err != nil {
+						return err
+					}
+					if rs := r.Operation.RegistrationState; rs.RegistrationID != id || rs.AssignedHub != "hub-"+id+".azure-devices.net" ||
+						!strings.Contains(string(rs.Payload), strings.Repeat(id, 50)) {
+						return fmt.Errorf("%s: poll answered %+v", id, rs)
+					}
+				}
+				return nil
+			}()
+		}()
+	}
+	for i := 0; i < n; i++ {
+		if err := <-errs; err != nil {
+			t.Error(err)
+		}
+	}
+}
