@@ -90,6 +90,7 @@ type Reader struct {
 	src     *recordSource
 	dec     *csvutil.Decoder
 	err     error // sticky fatal error from Next
+	row     Row   // decoding target, reused
 
 	cache loadCache
 }
@@ -177,11 +178,11 @@ func (r *Reader) Next() (Row, error) {
 	if r.err != nil {
 		return Row{}, r.err
 	}
-	var row Row
-	err := r.dec.Decode(&row)
+	r.row = Row{}
+	err := r.dec.Decode(&r.row) // into the Reader: no allocation per row
 	if err == nil {
-		row.Line = r.src.line
-		return row, nil
+		r.row.Line = r.src.line
+		return r.row, nil
 	}
 	var p *Problem
 	if errors.As(err, &p) {

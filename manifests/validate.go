@@ -40,10 +40,11 @@ func (s *Summary) OK() bool { return len(s.Errors) == 0 && s.TruncatedErrors == 
 // manifest cannot be read, its header is bad (*HeaderError), or ctx ends.
 //
 // Memory stays flat in the number of rows except for duplicate detection,
-// which keeps a set of 64-bit seeded hashes of the ids (about 16 bytes per
-// row). Ids whose hash repeats are confirmed exactly in a second pass over
-// the file that keeps only those ids, so a hash collision never reports a
-// false duplicate; the second pass runs only when some hash repeated.
+// which keeps one 64-bit seeded hash per id (8 bytes per row, in fixed-size
+// chunks). After the first pass the chunks are sorted and merged to find
+// repeated hashes; only if there are any, a second pass over the file keeps
+// the exact ids with those hashes and reports each row that repeats an
+// earlier id, so a hash collision never yields a false duplicate.
 func Validate(ctx context.Context, path string, opts Options, maxProblems int) (*Summary, error) {
 	r, err := Open(path)
 	if err != nil {
@@ -52,10 +53,7 @@ func Validate(ctx context.Context, path string, opts Options, maxProblems int) (
 	defer r.Close()
 
 	s := &Summary{ByKind: make(map[Kind]int)}
-	ids := idSet{seed: maphash.MakeSeed(), seen: make(map[uint64]struct{})}
-	// Kinds of usable rows whose id hash was already seen: if confirmed as
-	// duplicates they are taken out of ByKind.
-	suspectKinds := make(map[int]Kind)
+	ids := idHashes{seed: maphash.MakeSeed()}
 	for {
 		if s.Rows%1024 == 0 {
 			if err := ctx.Err(); err != nil {
@@ -66,48 +64,36 @@ func Validate(ctx context.Context, path string, opts Options, maxProblems int) (
 		if err == io.EOF {
 			break
 		}
-		var p *Problem
-		if errors.As(err, &p) {
+		if err != nil {
+			var p *Problem
+			if !errors.As(err, &p) {
+				return nil, err
+			}
 			s.Rows++
 			s.add(*p, maxProblems)
 			continue
 		}
-		if err != nil {
-			return nil, err
-		}
 		s.Rows++
-		repeated := row.RegistrationID != "" && ids.add(row.RegistrationID)
+		if row.RegistrationID != "" {
+			ids.add(row.RegistrationID)
+		}
 		dev, problems := r.Load(row, opts)
 		for _, p := range problems {
 			s.add(p, maxProblems)
 		}
 		if dev != nil {
 			s.ByKind[dev.Kind]++
-			if repeated {
-				suspectKinds[row.Line] = dev.Kind
-			}
 		}
 	}
 	if err := r.Close(); err != nil {
 		return nil, err
 	}
 
-	if len(ids.repeated) > 0 {
-		dups, err := confirmDuplicates(ctx, path, &ids)
-		if err != nil {
+	if repeated := ids.repeated(); len(repeated) > 0 {
+		seed := ids.seed
+		ids.chunks = nil // free the hashes before the second pass
+		if err := s.addDuplicates(ctx, path, opts, seed, repeated, maxProblems); err != nil {
 			return nil, err
-		}
-		for _, d := range dups {
-			s.add(Problem{
-				Line: d.line, RegistrationID: safeID(d.id), Column: colRegistrationID,
-				Message: fmt.Sprintf("duplicate registration id (first on row %d)", d.first),
-				Hint:    "registration ids must be unique; remove the repeated row or give it its own id",
-			}, maxProblems)
-			if k, ok := suspectKinds[d.line]; ok {
-				if s.ByKind[k]--; s.ByKind[k] == 0 {
-					delete(s.ByKind, k)
-				}
-			}
 		}
 	}
 	byLine := func(a, b Problem) int { return cmp.Compare(a.Line, b.Line) }
@@ -132,71 +118,129 @@ func (s *Summary) add(p Problem, max int) {
 	s.Errors = append(s.Errors, p)
 }
 
-// idSet remembers hashes of the registration ids seen so far.
-type idSet struct {
-	seed     maphash.Seed
-	seen     map[uint64]struct{}
-	repeated map[uint64]struct{} // hashes seen more than once
-}
-
-// add records id and reports whether its hash was seen before (a probable,
-// not yet confirmed, duplicate).
-func (s *idSet) add(id string) bool {
-	h := maphash.String(s.seed, id)
-	if _, ok := s.seen[h]; !ok {
-		s.seen[h] = struct{}{}
-		return false
-	}
-	if s.repeated == nil {
-		s.repeated = make(map[uint64]struct{})
-	}
-	s.repeated[h] = struct{}{}
-	return true
-}
-
-type duplicate struct {
-	id          string
-	first, line int
-}
-
-// confirmDuplicates re-reads the manifest, keeps the exact ids of the rows
-// whose hash repeated, and returns every row that repeats an earlier id.
-func confirmDuplicates(ctx context.Context, path string, ids *idSet) ([]duplicate, error) {
+// addDuplicates re-reads the manifest, keeping the exact ids of the rows
+// whose hash is in repeated, and reports every row that repeats an earlier
+// id. Such rows no longer count in ByKind.
+func (s *Summary) addDuplicates(ctx context.Context, path string, opts Options, seed maphash.Seed, repeated map[uint64]struct{}, maxProblems int) error {
 	r, err := Open(path)
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer r.Close()
 	firstLine := make(map[string]int)
-	var dups []duplicate
 	for n := 0; ; n++ {
 		if n%1024 == 0 {
 			if err := ctx.Err(); err != nil {
-				return nil, fmt.Errorf("validate manifest %s: %w", path, err)
+				return fmt.Errorf("validate manifest %s: %w", path, err)
 			}
 		}
 		row, err := r.Next()
 		if err == io.EOF {
 			break
 		}
-		var p *Problem
-		if errors.As(err, &p) {
-			continue // reported in the first pass
-		}
 		if err != nil {
-			return nil, err
+			var p *Problem
+			if errors.As(err, &p) {
+				continue // reported in the first pass
+			}
+			return err
 		}
 		if row.RegistrationID == "" {
 			continue
 		}
-		if _, ok := ids.repeated[maphash.String(ids.seed, row.RegistrationID)]; !ok {
+		if _, ok := repeated[maphash.String(seed, row.RegistrationID)]; !ok {
 			continue
 		}
-		if first, ok := firstLine[row.RegistrationID]; ok {
-			dups = append(dups, duplicate{id: row.RegistrationID, first: first, line: row.Line})
-		} else {
+		first, ok := firstLine[row.RegistrationID]
+		if !ok {
 			firstLine[row.RegistrationID] = row.Line
+			continue
+		}
+		s.add(Problem{
+			Line: row.Line, RegistrationID: safeID(row.RegistrationID), Column: colRegistrationID,
+			Message: fmt.Sprintf("duplicate registration id (first on row %d)", first),
+			Hint:    "registration ids must be unique; remove the repeated row or give it its own id",
+		}, maxProblems)
+		// Duplicates are rare: loading the row again to learn whether it
+		// was counted is cheaper than remembering every row's kind.
+		if dev, _ := r.Load(row, opts); dev != nil {
+			if s.ByKind[dev.Kind]--; s.ByKind[dev.Kind] == 0 {
+				delete(s.ByKind, dev.Kind)
+			}
 		}
 	}
-	return dups, r.Close()
+	return r.Close()
+}
+
+// idHashes collects seeded 64-bit hashes of registration ids in fixed-size
+// chunks: 8 bytes per id, and no copying as the collection grows.
+type idHashes struct {
+	seed   maphash.Seed
+	chunks [][]uint64
+}
+
+const idHashChunk = 1 << 16
+
+func (h *idHashes) add(id string) {
+	n := len(h.chunks)
+	if n == 0 || len(h.chunks[n-1]) == idHashChunk {
+		h.chunks = append(h.chunks, make([]uint64, 0, idHashChunk))
+		n++
+	}
+	h.chunks[n-1] = append(h.chunks[n-1], maphash.String(h.seed, id))
+}
+
+// repeated returns the hashes added more than once. It sorts each chunk and
+// merges them, comparing neighbours in the merged order.
+func (h *idHashes) repeated() map[uint64]struct{} {
+	var rep map[uint64]struct{}
+	for _, c := range h.chunks {
+		slices.Sort(c)
+	}
+	// A min-heap of chunk cursors, ordered by their current value.
+	type cursor struct{ chunk, pos int }
+	val := func(c cursor) uint64 { return h.chunks[c.chunk][c.pos] }
+	heap := make([]cursor, 0, len(h.chunks))
+	less := func(i, j int) bool { return val(heap[i]) < val(heap[j]) }
+	down := func(i int) {
+		for {
+			m := i
+			if l := 2*i + 1; l < len(heap) && less(l, m) {
+				m = l
+			}
+			if r := 2*i + 2; r < len(heap) && less(r, m) {
+				m = r
+			}
+			if m == i {
+				return
+			}
+			heap[i], heap[m] = heap[m], heap[i]
+			i = m
+		}
+	}
+	for i, c := range h.chunks {
+		if len(c) > 0 {
+			heap = append(heap, cursor{chunk: i})
+		}
+	}
+	for i := len(heap)/2 - 1; i >= 0; i-- {
+		down(i)
+	}
+	prev, started := uint64(0), false
+	for len(heap) > 0 {
+		v := val(heap[0])
+		if started && v == prev {
+			if rep == nil {
+				rep = make(map[uint64]struct{})
+			}
+			rep[v] = struct{}{}
+		}
+		prev, started = v, true
+		if heap[0].pos++; heap[0].pos == len(h.chunks[heap[0].chunk]) {
+			heap[0] = heap[len(heap)-1]
+			heap = heap[:len(heap)-1]
+		}
+		down(0)
+	}
+	return rep
 }

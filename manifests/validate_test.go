@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"hash/maphash"
 	"os"
 	"path/filepath"
 	"strings"
@@ -299,5 +300,32 @@ func TestValidateErrors(t *testing.T) {
 				t.Errorf("Validate = %v, %v; want nil and a matching error", s, err)
 			}
 		})
+	}
+}
+
+// TestIDHashesRepeated checks the chunk merge: repeats within a chunk, across
+// chunks and in the last partial chunk are found, and nothing else.
+func TestIDHashesRepeated(t *testing.T) {
+	h := idHashes{seed: maphash.MakeSeed()}
+	const n = 3*idHashChunk + 100
+	for i := range n {
+		h.add(fmt.Sprint("id-", i))
+	}
+	repeats := []string{"id-5", "id-7", fmt.Sprint("id-", 2*idHashChunk+1), fmt.Sprint("id-", n-1)}
+	for _, id := range repeats {
+		h.add(id)
+	}
+	h.add("id-5") // a third time
+	got := h.repeated()
+	if len(got) != len(repeats) {
+		t.Errorf("got %d repeated hashes, want %d", len(got), len(repeats))
+	}
+	for _, id := range repeats {
+		if _, ok := got[maphash.String(h.seed, id)]; !ok {
+			t.Errorf("%s not reported as repeated", id)
+		}
+	}
+	if got := (&idHashes{}).repeated(); got != nil {
+		t.Errorf("empty set: repeated = %v, want nil", got)
 	}
 }
