@@ -307,7 +307,7 @@ func LoadConfig(path string) (*Config, error) {
 	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&cfg); err != nil {
-		return nil, fmt.Errorf("load simulator config %s: %w", path, describeJSONError(data, err))
+		return nil, fmt.Errorf("load simulator config %s: %w", path, describeJSONError(data, dec.InputOffset(), err))
 	}
 	if dec.More() {
 		return nil, fmt.Errorf("load simulator config %s: unexpected data after the JSON object", path)
@@ -321,8 +321,9 @@ func LoadConfig(path string) (*Config, error) {
 	return &cfg, nil
 }
 
-// describeJSONError adds line and column to a syntax or type error.
-func describeJSONError(data []byte, err error) error {
+// describeJSONError adds the line and column of the offending value to a
+// decoding error; off is where the decoder stopped.
+func describeJSONError(data []byte, off int64, err error) error {
 	var syn *json.SyntaxError
 	var typ *json.UnmarshalTypeError
 	switch {
@@ -333,7 +334,8 @@ func describeJSONError(data []byte, err error) error {
 		line, col := lineCol(data, typ.Offset)
 		return fmt.Errorf("line %d, column %d: field %s: want %s, got JSON %s", line, col, typ.Field, typ.Type, typ.Value)
 	}
-	return err
+	line, col := lineCol(data, off)
+	return fmt.Errorf("near line %d, column %d: %w", line, col, err)
 }
 
 func lineCol(data []byte, off int64) (line, col int) {
