@@ -22,8 +22,8 @@ const (
 	ChainIntermediate = "intermediate" // devices are issued by an intermediate under the root; the default
 )
 
-// ManifestHeader is the header row of the fleet manifest.
-var ManifestHeader = []string{"registration_id", "cert_path", "key_path", "chain_path"}
+// manifestHeader is the header row of the fleet manifest.
+var manifestHeader = []string{"registration_id", "cert_path", "key_path", "chain_path"}
 
 // FleetOptions describes a fleet of test devices to generate.
 type FleetOptions struct {
@@ -172,7 +172,7 @@ func GenerateFleet(ctx context.Context, opts FleetOptions) (*Fleet, error) {
 
 	err = writeStream(fl.ManifestPath, certFileMode, p.Force, func(w io.Writer) error {
 		cw := csv.NewWriter(w)
-		if err := cw.Write(ManifestHeader); err != nil {
+		if err := cw.Write(manifestHeader); err != nil {
 			return err
 		}
 		for _, id := range fl.RegistrationIDs {
