@@ -221,23 +221,41 @@ func jsonKind(c byte) string {
 // symmetricKey decodes and checks the row's individual key. Messages never
 // quote the key.
 func (l *loader) symmetricKey() []byte {
-	key, err := base64.StdEncoding.DecodeString(l.row.SymmetricKey)
+	key, err := DecodeKey(l.row.SymmetricKey)
 	if err != nil {
-		msg := "symmetric key is not valid base64"
-		var ce base64.CorruptInputError
-		if errors.As(err, &ce) {
-			msg = fmt.Sprintf("symmetric key is not valid base64 (bad data at character %d)", int64(ce)+1)
+		hint := "copy the primary key of the individual enrollment exactly: standard base64 (A-Z a-z 0-9 + /, with = padding)"
+		if _, ok := err.(keyLengthError); ok {
+			hint = "use the enrollment's key as DPS shows it, or generate one with: openssl rand -base64 32"
 		}
-		l.add(colSymmetricKey, "", msg,
-			"copy the primary key of the individual enrollment exactly: standard base64 (A-Z a-z 0-9 + /, with = padding)")
-		return nil
-	}
-	if len(key) < MinSymmetricKeyLength || len(key) > MaxSymmetricKeyLength {
-		l.add(colSymmetricKey, "", fmt.Sprintf("symmetric key is %d bytes; DPS keys are %d to %d bytes", len(key), MinSymmetricKeyLength, MaxSymmetricKeyLength),
-			"use the enrollment's key as DPS shows it, or generate one with: openssl rand -base64 32")
+		l.add(colSymmetricKey, "", "symmetric "+err.Error(), hint)
 		return nil
 	}
 	return key
+}
+
+// keyLengthError reports a decoded key of the wrong size.
+type keyLengthError struct{ n int }
+
+func (e keyLengthError) Error() string {
+	return fmt.Sprintf("key is %d bytes; DPS keys are %d to %d bytes", e.n, MinSymmetricKeyLength, MaxSymmetricKeyLength)
+}
+
+// DecodeKey decodes a symmetric key (an individual enrollment key or an
+// enrollment group key) as DPS shows it: standard base64, surrounding space
+// ignored, 16 to 64 bytes once decoded. Its errors never contain the key.
+func DecodeKey(s string) ([]byte, error) {
+	key, err := base64.StdEncoding.DecodeString(strings.TrimSpace(s))
+	if err != nil {
+		var ce base64.CorruptInputError
+		if errors.As(err, &ce) {
+			return nil, fmt.Errorf("key is not valid base64 (bad data at character %d)", int64(ce)+1)
+		}
+		return nil, errors.New("key is not valid base64")
+	}
+	if len(key) < MinSymmetricKeyLength || len(key) > MaxSymmetricKeyLength {
+		return nil, keyLengthError{len(key)}
+	}
+	return key, nil
 }
 
 // chainCert is a certificate with where it came from, for messages.

@@ -310,3 +310,34 @@ func TestLoadConcurrent(t *testing.T) {
 		}
 	}
 }
+
+func TestDecodeKey(t *testing.T) {
+	key32 := bytes.Repeat([]byte{0xab}, 32)
+	b64 := base64.StdEncoding.EncodeToString(key32)
+	tests := []struct {
+		in      string
+		want    []byte
+		wantErr string
+	}{
+		{b64, key32, ""},
+		{"  " + b64 + "\n", key32, ""},
+		{base64.StdEncoding.EncodeToString(key32[:16]), key32[:16], ""},
+		{base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{1}, 64)), bytes.Repeat([]byte{1}, 64), ""},
+		{base64.StdEncoding.EncodeToString(key32[:15]), nil, "key is 15 bytes; DPS keys are 16 to 64 bytes"},
+		{base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{1}, 65)), nil, "key is 65 bytes"},
+		{"", nil, "key is 0 bytes"},
+		{b64[:20] + "-" + b64[21:], nil, "not valid base64 (bad data at character 21)"},
+		{base64.RawStdEncoding.EncodeToString(key32), nil, "not valid base64"},
+	}
+	for _, tt := range tests {
+		got, err := DecodeKey(tt.in)
+		switch {
+		case tt.wantErr == "" && (err != nil || !bytes.Equal(got, tt.want)):
+			t.Errorf("DecodeKey(%q) = %x, %v; want %x", tt.in, got, err, tt.want)
+		case tt.wantErr != "" && (err == nil || !strings.Contains(err.Error(), tt.wantErr)):
+			t.Errorf("DecodeKey(%q) error = %v, want %q", tt.in, err, tt.wantErr)
+		case err != nil && len(tt.in) > 12 && strings.Contains(err.Error(), strings.TrimSpace(tt.in)[:12]):
+			t.Errorf("DecodeKey error %q quotes the key", err)
+		}
+	}
+}
