@@ -201,9 +201,15 @@ func newFlagSet(e *env, name, purpose string, examples ...string) *flag.FlagSet 
 // parseFlags parses args, turning -h into errHelpShown and flag errors into
 // usage errors. Positional arguments are refused: every input is a flag.
 func parseFlags(fs *flag.FlagSet, args []string) error {
-	if err := fs.Parse(args); err != nil {
+	// The flag package prints usage itself on -h and on every error; silence
+	// it so help shows once, and only when asked for.
+	usage := fs.Usage
+	fs.Usage = func() {}
+	err := fs.Parse(args)
+	fs.Usage = usage
+	if err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			fs.Usage()
+			usage()
 			return errHelpShown
 		}
 		return usagef(fs.Name()+" --help", "%s", err)
