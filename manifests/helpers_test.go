@@ -3,8 +3,10 @@ package manifests
 import (
 	"crypto"
 	"crypto/ecdsa"
+	"crypto/ed25519"
 	"crypto/elliptic"
 	"crypto/rand"
+	"crypto/rsa"
 	"crypto/x509"
 	"crypto/x509/pkix"
 	"encoding/pem"
@@ -146,6 +148,8 @@ type fixture struct {
 	devKeys      map[string]crypto.Signer
 	devCerts     map[string]*x509.Certificate
 	expiredInter *testCA
+	rsaCert      *x509.Certificate // dev-rsa, RSA key in PKCS#1 PEM
+	edCert       *x509.Certificate // dev-ed, Ed25519 key
 }
 
 var (
@@ -197,6 +201,32 @@ func buildFixture(tb testing.TB, dir string) *fixture {
 		mustWrite(tb, dir, "devices/"+id+".key", keyPEM(tb, k), 0o600)
 	}
 	fx.leaf, fx.leafKey = fx.devCerts["dev-1"], fx.devKeys["dev-1"]
+
+	// Other key types and encodings.
+	k5, err := x509.MarshalECPrivateKey(fx.devKeys["dev-5"].(*ecdsa.PrivateKey))
+	if err != nil {
+		tb.Fatal(err)
+	}
+	mustWrite(tb, dir, "keys/dev-5.sec1.key", append(
+		pem.EncodeToMemory(&pem.Block{Type: "EC PARAMETERS", Bytes: []byte{6, 8, 42, 134, 72, 206, 61, 3, 1, 7}}),
+		pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: k5})...), 0o600)
+	rsaKey, err := rsa.GenerateKey(rand.Reader, 2048)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	c, _ := issueCert(tb, fx.inter, "dev-rsa", false, certOpts{key: rsaKey})
+	fx.rsaCert = c
+	mustWrite(tb, dir, "keys/dev-rsa.pem", certPEM(c), 0o644)
+	mustWrite(tb, dir, "keys/dev-rsa.key", pem.EncodeToMemory(&pem.Block{Type: "RSA PRIVATE KEY", Bytes: x509.MarshalPKCS1PrivateKey(rsaKey)}), 0o600)
+	_, edKey, err := ed25519.GenerateKey(rand.Reader)
+	if err != nil {
+		tb.Fatal(err)
+	}
+	c, _ = issueCert(tb, fx.inter, "dev-ed", false, certOpts{key: edKey})
+	fx.edCert = c
+	mustWrite(tb, dir, "keys/dev-ed.pem", certPEM(c), 0o644)
+	mustWrite(tb, dir, "keys/dev-ed.key", keyPEM(tb, edKey), 0o600)
+	mustWrite(tb, dir, "keys/with space.key", keyPEM(tb, fx.devKeys["dev-2"]), 0o640)
 
 	// Bad certificates, each with its matching key at <name>.key.
 	bad := map[string]struct {

@@ -147,8 +147,8 @@ func (r *Reader) Load(row Row, opts Options) (*Device, []Problem) {
 }
 
 // keyFingerprint identifies a symmetric key without revealing it: a
-// domain-separated hash, truncated so it cannot serve as a key check oracle
-// beyond telling keys apart.
+// domain-separated SHA-256 truncated to 64 bits, enough to tell keys apart
+// and, for keys of 128 bits or more, no help in recovering one.
 func keyFingerprint(key []byte) string {
 	const domain = "dps-batch/v1\x00"
 	buf := make([]byte, 0, len(domain)+MaxSymmetricKeyLength) // on the stack for keys up to 64 bytes
@@ -301,7 +301,7 @@ func (l *loader) x509() (*tls.Certificate, string) {
 			"X.509 devices need key_path: the device certificate's private key (PEM)")
 	} else if data, mode, ok := l.readFile(colKeyPath, row.KeyPath, keyFile); ok {
 		if mode.Perm()&0o077 != 0 && runtime.GOOS != "windows" {
-			l.warn(colKeyPath, row.KeyPath, fmt.Sprintf("private key file is readable by other users (mode %04o)", mode.Perm()),
+			l.warn(colKeyPath, row.KeyPath, fmt.Sprintf("private key file is open to other users (mode %04o, want 0600)", mode.Perm()),
 				"restrict it: chmod 600 "+shellQuote(row.KeyPath))
 		}
 		var iss *issue

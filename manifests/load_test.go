@@ -55,6 +55,9 @@ func TestLoadX509(t *testing.T) {
 		{"full chain plus overlapping chain_path", fx.dir, "dev-1,devices/dev-1-full.pem,devices/dev-1.key,ca/chain.pem,,", []*x509.Certificate{fx.leaf, fx.inter.cert, fx.root.cert}},
 		{"paths relative to a subfolder", subdir, "dev-1,../devices/dev-1.pem,../devices/dev-1.key,../ca/intermediate.pem,,", []*x509.Certificate{fx.leaf, fx.inter.cert}},
 		{"absolute paths", "/nonexistent", fmt.Sprintf("dev-1,%s,%s,,,", filepath.Join(fx.dir, "devices/dev-1.pem"), filepath.Join(fx.dir, "devices/dev-1.key")), []*x509.Certificate{fx.leaf}},
+		{"SEC1 key after EC PARAMETERS", fx.dir, "dev-5,devices/dev-5.pem,keys/dev-5.sec1.key,,,", []*x509.Certificate{fx.devCerts["dev-5"]}},
+		{"RSA PKCS#1 key", fx.dir, "dev-rsa,keys/dev-rsa.pem,keys/dev-rsa.key,,,", []*x509.Certificate{fx.rsaCert}},
+		{"Ed25519 key", fx.dir, "dev-ed,keys/dev-ed.pem,keys/dev-ed.key,,,", []*x509.Certificate{fx.edCert}},
 		{"certificate and key in one file", fx.dir, "dev-3,bad/combined.pem,bad/combined.pem,,,", []*x509.Certificate{fx.devCerts["dev-3"]}},
 	}
 	for _, tt := range tests {
