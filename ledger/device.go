@@ -1,0 +1,541 @@
+package ledger
+
+import (
+	"context"
+	"database/sql"
+	"encoding/hex"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// State is where a device is in provisioning. The runner moves devices
+// between states; the ledger stores them.
+type State string
+
+// The device states. Final states are not retried by a later run unless the
+// operator asks for it.
+const (
+	StatePending     State = "pending"     // known from the manifest, nothing sent yet
+	StateRegistering State = "registering" // a register PUT may have been sent; its answer is not recorded
+	StateAssigning   State = "assigning"   // DPS returned an operation id (recorded); poll it
+	StateAssigned    State = "assigned"    // final: hub + device id known
+	StateDisabled    State = "disabled"    // final: enrollment disabled
+	StateFailed      State = "failed"      // permanent failure (DPS 'failed' or a non-retryable error)
+	StateRetryable   State = "retryable"   // gave up this run on a retryable error; retried on the next run
+)
+
+// stateCodes are the integers stored in devices.state. Never renumber them:
+// they are part of the file format.
+var stateCodes = map[State]int{
+	StatePending:     1,
+	StateRegistering: 2,
+	StateAssigning:   3,
+	StateAssigned:    4,
+	StateDisabled:    5,
+	StateFailed:      6,
+	StateRetryable:   7,
+}
+
+// States returns every state, in the order a device normally moves through
+// them; summaries can use it for a stable order.
+func States() []State {
+	return []State{StatePending, StateRegistering, StateAssigning, StateAssigned, StateDisabled, StateFailed, StateRetryable}
+}
+
+// Final reports whether s is a final state: assigned, disabled or failed.
+func (s State) Final() bool {
+	return s == StateAssigned || s == StateDisabled || s == StateFailed
+}
+
+// stateOf maps a stored code back to its State.
+func stateOf(code int) (State, error) {
+	for s, c := range stateCodes {
+		if c == code {
+			return s, nil
+		}
+	}
+	return "", fmt.Errorf("unknown state code %d", code)
+}
+
+// Device is the ledger's row for one device: its state and the last thing
+// DPS said about it.
+type Device struct {
+	RegistrationID string
+	State          State
+	OperationID    string // DPS operation id of the latest register PUT, "" = none
+	AssignedHub    string // IoT hub host name, once assigned
+	DeviceID       string // IoT hub device id, once assigned
+	Substatus      string // DPS substatus, e.g. "initialAssignment"
+	ErrorCode      int    // DPS 6-digit code, 0 = none
+	ErrorMessage   string
+	Hint           string    // what the operator can do about the error
+	HTTPStatus     int       // last HTTP status seen, 0 = none
+	RequestID      string    // last x-ms-request-id / trackingId
+	Attempts       int       // register PUTs sent so far (billable)
+	Polls          int       // operation polls + status lookups sent so far
+	Fingerprint    string    // credential fingerprint (never key material)
+	FirstAttemptAt time.Time // zero = never attempted; stored to the millisecond
+	FinishedAt     time.Time // zero = not finished; stored to the millisecond
+	UpdatedAt      time.Time // set by the ledger on every write (Options.Now), read back in UTC
+	RunID          int64     // run that last wrote the row, 0 = none
+}
+
+// Attempt is one HTTP transaction with DPS, appended to the attempt log.
+type Attempt struct {
+	RegistrationID string        // "" = the device of the Put
+	RunID          int64         // 0 = the device's RunID
+	Kind           string        // "register" | "poll" | "lookup"
+	HTTPStatus     int           // 0 = transport error
+	ErrorCode      int           // DPS 6-digit code, 0 = none
+	RequestID      string        // x-ms-request-id / trackingId
+	Latency        time.Duration // stored to the microsecond
+	At             time.Time     // start of the transaction; zero = commit time. Stored to the millisecond.
+}
+
+// kindCodes are the integers stored in attempts.kind; part of the file format.
+var kindCodes = map[string]int{"register": 1, "poll": 2, "lookup": 3}
+
+// kindOf maps a stored code back to its kind.
+func kindOf(code int) string {
+	for k, c := range kindCodes {
+		if c == code {
+			return k
+		}
+	}
+	return fmt.Sprintf("kind-%d", code)
+}
+
+// packID stores a canonical lower-case GUID (what DPS sends as
+// x-ms-request-id) as 16 bytes instead of 36 characters; anything else is
+// stored as text. unpackID inverts it exactly.
+func packID(s string) any {
+	if s == "" {
+		return nil
+	}
+	if len(s) != 36 || s[8] != '-' || s[13] != '-' || s[18] != '-' || s[23] != '-' {
+		return s
+	}
+	hexDigits := s[0:8] + s[9:13] + s[14:18] + s[19:23] + s[24:36]
+	if strings.ToLower(hexDigits) != hexDigits {
+		return s // upper case would not round-trip
+	}
+	b, err := hex.DecodeString(hexDigits)
+	if err != nil {
+		return s
+	}
+	return b
+}
+
+// unpackID reverses packID.
+func unpackID(v any) string {
+	switch v := v.(type) {
+	case nil:
+		return ""
+	case string:
+		return v
+	case []byte:
+		if len(v) != 16 {
+			return hex.EncodeToString(v)
+		}
+		h := hex.EncodeToString(v)
+		return h[0:8] + "-" + h[8:12] + "-" + h[12:16] + "-" + h[16:20] + "-" + h[20:32]
+	}
+	return fmt.Sprint(v)
+}
+
+// msOrNull stores a time as Unix milliseconds, the zero time as NULL.
+func msOrNull(t time.Time) any {
+	if t.IsZero() {
+		return nil
+	}
+	return t.UnixMilli()
+}
+
+// timeOf reverses msOrNull; times come back in UTC.
+func timeOf(n sql.NullInt64) time.Time {
+	if !n.Valid {
+		return time.Time{}
+	}
+	return time.UnixMilli(n.Int64).UTC()
+}
+
+// idOrNull stores run id 0 as NULL, which the foreign key allows.
+func idOrNull(id int64) any {
+	if id == 0 {
+		return nil
+	}
+	return id
+}
+
+const deviceColumns = `registration_id, state, operation_id, assigned_hub, device_id, substatus,
+	error_code, error_message, hint, http_status, request_id, attempts, polls, fingerprint,
+	first_attempt_at, finished_at, updated_at, run_id`
+
+const deviceSQL = `SELECT ` + deviceColumns + ` FROM devices WHERE registration_id = ?`
+
+// upsertSQL writes a whole device row. updated_at is argument 17 (index 16).
+const upsertSQL = `INSERT INTO devices (` + deviceColumns + `)
+	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+	ON CONFLICT (registration_id) DO UPDATE SET
+		state = excluded.state, operation_id = excluded.operation_id,
+		assigned_hub = excluded.assigned_hub, device_id = excluded.device_id,
+		substatus = excluded.substatus, error_code = excluded.error_code,
+		error_message = excluded.error_message, hint = excluded.hint,
+		http_status = excluded.http_status, request_id = excluded.request_id,
+		attempts = excluded.attempts, polls = excluded.polls,
+		fingerprint = excluded.fingerprint, first_attempt_at = excluded.first_attempt_at,
+		finished_at = excluded.finished_at, updated_at = excluded.updated_at,
+		run_id = excluded.run_id
+	RETURNING id`
+
+// updatedAtArg is the index of updated_at in the upsert arguments.
+const updatedAtArg = 16
+
+// attemptSQL appends to the log; the device id is argument 1 and at is
+// argument 8 (indexes 0 and 7).
+const attemptSQL = `INSERT INTO attempts (device, run_id, kind, http_status, error_code, request_id, latency_us, at)
+	VALUES (?, ?, ?, ?, ?, ?, ?, ?)`
+
+// attemptAtArg is the index of at in the attempt arguments.
+const attemptAtArg = 7
+
+// deviceArgs validates d and returns the upsert arguments (updated_at is
+// filled in at commit time).
+func deviceArgs(d Device) ([]any, error) {
+	if d.RegistrationID == "" {
+		return nil, fmt.Errorf("device has an empty registration id")
+	}
+	code, ok := stateCodes[d.State]
+	if !ok {
+		return nil, fmt.Errorf("device %s: unknown state %q", d.RegistrationID, d.State)
+	}
+	return []any{
+		d.RegistrationID, code, d.OperationID, d.AssignedHub, d.DeviceID, d.Substatus,
+		d.ErrorCode, d.ErrorMessage, d.Hint, d.HTTPStatus, packID(d.RequestID), d.Attempts, d.Polls, d.Fingerprint,
+		msOrNull(d.FirstAttemptAt), msOrNull(d.FinishedAt), nil, idOrNull(d.RunID),
+	}, nil
+}
+
+// attemptArgs validates a and returns its insert arguments (the device id
+// and a zero At are filled in at commit time).
+func attemptArgs(d Device, a Attempt) ([]any, error) {
+	if a.RegistrationID != "" && a.RegistrationID != d.RegistrationID {
+		return nil, fmt.Errorf("device %s: attempt is for device %s", d.RegistrationID, a.RegistrationID)
+	}
+	kind, ok := kindCodes[a.Kind]
+	if !ok {
+		return nil, fmt.Errorf("device %s: unknown attempt kind %q", d.RegistrationID, a.Kind)
+	}
+	run := a.RunID
+	if run == 0 {
+		run = d.RunID
+	}
+	return []any{
+		nil, idOrNull(run), kind, a.HTTPStatus, a.ErrorCode, packID(a.RequestID), a.Latency.Microseconds(), msOrNull(a.At),
+	}, nil
+}
+
+// rowScanner is *sql.Row or *sql.Rows.
+type rowScanner interface{ Scan(dest ...any) error }
+
+// scanDevice reads one row selected with deviceColumns.
+func scanDevice(s rowScanner) (Device, error) {
+	var (
+		d                       Device
+		state                   int
+		reqID                   any
+		first, finished, update sql.NullInt64
+		run                     sql.NullInt64
+	)
+	err := s.Scan(&d.RegistrationID, &state, &d.OperationID, &d.AssignedHub, &d.DeviceID, &d.Substatus,
+		&d.ErrorCode, &d.ErrorMessage, &d.Hint, &d.HTTPStatus, &reqID, &d.Attempts, &d.Polls, &d.Fingerprint,
+		&first, &finished, &update, &run)
+	if err != nil {
+		return Device{}, err
+	}
+	if d.State, err = stateOf(state); err != nil {
+		return Device{}, fmt.Errorf("device %s: %w", d.RegistrationID, err)
+	}
+	d.RequestID = unpackID(reqID)
+	d.FirstAttemptAt, d.FinishedAt, d.UpdatedAt = timeOf(first), timeOf(finished), timeOf(update)
+	d.RunID = run.Int64
+	return d, nil
+}
+
+// Device returns the row of one device; ok is false when the ledger does not
+// know it.
+func (l *Ledger) Device(ctx context.Context, registrationID string) (d Device, ok bool, err error) {
+	if err := l.notClosed("read device " + registrationID); err != nil {
+		return Device{}, false, err
+	}
+	d, err = scanDevice(l.deviceStmt.QueryRowContext(ctx, registrationID))
+	switch {
+	case err == sql.ErrNoRows:
+		return Device{}, false, nil
+	case err != nil:
+		return Device{}, false, l.classify("read device "+registrationID, err)
+	}
+	return d, true, nil
+}
+
+// AddPending inserts the devices the ledger does not know yet, in state
+// pending, in one transaction; known devices are left untouched. It keeps
+// RegistrationID, Fingerprint and RunID of each device and ignores the other
+// fields. It returns how many rows were added. The runner calls it in chunks
+// (thousands of devices) before dispatching work.
+func (l *Ledger) AddPending(ctx context.Context, devices []Device) (added int, err error) {
+	if err := l.writable("add pending devices"); err != nil {
+		return 0, err
+	}
+	for i, d := range devices {
+		if d.RegistrationID == "" {
+			return 0, fmt.Errorf("ledger %s: add pending devices: device %d of %d has an empty registration id", l.path, i+1, len(devices))
+		}
+	}
+	tx, err := l.wdb.BeginTx(ctx, nil)
+	if err != nil {
+		return 0, l.classify("add pending devices", err)
+	}
+	defer tx.Rollback()
+	st, err := tx.PrepareContext(ctx, `INSERT INTO devices (registration_id, state, fingerprint, updated_at, run_id)
+		VALUES (?, ?, ?, ?, ?) ON CONFLICT (registration_id) DO NOTHING`)
+	if err != nil {
+		return 0, l.classify("add pending devices", err)
+	}
+	defer st.Close()
+	now := l.now().UnixMilli()
+	for _, d := range devices {
+		res, err := st.ExecContext(ctx, d.RegistrationID, stateCodes[StatePending], d.Fingerprint, now, idOrNull(d.RunID))
+		if err != nil {
+			return 0, l.classify("add pending device "+d.RegistrationID, err)
+		}
+		n, err := res.RowsAffected()
+		if err != nil {
+			return 0, l.classify("add pending device "+d.RegistrationID, err)
+		}
+		added += int(n)
+	}
+	if err := tx.Commit(); err != nil {
+		return 0, l.classify("add pending devices: commit", err)
+	}
+	return added, nil
+}
+
+// eachPage is how many rows Each reads per read transaction. Short reads
+// keep the WAL from growing while fn runs and let fn call Put.
+const eachPage = 512
+
+// Each calls fn for every device in one of states (nil or empty: every
+// device), in registration id order, stopping at the first error, which it
+// returns as is.
+//
+// Rows are read in pages of a few hundred, each page in its own short read
+// transaction, so fn may write to the ledger (Put) while Each runs. Every
+// device is seen at most once; a device written after Each started is seen
+// with its new state if Each has not reached it yet.
+func (l *Ledger) Each(ctx context.Context, states []State, fn func(Device) error) error {
+	var (
+		where strings.Builder
+		args  []any
+	)
+	where.WriteString("registration_id > ?")
+	if len(states) > 0 {
+		where.WriteString(" AND state IN (")
+		for i, s := range states {
+			code, ok := stateCodes[s]
+			if !ok {
+				return fmt.Errorf("ledger %s: list devices: unknown state %q", l.path, s)
+			}
+			if i > 0 {
+				where.WriteString(", ")
+			}
+			where.WriteString("?")
+			args = append(args, code)
+		}
+		where.WriteString(")")
+	}
+	query := fmt.Sprintf("SELECT %s FROM devices WHERE %s ORDER BY registration_id LIMIT %d", deviceColumns, where.String(), eachPage)
+
+	after := ""
+	for {
+		if err := l.notClosed("list devices"); err != nil {
+			return err
+		}
+		page, err := l.devicePage(ctx, query, append([]any{after}, args...))
+		if err != nil {
+			return err
+		}
+		for _, d := range page {
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+			if err := fn(d); err != nil {
+				return err
+			}
+		}
+		if len(page) < eachPage {
+			return nil
+		}
+		after = page[len(page)-1].RegistrationID
+	}
+}
+
+// devicePage runs one page query of Each.
+func (l *Ledger) devicePage(ctx context.Context, query string, args []any) ([]Device, error) {
+	rows, err := l.rdb.QueryContext(ctx, query, args...)
+	if err != nil {
+		return nil, l.classify("list devices", err)
+	}
+	defer rows.Close()
+	page := make([]Device, 0, eachPage)
+	for rows.Next() {
+		d, err := scanDevice(rows)
+		if err != nil {
+			return nil, l.classify("list devices", err)
+		}
+		page = append(page, d)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, l.classify("list devices", err)
+	}
+	return page, nil
+}
+
+// Counts summarises the ledger.
+type Counts struct {
+	Total    int            // devices
+	ByState  map[State]int  // devices per state; states with no device are absent
+	ByHub    map[string]int // assigned devices per IoT hub
+	Attempts int            // register PUTs sent, over all devices and runs
+	Polls    int            // operation polls and status lookups sent, over all devices and runs
+}
+
+// Counts returns the totals of the ledger, all read from one snapshot.
+func (l *Ledger) Counts(ctx context.Context) (Counts, error) {
+	if err := l.notClosed("count devices"); err != nil {
+		return Counts{}, err
+	}
+	c := Counts{ByState: map[State]int{}, ByHub: map[string]int{}}
+	tx, err := l.readTx(ctx)
+	if err != nil {
+		return Counts{}, l.classify("count devices", err)
+	}
+	defer tx.Rollback()
+
+	rows, err := tx.QueryContext(ctx, "SELECT state, count(*), total(attempts), total(polls) FROM devices GROUP BY state")
+	if err != nil {
+		return Counts{}, l.classify("count devices", err)
+	}
+	for rows.Next() {
+		var code, n int
+		var attempts, polls float64
+		if err := rows.Scan(&code, &n, &attempts, &polls); err != nil {
+			rows.Close()
+			return Counts{}, l.classify("count devices", err)
+		}
+		s, err := stateOf(code)
+		if err != nil {
+			rows.Close()
+			return Counts{}, l.classify("count devices", err)
+		}
+		c.ByState[s] = n
+		c.Total += n
+		c.Attempts += int(attempts)
+		c.Polls += int(polls)
+	}
+	if err := closeRows(rows); err != nil {
+		return Counts{}, l.classify("count devices", err)
+	}
+
+	rows, err = tx.QueryContext(ctx, "SELECT assigned_hub, count(*) FROM devices WHERE state = ? GROUP BY assigned_hub", stateCodes[StateAssigned])
+	if err != nil {
+		return Counts{}, l.classify("count devices per hub", err)
+	}
+	for rows.Next() {
+		var hub string
+		var n int
+		if err := rows.Scan(&hub, &n); err != nil {
+			rows.Close()
+			return Counts{}, l.classify("count devices per hub", err)
+		}
+		c.ByHub[hub] = n
+	}
+	if err := closeRows(rows); err != nil {
+		return Counts{}, l.classify("count devices per hub", err)
+	}
+	return c, nil
+}
+
+// closeRows returns the iteration error of rows, then its close error.
+func closeRows(rows *sql.Rows) error {
+	if err := rows.Err(); err != nil {
+		rows.Close()
+		return err
+	}
+	return rows.Close()
+}
+
+// Attempts returns the attempt log of one device, oldest first. It is meant
+// for diagnostics: the log has no index by device, so it reads the whole log.
+func (l *Ledger) Attempts(ctx context.Context, registrationID string) ([]Attempt, error) {
+	if err := l.notClosed("read attempts of " + registrationID); err != nil {
+		return nil, err
+	}
+	rows, err := l.rdb.QueryContext(ctx, `SELECT a.run_id, a.kind, a.http_status, a.error_code, a.request_id, a.latency_us, a.at
+		FROM attempts a WHERE a.device = (SELECT id FROM devices WHERE registration_id = ?) ORDER BY a.rowid`, registrationID)
+	if err != nil {
+		return nil, l.classify("read attempts of "+registrationID, err)
+	}
+	defer rows.Close()
+	var out []Attempt
+	for rows.Next() {
+		var (
+			a       = Attempt{RegistrationID: registrationID}
+			run     sql.NullInt64
+			kind    int
+			reqID   any
+			latency int64
+			at      sql.NullInt64
+		)
+		if err := rows.Scan(&run, &kind, &a.HTTPStatus, &a.ErrorCode, &reqID, &latency, &at); err != nil {
+			return nil, l.classify("read attempts of "+registrationID, err)
+		}
+		a.RunID, a.Kind, a.RequestID = run.Int64, kindOf(kind), unpackID(reqID)
+		a.Latency, a.At = time.Duration(latency)*time.Microsecond, timeOf(at)
+		out = append(out, a)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, l.classify("read attempts of "+registrationID, err)
+	}
+	return out, nil
+}
+
+// IntegrityCheck runs SQLite's full integrity check and returns an error
+// wrapping ErrCorrupt, with SQLite's first findings, unless it reports "ok".
+// It reads every page, so it takes about a second per few hundred MB.
+func (l *Ledger) IntegrityCheck(ctx context.Context) error {
+	if err := l.notClosed("check integrity"); err != nil {
+		return err
+	}
+	rows, err := l.rdb.QueryContext(ctx, "PRAGMA integrity_check(10)")
+	if err != nil {
+		return l.classify("check integrity", err)
+	}
+	defer rows.Close()
+	var found []string
+	for rows.Next() {
+		var s string
+		if err := rows.Scan(&s); err != nil {
+			return l.classify("check integrity", err)
+		}
+		found = append(found, s)
+	}
+	if err := rows.Err(); err != nil {
+		return l.classify("check integrity", err)
+	}
+	if len(found) == 1 && found[0] == "ok" {
+		return nil
+	}
+	return &corruptError{path: l.path, op: "integrity check", detail: strings.Join(found, "; ")}
+}
