@@ -72,13 +72,19 @@ const MaxLineLength = 1 << 20
 type Row struct {
 	// Line is the 1-based physical line number of the record in the file
 	// (the header is line 1).
-	Line           int    `csv:"-"`
+	Line int `csv:"-"`
+	// RegistrationID is the DPS registration id, unchecked.
 	RegistrationID string `csv:"registration_id"`
-	CertPath       string `csv:"cert_path"`
-	KeyPath        string `csv:"key_path"`
-	ChainPath      string `csv:"chain_path"`
-	SymmetricKey   string `csv:"symmetric_key"`
-	Payload        string `csv:"payload"`
+	// CertPath, KeyPath and ChainPath are file paths as written: relative
+	// ones resolve against the manifest's folder when loaded.
+	CertPath  string `csv:"cert_path"`
+	KeyPath   string `csv:"key_path"`
+	ChainPath string `csv:"chain_path"`
+	// SymmetricKey is the base64 individual enrollment key; empty for X.509
+	// and group devices.
+	SymmetricKey string `csv:"symmetric_key"`
+	// Payload is the custom allocation payload text; empty for none.
+	Payload string `csv:"payload"`
 }
 
 // Reader streams the rows of a manifest. Next must be called from one
