@@ -7,6 +7,7 @@ import (
 	"crypto/sha256"
 	"crypto/x509"
 	"encoding/base64"
+	"encoding/binary"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -14,6 +15,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/dps-batch/dps-batch/dps"
@@ -187,71 +189,168 @@ func (s *Server) authX509(chain []*x509.Certificate, regID string, now time.Time
 	if now.Before(leaf.NotBefore) || now.After(leaf.NotAfter) {
 		return attested{}, unauthorized("device certificate is not valid now (valid %s to %s)", leaf.NotBefore.UTC().Format(time.RFC3339), leaf.NotAfter.UTC().Format(time.RFC3339))
 	}
+	key := chainKey(chain)
+	if att, ok := s.auths.get(key, now); ok {
+		return att, nil
+	}
+	att, validUntil, aerr := s.matchX509(chain, regID, now)
+	if aerr == nil {
+		s.auths.put(key, att, validUntil)
+	}
+	return att, aerr
+}
+
+// matchX509 finds the enrollment for a certificate chain whose leaf CN is
+// regID, and how long the answer holds (the end of the verified chain's
+// validity).
+func (s *Server) matchX509(chain []*x509.Certificate, regID string, now time.Time) (attested, time.Time, *apiError) {
+	leaf := chain[0]
 	info := &dps.X509RegistrationResult{CertificateInfo: certInfo(leaf)}
 	// Individual enrollment first, then groups up the chain (DPS matching order).
 	if e := s.in.individuals[strings.ToLower(regID)]; e != nil {
 		if !e.isX509() {
-			return attested{}, unauthorized("the individual enrollment for %q uses symmetric key attestation: send a SAS token", regID)
+			return attested{}, time.Time{}, unauthorized("the individual enrollment for %q uses symmetric key attestation: send a SAS token", regID)
 		}
 		if !bytes.Equal(leaf.Raw, e.cert.Raw) {
-			return attested{}, unauthorized("the presented certificate is not the one in the individual enrollment for %q", regID)
+			return attested{}, time.Time{}, unauthorized("the presented certificate is not the one in the individual enrollment for %q", regID)
 		}
-		if len(chain) > 1 && !s.chainsToVerifiedCA(chain, now) {
-			return attested{}, unauthorized("the device presented a certificate chain: for an individual enrollment one CA certificate of that chain must be uploaded and verified (or present the device certificate alone)")
+		validUntil := leaf.NotAfter
+		if len(chain) > 1 {
+			ok, until := s.chainsToVerifiedCA(chain, now)
+			if !ok {
+				return attested{}, time.Time{}, unauthorized("the device presented a certificate chain: for an individual enrollment one CA certificate of that chain must be uploaded and verified (or present the device certificate alone)")
+			}
+			validUntil = until
 		}
-		return attested{enr: e, x509: info}, nil
+		return attested{enr: e, x509: info}, validUntil, nil
 	}
-	g, level := s.findX509Group(chain)
-	if g == nil {
-		return attested{}, unauthorized("no enrollment for %q: no individual enrollment, and no enrollment group's CA is in or directly above the presented chain (present the full chain up to the group's CA)", regID)
+	g, chains, err := s.findX509Group(chain, now)
+	if g == nil && err == nil {
+		return attested{}, time.Time{}, unauthorized("no enrollment for %q: no individual enrollment, and no enrollment group's CA is in or directly above the presented chain (present the full chain up to the group's CA)", regID)
 	}
-	ca := g.groupCA()
-	if _, err := leaf.Verify(verifyOptions(ca, chain[1:level], now)); err != nil {
-		return attested{}, unauthorized("certificate chain does not verify up to enrollment group %q's CA %q: %v", g.id, ca.Subject.CommonName, err)
+	if err != nil {
+		return attested{}, time.Time{}, unauthorized("certificate chain does not verify up to enrollment group %q's CA %q: %v", g.id, g.groupCA().Subject.CommonName, err)
 	}
 	if g.ca != nil && !g.ca.verified.Load() {
-		return attested{}, unauthorized("enrollment group %q's CA certificate %q is not verified: do proof of possession first (see dps-batch sim --help)", g.id, g.ca.name)
+		return attested{}, time.Time{}, unauthorized("enrollment group %q's CA certificate %q is not verified: do proof of possession first (see dps-batch sim --help)", g.id, g.ca.name)
 	}
 	info.EnrollmentGroupID = g.id
-	info.SigningCertificateInfo = certInfo(ca)
-	return attested{enr: g, x509: info}, nil
+	info.SigningCertificateInfo = certInfo(g.groupCA())
+	return attested{enr: g, x509: info}, earliestNotAfter(chains), nil
 }
 
 // findX509Group walks the presented chain from the leaf's issuer upward and
-// returns the first X.509 group whose CA is the certificate at that level, or
-// signs the topmost presented certificate, with the number of presented
-// certificates below the CA (the CA's level).
-func (s *Server) findX509Group(chain []*x509.Certificate) (*enrollment, int) {
+// returns the first X.509 group whose CA is the certificate at that level,
+// or issued the topmost presented certificate, with the verified chains
+// from the leaf to that CA. A group found whose chain does not verify is
+// returned with the verification error.
+func (s *Server) findX509Group(chain []*x509.Certificate, now time.Time) (*enrollment, [][]*x509.Certificate, error) {
+	var firstErr error
+	var firstGroup *enrollment
 	for level := 1; level <= len(chain); level++ {
 		for _, g := range s.in.x509Groups {
 			ca := g.groupCA()
 			if level < len(chain) {
-				if sameCert(chain[level], ca) {
-					return g, level
+				if !sameCert(chain[level], ca) {
+					continue
 				}
+			} else if !bytes.Equal(chain[len(chain)-1].RawIssuer, ca.RawSubject) {
 				continue
 			}
-			top := chain[len(chain)-1]
-			if bytes.Equal(top.RawIssuer, ca.RawSubject) && top.CheckSignatureFrom(ca) == nil {
-				return g, level
+			// x509 verification checks every signature, validity period,
+			// CA constraint and the client-auth usage.
+			chains, err := chain[0].Verify(verifyOptions(ca, chain[1:level], now))
+			if err == nil {
+				return g, chains, nil
+			}
+			if firstErr == nil {
+				firstGroup, firstErr = g, err
 			}
 		}
+		if firstErr != nil {
+			return firstGroup, nil, firstErr
+		}
 	}
-	return nil, 0
+	return nil, nil, nil
 }
 
 // chainsToVerifiedCA reports whether the chain verifies up to a verified
-// uploaded CA certificate.
-func (s *Server) chainsToVerifiedCA(chain []*x509.Certificate, now time.Time) bool {
+// uploaded CA certificate, and until when.
+func (s *Server) chainsToVerifiedCA(chain []*x509.Certificate, now time.Time) (bool, time.Time) {
 	for _, ca := range s.in.cas {
 		if !ca.verified.Load() {
 			continue
 		}
-		if _, err := chain[0].Verify(verifyOptions(ca.cert, chain[1:], now)); err == nil {
-			return true
+		if chains, err := chain[0].Verify(verifyOptions(ca.cert, chain[1:], now)); err == nil {
+			return true, earliestNotAfter(chains)
 		}
 	}
-	return false
+	return false, time.Time{}
+}
+
+// earliestNotAfter is when the first certificate of the verified chains
+// expires.
+func earliestNotAfter(chains [][]*x509.Certificate) time.Time {
+	var t time.Time
+	for _, c := range chains {
+		for _, cert := range c {
+			if t.IsZero() || cert.NotAfter.Before(t) {
+				t = cert.NotAfter
+			}
+		}
+	}
+	return t
+}
+
+// authCache remembers successful X.509 authentications, so the poll after
+// a register (and repeat registrations) skip the chain verification. Only
+// successes are kept: a CA can become verified at run time, never
+// unverified, and the configuration does not change, so a success stays a
+// success until the chain expires.
+type authCache struct {
+	mu sync.Mutex
+	m  map[[32]byte]cachedAuth
+}
+
+type cachedAuth struct {
+	att        attested
+	validUntil time.Time
+}
+
+// maxCachedAuths bounds the cache; it is emptied when full.
+const maxCachedAuths = 100_000
+
+func (c *authCache) get(key [32]byte, now time.Time) (attested, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	e, ok := c.m[key]
+	if !ok || now.After(e.validUntil) {
+		return attested{}, false
+	}
+	return e.att, true
+}
+
+func (c *authCache) put(key [32]byte, att attested, validUntil time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil || len(c.m) >= maxCachedAuths {
+		c.m = make(map[[32]byte]cachedAuth)
+	}
+	c.m[key] = cachedAuth{att: att, validUntil: validUntil}
+}
+
+// chainKey identifies a presented chain.
+func chainKey(chain []*x509.Certificate) [32]byte {
+	h := sha256.New()
+	for _, c := range chain {
+		var n [4]byte
+		binary.BigEndian.PutUint32(n[:], uint32(len(c.Raw)))
+		h.Write(n[:])
+		h.Write(c.Raw)
+	}
+	var k [32]byte
+	h.Sum(k[:0])
+	return k
 }
 
 func verifyOptions(root *x509.Certificate, intermediates []*x509.Certificate, now time.Time) x509.VerifyOptions {

@@ -52,6 +52,7 @@ type Server struct {
 	held   atomic.Int64
 
 	stats counters
+	auths authCache
 }
 
 // New validates cfg and returns a server for it. File references in cfg are
