@@ -140,4 +140,3 @@ func registerAndPoll(b *testing.B, client *http.Client, base, id, auth string) {
 		b.Fatalf("poll %s: %d %s", id, code, body)
 	}
 }
-
