@@ -269,13 +269,10 @@ func TestTransportErrors(t *testing.T) {
 		})
 	}
 	t.Run("per-request timeout", func(t *testing.T) {
+		// Hold the handler until the test ends: returning when the client
+		// hangs up could race an empty 200 against the close.
 		release := make(chan struct{})
-		f := startFake(t, func(w http.ResponseWriter, r *http.Request) {
-			select {
-			case <-release:
-			case <-r.Context().Done():
-			}
-		})
+		f := startFake(t, func(w http.ResponseWriter, r *http.Request) { <-release })
 		defer close(release)
 		c := mustClient(t, f.URL, func(cfg *dps.Config) { cfg.Timeout = 200 * time.Millisecond })
 		start := time.Now()
@@ -287,10 +284,12 @@ func TestTransportErrors(t *testing.T) {
 	})
 	t.Run("caller cancels", func(t *testing.T) {
 		ctx, cancel := context.WithCancel(context.Background())
+		release := make(chan struct{})
 		f := startFake(t, func(w http.ResponseWriter, r *http.Request) {
 			cancel()
-			<-r.Context().Done()
+			<-release
 		})
+		defer close(release)
 		c := mustClient(t, f.URL)
 		_, err := c.OperationStatus(ctx, dps.NewSymmetricKeyDevice("dev-001", []byte("k")), "op")
 		checkErr(t, err, errCase{class: dps.Retryable, is: context.Canceled, msg: "poll device dev-001: context canceled"})
