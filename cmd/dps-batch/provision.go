@@ -1,12 +1,349 @@
 package main
 
-import "context"
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"time"
 
-// runProvision is a placeholder until the command lands.
-func runProvision(_ context.Context, e *env, args []string) error {
-	fs := newFlagSet(e, "provision", "The provision command (not in this build yet).", "dps-batch provision --help")
+	"github.com/dps-batch/dps-batch/batch"
+	"github.com/dps-batch/dps-batch/dps"
+	"github.com/dps-batch/dps-batch/ledger"
+	"github.com/dps-batch/dps-batch/manifests"
+)
+
+const provisionPurpose = `Provision every device of a manifest through DPS, concurrently and within DPS's
+quotas, recording each step in a SQLite ledger. Run the same command again after a
+crash, an interrupt or failures: finished devices are skipped, devices DPS is
+assigning are polled (not registered again), and nothing billable is repeated.
+
+The manifest is validated in full before anything is sent: every problem is listed
+with its row number, and the command exits 2 without contacting DPS.
+
+Rate: DPS documents 1,000 registrations per minute per DPS instance (older
+instances 200) and 5 polls per 10 s per device. The default --rate of 900/min stays
+below that; on a 429 the whole fleet pauses for Retry-After and slows down, then
+recovers gradually.
+
+Group symmetric keys are never taken on the command line: use --group-key-file or
+the environment variable named by --group-key-env.`
+
+// provisionFlags are the flags shared by provision and demo.
+type provisionFlags struct {
+	manifest, ledgerPath, idScope, endpoint, caFile, apiVersion string
+	groupKeyFile, groupKeyEnv                                   string
+	workers, maxAttempts                                        int
+	rate, pollRate                                              float64
+	deviceTimeout, requestTimeout                               time.Duration
+	retryFailed, reprovision, dryRun, verbose, quiet, jsonOut   bool
+}
+
+func (p *provisionFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&p.manifest, "manifest", "", "manifest CSV `file` (registration_id,cert_path,key_path[,chain_path,symmetric_key,payload]); required")
+	fs.StringVar(&p.ledgerPath, "ledger", "", "ledger `file` (SQLite); created if missing (default: the manifest path with .ledger instead of .csv)")
+	fs.StringVar(&p.idScope, "id-scope", "", "DPS ID `scope`, e.g. 0ne00012345 (DPS overview page in the portal); required")
+	fs.StringVar(&p.endpoint, "endpoint", dps.DefaultEndpoint, "DPS device endpoint `URL` (https only)")
+	fs.StringVar(&p.caFile, "ca-file", "", "extra CA bundle `file` (PEM) trusted for the endpoint besides the system roots, e.g. the simulator's CA")
+	fs.StringVar(&p.apiVersion, "api-version", dps.DefaultAPIVersion, "DPS device API `version`")
+	fs.IntVar(&p.workers, "workers", batch.DefaultWorkers, "devices in flight at once (`N`)")
+	fs.Float64Var(&p.rate, "rate", batch.DefaultRegisterRate, "register requests per minute for the whole fleet (`N/min`); DPS allows 1,000/min per instance; -1 = unlimited")
+	fs.Float64Var(&p.pollRate, "poll-rate", batch.DefaultPollRate, "status polls and lookups per minute for the whole fleet (`N/min`); -1 = unlimited")
+	fs.IntVar(&p.maxAttempts, "max-attempts", batch.DefaultMaxAttempts, "failed requests per device per run before leaving it for the next run (`N`)")
+	fs.DurationVar(&p.deviceTimeout, "timeout-per-device", batch.DefaultDeviceTimeout, "time one device may take in one run before it is left for the next run (`duration`)")
+	fs.DurationVar(&p.requestTimeout, "request-timeout", 30*time.Second, "timeout of one HTTP request (`duration`)")
+	fs.StringVar(&p.groupKeyFile, "group-key-file", "", "`file` holding the base64 group enrollment key, for rows with no credentials (device keys are derived from it)")
+	fs.StringVar(&p.groupKeyEnv, "group-key-env", "DPS_GROUP_KEY", "environment `variable` holding the base64 group key (used when --group-key-file is not given)")
+	fs.BoolVar(&p.retryFailed, "retry-failed", false, "register again devices that failed or were disabled in an earlier run")
+	fs.BoolVar(&p.reprovision, "reprovision", false, "register again devices that are already assigned (billable)")
+	fs.BoolVar(&p.dryRun, "dry-run", false, "validate the manifest and print the plan; send nothing, write nothing")
+	fs.BoolVar(&p.verbose, "v", false, "verbose: log every device's steps on stderr")
+	fs.BoolVar(&p.quiet, "quiet", false, "no progress display (the summary is still printed)")
+	fs.BoolVar(&p.jsonOut, "json", false, "print the summary as JSON on stdout")
+}
+
+// idScopePattern matches DPS ID scopes: "0ne" followed by 8 hex digits.
+var idScopePattern = regexp.MustCompile(`^0ne[0-9A-Fa-f]{8}$`)
+
+func (p *provisionFlags) check() error {
+	if err := requireFlag(nil, "manifest", p.manifest, "dps-batch provision --manifest devices.csv --id-scope 0ne00012345"); err != nil {
+		return err
+	}
+	if err := requireFlag(nil, "id-scope", p.idScope, "dps-batch provision --manifest "+p.manifest+" --id-scope 0ne00012345 (the ID scope is on the DPS overview page)"); err != nil {
+		return err
+	}
+	if !idScopePattern.MatchString(p.idScope) {
+		return usagef("the ID scope is on the DPS overview page in the Azure portal, e.g. 0ne00012345",
+			"--id-scope %q does not look like a DPS ID scope (\"0ne\" followed by 8 hex digits)", p.idScope)
+	}
+	if p.workers < 1 {
+		return usagef("--workers 100", "--workers must be at least 1, got %d", p.workers)
+	}
+	if p.rate == 0 || p.rate < -1 {
+		return usagef("--rate 900 (per minute), or --rate -1 for no limit", "--rate must be a positive number of registrations per minute, got %v", p.rate)
+	}
+	if p.pollRate == 0 || p.pollRate < -1 {
+		return usagef("--poll-rate 1800 (per minute), or --poll-rate -1 for no limit", "--poll-rate must be a positive number of polls per minute, got %v", p.pollRate)
+	}
+	if p.maxAttempts < 1 {
+		return usagef("--max-attempts 6", "--max-attempts must be at least 1, got %d", p.maxAttempts)
+	}
+	if p.deviceTimeout <= 0 || p.requestTimeout <= 0 {
+		return usagef("--timeout-per-device 5m --request-timeout 30s", "timeouts must be positive durations")
+	}
+	if p.ledgerPath == "" {
+		p.ledgerPath = strings.TrimSuffix(p.manifest, filepath.Ext(p.manifest)) + ".ledger"
+	}
+	return nil
+}
+
+// groupKey reads the group key from the file or environment variable; nil when neither is set.
+func (p *provisionFlags) groupKey(e *env) ([]byte, error) {
+	var text, from string
+	if p.groupKeyFile != "" {
+		b, err := os.ReadFile(p.groupKeyFile)
+		if err != nil {
+			return nil, usagef("--group-key-file FILE with the base64 key on one line", "read group key: %v", err)
+		}
+		text, from = string(b), "--group-key-file "+p.groupKeyFile
+	} else if p.groupKeyEnv != "" {
+		text, from = e.getenv(p.groupKeyEnv), "environment variable "+p.groupKeyEnv
+	}
+	text = strings.TrimSpace(text)
+	if text == "" {
+		return nil, nil
+	}
+	key, err := base64.StdEncoding.DecodeString(text)
+	if err != nil || len(key) < 16 {
+		return nil, usagef("copy the group's primary key from the DPS enrollment group page",
+			"the group key in %s is not a base64 key of at least 16 bytes", from)
+	}
+	return key, nil
+}
+
+func runProvision(ctx context.Context, e *env, args []string) error {
+	fs := newFlagSet(e, "provision", provisionPurpose,
+		"dps-batch provision --manifest devices.csv --id-scope 0ne00012345",
+		"dps-batch provision --manifest devices.csv --id-scope 0ne00012345 --dry-run",
+		"DPS_GROUP_KEY=$(cat group.key) dps-batch provision --manifest devices.csv --id-scope 0ne00012345 --rate 600",
+		"# against a local simulator (see: dps-batch sim --help):\ndps-batch provision --manifest fleet/manifest.csv --ledger fleet/ledger.db --id-scope 0ne00000000 \\\n    --endpoint https://127.0.0.1:8443 --ca-file sim-ca.pem --rate 6000")
+	var p provisionFlags
+	p.register(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	return usagef("dps-batch help", "the provision command is not available in this build yet")
+	if err := p.check(); err != nil {
+		return err
+	}
+	return provision(ctx, e, &p)
+}
+
+// provision runs (or dry-runs) one provisioning pass; demo calls it too.
+func provision(ctx context.Context, e *env, p *provisionFlags) error {
+	groupKey, err := p.groupKey(e)
+	if err != nil {
+		return err
+	}
+	logger := newLogger(e.stderr, p.verbose)
+
+	if p.dryRun {
+		return dryRun(ctx, e, p, groupKey)
+	}
+	client, err := newDPSClient(p)
+	if err != nil {
+		return err
+	}
+	defer client.Close()
+
+	led, err := openLedger(ctx, p.ledgerPath, p.idScope, p.endpoint)
+	if err != nil {
+		return err
+	}
+	defer led.Close()
+
+	r := &batch.Runner{
+		Client: client,
+		Ledger: led,
+		Logger: logger,
+		Stats:  &batch.Stats{},
+		Options: batch.Options{
+			ManifestPath:  p.manifest,
+			Manifest:      manifests.Options{GroupKey: groupKey},
+			Workers:       p.workers,
+			RegisterRate:  p.rate,
+			PollRate:      p.pollRate,
+			MaxAttempts:   p.maxAttempts,
+			DeviceTimeout: p.deviceTimeout,
+			Policy:        batch.Policy{RetryFailed: p.retryFailed, Reprovision: p.reprovision},
+		},
+	}
+	fmt.Fprintf(e.stderr, "Validating %s ...\n", p.manifest)
+	stopProgress := startProgress(e.stderr, r.Stats, p.quiet)
+	res, err := r.Run(ctx, e.drain)
+	stopProgress()
+	var ve *batch.ValidationError
+	if errors.As(err, &ve) {
+		printProblems(e.stderr, p.manifest, ve.Summary)
+		return &exitError{code: exitUsage, err: ve}
+	}
+	if res != nil {
+		printSummary(e.stdout, p, res, p.jsonOut)
+	}
+	if err != nil {
+		return err
+	}
+	switch {
+	case ctx.Err() != nil:
+		return &exitError{code: exitInterrupted, err: errors.New("interrupted; the ledger is consistent: run the same command again to resume")}
+	case res.Resumable():
+		return &exitError{code: exitResumable}
+	case res.Failures() > 0:
+		return &exitError{code: exitDeviceFails}
+	}
+	return nil
+}
+
+// dryRun validates and prints the plan without writing the ledger.
+func dryRun(ctx context.Context, e *env, p *provisionFlags, groupKey []byte) error {
+	r := &batch.Runner{Options: batch.Options{
+		ManifestPath: p.manifest,
+		Manifest:     manifests.Options{GroupKey: groupKey},
+		RegisterRate: p.rate,
+		Policy:       batch.Policy{RetryFailed: p.retryFailed, Reprovision: p.reprovision},
+	}}
+	sum, err := r.Validate(ctx)
+	var ve *batch.ValidationError
+	if errors.As(err, &ve) {
+		printProblems(e.stderr, p.manifest, ve.Summary)
+		return &exitError{code: exitUsage, err: ve}
+	}
+	if err != nil {
+		return err
+	}
+	printWarnings(e.stderr, sum)
+	led, err := openLedgerReadOnly(ctx, p.ledgerPath, p.idScope, p.endpoint)
+	if err != nil {
+		return err
+	}
+	if led != nil {
+		defer led.Close()
+		r.Ledger = led
+	}
+	plan, err := planWith(ctx, r, led == nil)
+	if err != nil {
+		return err
+	}
+	w := e.stdout
+	fmt.Fprintf(w, "Dry run: manifest %s is valid (%d devices). Nothing was sent.\n", p.manifest, plan.Devices)
+	fmt.Fprintf(w, "  to register:            %d\n", plan.ByAction[batch.ActionRegister])
+	fmt.Fprintf(w, "  to poll (in progress):  %d\n", plan.ByAction[batch.ActionPoll])
+	fmt.Fprintf(w, "  to check first:         %d  (a request may have been sent before a crash; non-billable lookup)\n", plan.ByAction[batch.ActionLookup])
+	fmt.Fprintf(w, "  to skip:                %d\n", plan.ByAction[batch.ActionSkip])
+	if n := plan.ByAction[batch.ActionChanged]; n > 0 {
+		fmt.Fprintf(w, "  credentials changed:    %d  (assigned; use --reprovision to register them again)\n", n)
+	}
+	fmt.Fprintf(w, "  billable registrations: %d\n", plan.Billable())
+	if p.rate > 0 && plan.Billable() > 0 {
+		est := time.Duration(float64(plan.Billable()) / p.rate * float64(time.Minute))
+		fmt.Fprintf(w, "  estimated time at --rate %.0f/min: %s (plus about one Retry-After for the last devices)\n", p.rate, est.Round(time.Second))
+	}
+	return nil
+}
+
+// planWith counts actions; with no ledger every device is new.
+func planWith(ctx context.Context, r *batch.Runner, noLedger bool) (*batch.Plan, error) {
+	if !noLedger {
+		return r.Plan(ctx, false)
+	}
+	rd, err := manifests.Open(r.Options.ManifestPath)
+	if err != nil {
+		return nil, err
+	}
+	defer rd.Close()
+	p := &batch.Plan{ByAction: map[batch.Action]int{}}
+	for {
+		if _, err := rd.Next(); errors.Is(err, io.EOF) {
+			break
+		} else if err != nil {
+			return nil, err
+		}
+		p.Devices++
+		p.New++
+		p.ByAction[batch.ActionRegister]++
+	}
+	return p, nil
+}
+
+// openLedger opens (creating) the ledger, takes the run lock and checks the
+// ledger belongs to this ID scope and endpoint.
+func openLedger(ctx context.Context, path, idScope, endpoint string) (*ledger.Ledger, error) {
+	led, err := ledger.Open(ctx, path, ledger.Options{})
+	if err != nil {
+		return nil, err
+	}
+	if err := led.Lock(); err != nil {
+		led.Close()
+		return nil, err
+	}
+	if err := led.Bind(ctx, idScope, endpoint); err != nil {
+		led.Close()
+		return nil, &exitError{code: exitUsage, err: err}
+	}
+	return led, nil
+}
+
+// openLedgerReadOnly opens an existing ledger for reading; nil if it does not exist.
+func openLedgerReadOnly(ctx context.Context, path, idScope, endpoint string) (*ledger.Ledger, error) {
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		return nil, nil
+	}
+	led, err := ledger.Open(ctx, path, ledger.Options{ReadOnly: true})
+	if err != nil {
+		return nil, err
+	}
+	if idScope != "" {
+		scope, ep, ok, err := led.Binding(ctx)
+		if err != nil {
+			led.Close()
+			return nil, err
+		}
+		if ok && (scope != idScope || !strings.EqualFold(strings.TrimRight(ep, "/"), strings.TrimRight(endpoint, "/"))) {
+			led.Close()
+			return nil, &exitError{code: exitUsage, err: fmt.Errorf("ledger %s belongs to ID scope %s at %s, not %s at %s; use another --ledger file", path, scope, ep, idScope, endpoint)}
+		}
+	}
+	return led, nil
+}
+
+func newLogger(w io.Writer, verbose bool) *slog.Logger {
+	level := slog.LevelWarn
+	if verbose {
+		level = slog.LevelDebug
+	}
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
+}
+
+func printProblems(w io.Writer, manifest string, s *manifests.Summary) {
+	fmt.Fprintf(w, "Manifest %s has %d problem(s); nothing was sent:\n", manifest, len(s.Errors)+s.TruncatedErrors)
+	for _, p := range s.Errors {
+		fmt.Fprintf(w, "  %s\n", p.Error())
+	}
+	if s.TruncatedErrors > 0 {
+		fmt.Fprintf(w, "  ... and %d more\n", s.TruncatedErrors)
+	}
+	printWarnings(w, s)
+	fmt.Fprintf(w, "Fix the rows above and run the same command again.\n")
+}
+
+func printWarnings(w io.Writer, s *manifests.Summary) {
+	for _, p := range s.Warnings {
+		fmt.Fprintf(w, "  warning: %s\n", p.Error())
+	}
 }

@@ -1,12 +1,113 @@
 package main
 
-import "context"
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"slices"
+	"time"
 
-// runStatus is a placeholder until the command lands.
-func runStatus(_ context.Context, e *env, args []string) error {
-	fs := newFlagSet(e, "status", "The status command (not in this build yet).", "dps-batch status --help")
+	"github.com/dps-batch/dps-batch/ledger"
+)
+
+func runStatus(ctx context.Context, e *env, args []string) error {
+	fs := newFlagSet(e, "status", `Show what a ledger holds: devices by state and by hub, the last run, and what
+running the provision command again would do. The ledger is only read.`,
+		"dps-batch status --ledger devices.ledger",
+		"dps-batch status --ledger devices.ledger --json")
+	ledgerPath := fs.String("ledger", "", "ledger `file` to read; required")
+	asJSON := fs.Bool("json", false, "print as JSON")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
-	return usagef("dps-batch help", "the status command is not available in this build yet")
+	if err := requireFlag(fs, "ledger", *ledgerPath, "dps-batch status --ledger devices.ledger"); err != nil {
+		return err
+	}
+	led, err := ledger.Open(ctx, *ledgerPath, ledger.Options{ReadOnly: true})
+	if err != nil {
+		return err
+	}
+	defer led.Close()
+	counts, err := led.Counts(ctx)
+	if err != nil {
+		return err
+	}
+	scope, endpoint, _, err := led.Binding(ctx)
+	if err != nil {
+		return err
+	}
+	run, hasRun, err := led.LastRun(ctx)
+	if err != nil {
+		return err
+	}
+	next := resumePlan(counts)
+	if *asJSON {
+		out := struct {
+			Ledger   string         `json:"ledger"`
+			IDScope  string         `json:"idScope,omitempty"`
+			Endpoint string         `json:"endpoint,omitempty"`
+			Total    int            `json:"devices"`
+			ByState  map[string]int `json:"byState"`
+			ByHub    map[string]int `json:"byHub"`
+			Attempts int            `json:"registerRequests"`
+			Polls    int            `json:"pollRequests"`
+			LastRun  *ledger.Run    `json:"lastRun,omitempty"`
+			Resume   map[string]int `json:"resume"`
+		}{Ledger: *ledgerPath, IDScope: scope, Endpoint: endpoint, Total: counts.Total, ByState: map[string]int{},
+			ByHub: counts.ByHub, Attempts: counts.Attempts, Polls: counts.Polls, Resume: next}
+		for s, n := range counts.ByState {
+			out.ByState[string(s)] = n
+		}
+		if hasRun {
+			out.LastRun = &run
+		}
+		enc := json.NewEncoder(e.stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(out)
+	}
+	w := e.stdout
+	fmt.Fprintf(w, "Ledger %s: %d devices", *ledgerPath, counts.Total)
+	if scope != "" {
+		fmt.Fprintf(w, " (ID scope %s at %s)", scope, endpoint)
+	}
+	fmt.Fprintln(w)
+	for _, s := range allStates {
+		if n := counts.ByState[s]; n > 0 {
+			fmt.Fprintf(w, "  %-12s %d\n", s, n)
+		}
+	}
+	if len(counts.ByHub) > 0 {
+		fmt.Fprintln(w, "Assigned by hub:")
+		hubs := make([]string, 0, len(counts.ByHub))
+		for h := range counts.ByHub {
+			hubs = append(hubs, h)
+		}
+		slices.Sort(hubs)
+		for _, h := range hubs {
+			fmt.Fprintf(w, "  %-40s %d\n", h, counts.ByHub[h])
+		}
+	}
+	fmt.Fprintf(w, "Requests so far: %d register (billable), %d poll/lookup\n", counts.Attempts, counts.Polls)
+	if hasRun {
+		end := "still running or killed"
+		if !run.FinishedAt.IsZero() {
+			end = "finished " + run.FinishedAt.Local().Format(time.DateTime) + ": " + run.Outcome
+		}
+		fmt.Fprintf(w, "Last run #%d: started %s, %s\n", run.ID, run.StartedAt.Local().Format(time.DateTime), end)
+	}
+	fmt.Fprintf(w, "Running provision again would: register %d, poll %d, check %d with a lookup first, skip %d (of which %d failed/disabled: --retry-failed registers them again)\n",
+		next["register"], next["poll"], next["lookup"], next["skip"], next["skipFailed"])
+	return nil
+}
+
+// resumePlan says what a re-run would do with the devices the ledger holds.
+func resumePlan(c ledger.Counts) map[string]int {
+	s := c.ByState
+	return map[string]int{
+		"register":   s[ledger.StatePending] + s[ledger.StateRetryable],
+		"poll":       s[ledger.StateAssigning],
+		"lookup":     s[ledger.StateRegistering],
+		"skip":       s[ledger.StateAssigned] + s[ledger.StateFailed] + s[ledger.StateDisabled],
+		"skipFailed": s[ledger.StateFailed] + s[ledger.StateDisabled],
+	}
 }

@@ -1,0 +1,143 @@
+package batch
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"golang.org/x/time/rate"
+)
+
+// Pacer spaces one kind of request (register PUTs, or polls) across the whole
+// fleet. Every worker calls Wait before every request, first attempts and
+// retries alike. When any worker sees a 429, Throttled pauses the whole fleet
+// for the server's Retry-After and halves the rate (multiplicative decrease);
+// each success then adds back a small step until the configured rate is
+// reached again (additive increase). One worker's 429 slows everyone down.
+type Pacer struct {
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+
+	mu          sync.Mutex
+	lim         *rate.Limiter
+	target      rate.Limit // the configured rate, events per second
+	floor       rate.Limit // never go below this
+	current     rate.Limit
+	pausedUntil time.Time
+	lastCut     time.Time
+	throttles   int
+}
+
+// NewPacer returns a pacer allowing perMinute requests a minute with a burst
+// of one (smooth spacing; DPS quotas are per minute and bursts only earn 429s).
+// perMinute <= 0 means unlimited.
+func NewPacer(perMinute float64) *Pacer {
+	if perMinute <= 0 {
+		return &Pacer{lim: rate.NewLimiter(rate.Inf, 1), target: rate.Inf, current: rate.Inf}
+	}
+	r := rate.Limit(perMinute / 60)
+	floor := r / 20
+	if min := rate.Limit(1.0 / 60); floor < min {
+		floor = min
+	}
+	return &Pacer{lim: rate.NewLimiter(r, 1), target: r, floor: floor, current: r}
+}
+
+func (p *Pacer) now() time.Time {
+	if p.Now != nil {
+		return p.Now()
+	}
+	return time.Now()
+}
+
+// Wait blocks until the fleet may send one more request: after any global
+// pause, then one token from the rate limiter.
+func (p *Pacer) Wait(ctx context.Context) error {
+	for {
+		p.mu.Lock()
+		pause := p.pausedUntil.Sub(p.now())
+		p.mu.Unlock()
+		if pause <= 0 {
+			break
+		}
+		if err := sleep(ctx, pause); err != nil {
+			return err
+		}
+	}
+	return p.lim.Wait(ctx)
+}
+
+// Throttled records a 429 (or 503 with Retry-After): pause everyone for
+// retryAfter (1 s if the server gave none) and cut the rate in half, at most
+// once per pause so that a burst of 429s seen by many workers counts once.
+func (p *Pacer) Throttled(retryAfter time.Duration) {
+	if retryAfter <= 0 {
+		retryAfter = time.Second
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.throttles++
+	now := p.now()
+	if until := now.Add(retryAfter); until.After(p.pausedUntil) {
+		p.pausedUntil = until
+	}
+	if p.target == rate.Inf {
+		return
+	}
+	if now.Sub(p.lastCut) < retryAfter && !p.lastCut.IsZero() {
+		return
+	}
+	p.lastCut = now
+	p.current /= 2
+	if p.current < p.floor {
+		p.current = p.floor
+	}
+	p.lim.SetLimit(p.current)
+}
+
+// Succeeded records an accepted request: recover the rate by a small step
+// (1/50 of the configured rate), so a halved rate is back after ~25 successes.
+func (p *Pacer) Succeeded() {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.target == rate.Inf || p.current >= p.target {
+		return
+	}
+	p.current += p.target / 50
+	if p.current > p.target {
+		p.current = p.target
+	}
+	p.lim.SetLimit(p.current)
+}
+
+// Rate returns the current rate in requests per minute (0 = unlimited).
+func (p *Pacer) Rate() float64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.current == rate.Inf {
+		return 0
+	}
+	return float64(p.current) * 60
+}
+
+// Throttles returns how many 429s the pacer was told about.
+func (p *Pacer) Throttles() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.throttles
+}
+
+// sleep waits d or until ctx is done, with a timer that is always released.
+func sleep(ctx context.Context, d time.Duration) error {
+	if d <= 0 {
+		return ctx.Err()
+	}
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}

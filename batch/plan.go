@@ -1,0 +1,97 @@
+package batch
+
+import (
+	"github.com/dps-batch/dps-batch/ledger"
+)
+
+// Action is what a run does with one device, decided from its ledger row.
+type Action int
+
+// The actions, in the order a summary lists them.
+const (
+	// ActionSkip: nothing to do (assigned, disabled, or failed without --retry-failed).
+	ActionSkip Action = iota
+	// ActionRegister: send a (billable) register PUT, then poll.
+	ActionRegister
+	// ActionPoll: DPS already gave an operation id; poll it. No PUT.
+	ActionPoll
+	// ActionLookup: a PUT may have been sent but its answer was never recorded
+	// (the process died); ask DPS with the non-billable status lookup first and
+	// register only if DPS has nothing for the device.
+	ActionLookup
+	// ActionChanged: the device is assigned but its manifest credentials have
+	// changed since; it is reported, not re-registered (use --reprovision).
+	ActionChanged
+)
+
+func (a Action) String() string {
+	switch a {
+	case ActionSkip:
+		return "skip"
+	case ActionRegister:
+		return "register"
+	case ActionPoll:
+		return "poll"
+	case ActionLookup:
+		return "lookup"
+	case ActionChanged:
+		return "changed"
+	}
+	return "unknown"
+}
+
+// Policy holds the user's choices that change what a re-run does.
+type Policy struct {
+	RetryFailed bool // re-register devices whose last outcome was a permanent failure or disabled
+	Reprovision bool // re-register assigned devices on purpose (billable)
+}
+
+// Decide returns what to do with a device given its ledger row (found=false
+// when the ledger has never seen it) and the fingerprint of the credentials
+// the manifest now gives for it.
+func Decide(d ledger.Device, found bool, fingerprint string, p Policy) Action {
+	if !found {
+		return ActionRegister
+	}
+	switch d.State {
+	case ledger.StatePending, ledger.StateRetryable, "":
+		return ActionRegister
+	case ledger.StateRegistering:
+		return ActionLookup
+	case ledger.StateAssigning:
+		if d.OperationID == "" {
+			return ActionLookup
+		}
+		return ActionPoll
+	case ledger.StateAssigned:
+		if p.Reprovision {
+			return ActionRegister
+		}
+		if d.Fingerprint != "" && fingerprint != "" && d.Fingerprint != fingerprint {
+			return ActionChanged
+		}
+		return ActionSkip
+	case ledger.StateFailed, ledger.StateDisabled:
+		if p.RetryFailed {
+			return ActionRegister
+		}
+		return ActionSkip
+	}
+	return ActionLookup
+}
+
+// Plan counts what a run would do; a dry run prints it.
+type Plan struct {
+	Devices  int            // rows in the manifest
+	ByAction map[Action]int // devices per action
+	New      int            // devices the ledger has not seen yet
+}
+
+// Billable is the number of register PUTs the run would send if nothing
+// fails: one per device to register. Lookups first may avoid some.
+func (p *Plan) Billable() int { return p.ByAction[ActionRegister] }
+
+// Work is the number of devices the run would touch at all.
+func (p *Plan) Work() int {
+	return p.ByAction[ActionRegister] + p.ByAction[ActionPoll] + p.ByAction[ActionLookup]
+}

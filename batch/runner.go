@@ -1,0 +1,765 @@
+// Package batch is the provisioning runner: it plans work from a manifest and
+// the ledger, drives bounded workers through the DPS client with shared
+// pacing, retries what is retryable, records every step in the ledger before
+// acting on it, and stops cleanly (drain, then abort).
+//
+// batch is the only place with retry loops and pacing; the dps client makes
+// single transactions and classifies their failures.
+package batch
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http"
+	"time"
+
+	"golang.org/x/sync/errgroup"
+
+	"github.com/dps-batch/dps-batch/dps"
+	"github.com/dps-batch/dps-batch/ledger"
+	"github.com/dps-batch/dps-batch/manifests"
+)
+
+// Client is what the runner needs of a DPS client; *dps.Client implements it.
+// Tests wrap the real client to count calls or inject faults.
+type Client interface {
+	Register(ctx context.Context, d *dps.Device, payload json.RawMessage) (*dps.Response, error)
+	OperationStatus(ctx context.Context, d *dps.Device, operationID string) (*dps.Response, error)
+	RegistrationStatus(ctx context.Context, d *dps.Device) (*dps.Response, error)
+}
+
+var _ Client = (*dps.Client)(nil)
+
+// Defaults for Options fields left zero.
+const (
+	DefaultWorkers         = 100
+	DefaultRegisterRate    = 900 // per minute: below DPS's documented 1,000 registrations/min per instance
+	DefaultPollRate        = 1800
+	DefaultMaxAttempts     = 6
+	DefaultDeviceTimeout   = 5 * time.Minute
+	DefaultMinPollInterval = 2 * time.Second // DPS allows 5 polls per 10 s per device
+	DefaultMaxRetryAfter   = 5 * time.Minute
+)
+
+// Options configure a run. Zero values take the defaults above.
+type Options struct {
+	ManifestPath string
+	Manifest     manifests.Options // group key, clock for certificate validity
+
+	Workers         int           // devices in flight at once
+	RegisterRate    float64       // register PUTs per minute for the whole fleet; <0 = unlimited
+	PollRate        float64       // polls and lookups per minute for the whole fleet; <0 = unlimited
+	MaxAttempts     int           // failed transactions per device per run before giving up for this run
+	DeviceTimeout   time.Duration // per device per run, from its first request
+	MinPollInterval time.Duration // floor between two polls of one device (after the first)
+	MaxRetryAfter   time.Duration // cap on any server Retry-After
+	Backoff         Backoff       // retry delays
+
+	Policy          // --retry-failed, --reprovision
+	MaxProblems int // validation problems to collect; 0 = 200
+}
+
+func (o *Options) setDefaults() {
+	if o.Workers <= 0 {
+		o.Workers = DefaultWorkers
+	}
+	if o.RegisterRate == 0 {
+		o.RegisterRate = DefaultRegisterRate
+	}
+	if o.PollRate == 0 {
+		o.PollRate = DefaultPollRate
+	}
+	if o.MaxAttempts <= 0 {
+		o.MaxAttempts = DefaultMaxAttempts
+	}
+	if o.DeviceTimeout <= 0 {
+		o.DeviceTimeout = DefaultDeviceTimeout
+	}
+	if o.MinPollInterval == 0 {
+		o.MinPollInterval = DefaultMinPollInterval
+	}
+	if o.MaxRetryAfter <= 0 {
+		o.MaxRetryAfter = DefaultMaxRetryAfter
+	}
+	if o.Backoff.MaxRetryAfter <= 0 {
+		o.Backoff.MaxRetryAfter = o.MaxRetryAfter
+	}
+	if o.MaxProblems <= 0 {
+		o.MaxProblems = 200
+	}
+}
+
+// Runner provisions the devices of one manifest into one ledger.
+type Runner struct {
+	Client  Client
+	Ledger  *ledger.Ledger
+	Options Options
+	// Logger receives per-device detail at debug level and warnings; nil discards.
+	Logger *slog.Logger
+	// Stats are the live counters; Run creates them if nil. Read them for progress.
+	Stats *Stats
+	// Now is the clock; nil means time.Now.
+	Now func() time.Time
+
+	registerPacer *Pacer
+	pollPacer     *Pacer
+	runID         int64
+}
+
+// ValidationError means the manifest has problems; nothing was sent.
+type ValidationError struct {
+	Summary *manifests.Summary
+}
+
+func (e *ValidationError) Error() string {
+	n := len(e.Summary.Errors) + e.Summary.TruncatedErrors
+	return fmt.Sprintf("manifest has %d problem(s); nothing was sent", n)
+}
+
+// Result is what a run did.
+type Result struct {
+	Plan     *Plan
+	Snapshot Snapshot
+	ByHub    map[string]int
+	P50, P95 time.Duration
+	// Stopped is true when the run stopped dispatching early (drain or
+	// cancellation) and devices were left for a re-run.
+	Stopped bool
+	RunID   int64
+}
+
+// Resumable reports whether re-running the same command has work to do.
+func (r *Result) Resumable() bool {
+	return r.Stopped || r.Snapshot.Outcomes[OutcomeUnfinished] > 0
+}
+
+// Failures is the number of devices that ended (now or earlier) failed or disabled.
+func (r *Result) Failures() int {
+	s := r.Snapshot
+	return s.Outcomes[OutcomeFailed] + s.Outcomes[OutcomeDisabled] + s.SkippedFailures
+}
+
+func (r *Runner) now() time.Time {
+	if r.Now != nil {
+		return r.Now()
+	}
+	return time.Now()
+}
+
+func (r *Runner) log() *slog.Logger {
+	if r.Logger != nil {
+		return r.Logger
+	}
+	return slog.New(slog.NewTextHandler(io.Discard, nil))
+}
+
+// Validate streams the whole manifest and loads every device, so that no
+// request is sent while any row is wrong. It returns *ValidationError when
+// rows have problems.
+func (r *Runner) Validate(ctx context.Context) (*manifests.Summary, error) {
+	r.Options.setDefaults()
+	sum, err := manifests.Validate(ctx, r.Options.ManifestPath, r.Options.Manifest, r.Options.MaxProblems)
+	if err != nil {
+		return nil, err
+	}
+	if len(sum.Errors) > 0 || sum.TruncatedErrors > 0 {
+		return sum, &ValidationError{Summary: sum}
+	}
+	return sum, nil
+}
+
+// Plan reads the manifest and the ledger and counts what a run would do.
+// With record set, devices new to the ledger are added as pending, so that
+// status and reports cover every manifest device from the start.
+func (r *Runner) Plan(ctx context.Context, record bool) (*Plan, error) {
+	r.Options.setDefaults()
+	rd, err := manifests.Open(r.Options.ManifestPath)
+	if err != nil {
+		return nil, err
+	}
+	defer rd.Close()
+	p := &Plan{ByAction: map[Action]int{}}
+	var pending []ledger.Device
+	flush := func() error {
+		if len(pending) == 0 {
+			return nil
+		}
+		_, err := r.Ledger.AddPending(ctx, pending)
+		pending = pending[:0]
+		return err
+	}
+	for {
+		row, err := rd.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			return nil, err
+		}
+		p.Devices++
+		d, found, err := r.Ledger.Device(ctx, row.RegistrationID)
+		if err != nil {
+			return nil, err
+		}
+		// The plan compares fingerprints only when the ledger says assigned,
+		// so only then are the credentials loaded here.
+		fp := ""
+		if found && d.State == ledger.StateAssigned && d.Fingerprint != "" && !r.Options.Reprovision {
+			if dev, _ := rd.Load(row, r.Options.Manifest); dev != nil {
+				fp = dev.Fingerprint
+			}
+		}
+		p.ByAction[Decide(d, found, fp, r.Options.Policy)]++
+		if !found {
+			p.New++
+			if record {
+				pending = append(pending, ledger.Device{RegistrationID: row.RegistrationID, State: ledger.StatePending})
+				if len(pending) >= 5000 {
+					if err := flush(); err != nil {
+						return nil, err
+					}
+				}
+			}
+		}
+	}
+	if record {
+		if err := flush(); err != nil {
+			return nil, err
+		}
+	}
+	return p, nil
+}
+
+// Run provisions every device of the manifest that needs work. Closing drain
+// stops dispatching new devices; in-flight devices finish or reach their
+// deadline and are recorded. Cancelling ctx stops everything at once; the
+// ledger stays consistent either way and a re-run continues.
+//
+// A device failure is data in the ledger, not an error: Run returns an error
+// only for validation problems (*ValidationError) and fatal conditions
+// (ledger I/O, a server whose certificate is not trusted, bad configuration).
+func (r *Runner) Run(ctx context.Context, drain <-chan struct{}) (*Result, error) {
+	r.Options.setDefaults()
+	if r.Stats == nil {
+		r.Stats = &Stats{}
+	}
+	if _, err := r.Validate(ctx); err != nil {
+		return nil, err
+	}
+	plan, err := r.Plan(ctx, true)
+	if err != nil {
+		return nil, err
+	}
+	r.registerPacer = NewPacer(r.Options.RegisterRate)
+	r.pollPacer = NewPacer(r.Options.PollRate)
+	r.Stats.total.Store(int64(plan.Work()))
+	r.Stats.Started = r.now()
+
+	runID, err := r.Ledger.StartRun(ctx, "provision", r.runOptions())
+	if err != nil {
+		return nil, err
+	}
+	r.runID = runID
+	res := &Result{Plan: plan, RunID: runID}
+
+	stopped, err := r.dispatch(ctx, drain)
+	res.Stopped = stopped || ctx.Err() != nil
+	res.Snapshot = r.Stats.Snapshot()
+	res.ByHub = r.Stats.ByHub()
+	res.P50, res.P95 = r.Stats.Percentile(0.50), r.Stats.Percentile(0.95)
+
+	outcome := "completed"
+	switch {
+	case err != nil:
+		outcome = "error: " + err.Error()
+	case ctx.Err() != nil:
+		outcome = "interrupted"
+	case res.Stopped:
+		outcome = "stopped"
+	}
+	counts := map[ledger.State]int{}
+	if c, cerr := r.Ledger.Counts(context.WithoutCancel(ctx)); cerr == nil {
+		counts = c.ByState
+	}
+	if ferr := r.Ledger.FinishRun(context.WithoutCancel(ctx), runID, outcome, counts); ferr != nil && err == nil {
+		err = ferr
+	}
+	return res, err
+}
+
+func (r *Runner) runOptions() map[string]string {
+	o := r.Options
+	return map[string]string{
+		"manifest":      o.ManifestPath,
+		"workers":       fmt.Sprint(o.Workers),
+		"rate":          fmt.Sprint(o.RegisterRate),
+		"poll_rate":     fmt.Sprint(o.PollRate),
+		"max_attempts":  fmt.Sprint(o.MaxAttempts),
+		"device_timout": o.DeviceTimeout.String(),
+		"retry_failed":  fmt.Sprint(o.RetryFailed),
+		"reprovision":   fmt.Sprint(o.Reprovision),
+	}
+}
+
+// dispatch streams the manifest into a bounded pool of workers. It reports
+// whether it stopped early because drain was closed.
+func (r *Runner) dispatch(ctx context.Context, drain <-chan struct{}) (stopped bool, err error) {
+	rd, err := manifests.Open(r.Options.ManifestPath)
+	if err != nil {
+		return false, err
+	}
+	defer rd.Close()
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(r.Options.Workers)
+loop:
+	for {
+		select {
+		case <-drain:
+			stopped = true
+			break loop
+		case <-gctx.Done():
+			break loop
+		default:
+		}
+		row, err := rd.Next()
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			g.Go(func() error { return err })
+			break
+		}
+		g.Go(func() error { return r.device(gctx, rd, row) })
+	}
+	return stopped, g.Wait()
+}
+
+// device does everything for one manifest row. It returns an error only for
+// fatal conditions, which stop the run.
+func (r *Runner) device(ctx context.Context, rd *manifests.Reader, row manifests.Row) error {
+	dev, problems := rd.Load(row, r.Options.Manifest)
+	if dev == nil {
+		// The files changed since validation: record it, touch nothing at DPS.
+		msg := "manifest row no longer loads"
+		if len(problems) > 0 {
+			msg = problems[0].Error()
+		}
+		r.log().Warn("device skipped", "device", row.RegistrationID, "error", msg)
+		r.Stats.finish(OutcomeUnfinished, 0, "")
+		return nil
+	}
+	rec, found, err := r.Ledger.Device(ctx, dev.RegistrationID)
+	if err != nil {
+		return fmt.Errorf("read ledger for device %s: %w", dev.RegistrationID, err)
+	}
+	if !found {
+		rec = ledger.Device{RegistrationID: dev.RegistrationID, State: ledger.StatePending}
+	}
+	action := Decide(rec, found, dev.Fingerprint, r.Options.Policy)
+	switch action {
+	case ActionSkip:
+		if rec.State == ledger.StateFailed || rec.State == ledger.StateDisabled {
+			r.Stats.skipFailed.Add(1)
+		}
+		r.Stats.finish(OutcomeSkipped, 0, "")
+		return nil
+	case ActionChanged:
+		r.log().Warn("credentials changed since the device was assigned; not re-registered (use --reprovision to register again)",
+			"device", dev.RegistrationID, "ledger_fingerprint", rec.Fingerprint, "manifest_fingerprint", dev.Fingerprint)
+		r.Stats.finish(OutcomeChanged, 0, "")
+		return nil
+	}
+
+	var d *dps.Device
+	if dev.Certificate != nil {
+		d = dps.NewX509Device(dev.RegistrationID, *dev.Certificate)
+	} else {
+		d = dps.NewSymmetricKeyDevice(dev.RegistrationID, dev.SymmetricKey)
+	}
+	defer d.Close()
+
+	r.Stats.inFlight.Add(1)
+	defer r.Stats.inFlight.Add(-1)
+	dctx, cancel := context.WithTimeout(ctx, r.Options.DeviceTimeout)
+	defer cancel()
+	w := &work{r: r, rec: rec, dev: dev, d: d, started: r.now()}
+	w.rec.Fingerprint = dev.Fingerprint
+	return w.run(dctx, ctx, action)
+}
+
+type step int
+
+const (
+	stepRegister step = iota
+	stepPoll
+	stepLookup
+)
+
+// work is one device's state machine for one run.
+type work struct {
+	r       *Runner
+	rec     ledger.Device
+	dev     *manifests.Device
+	d       *dps.Device
+	started time.Time
+
+	failures   int           // failed transactions this run
+	retryAfter time.Duration // server's wish before the next poll or lookup
+	asked      int           // polls+lookups sent for the current operation
+	lastErr    error
+}
+
+// run drives the device to a final state, or until its deadline, the run's
+// cancellation, or its failure budget. runCtx is the run's context (not the
+// device deadline), used to tell a device timeout from a stop.
+func (w *work) run(ctx, runCtx context.Context, action Action) error {
+	next := stepRegister
+	switch action {
+	case ActionPoll:
+		next = stepPoll
+	case ActionLookup:
+		next = stepLookup
+	}
+	for {
+		if ctx.Err() != nil {
+			return w.giveUp(ctx, runCtx)
+		}
+		if w.failures >= w.r.Options.MaxAttempts {
+			return w.giveUp(ctx, runCtx)
+		}
+		var err error
+		var done bool
+		switch next {
+		case stepRegister:
+			next, done, err = w.register(ctx)
+		case stepPoll:
+			next, done, err = w.poll(ctx)
+		case stepLookup:
+			next, done, err = w.lookup(ctx)
+		}
+		if err != nil || done {
+			return err
+		}
+	}
+}
+
+// backoff waits before a retry after a failed transaction.
+func (w *work) backoff(ctx context.Context, ra time.Duration) {
+	if w.failures == 0 {
+		return
+	}
+	d := w.r.Options.Backoff.Delay(w.failures, ra)
+	w.r.Stats.retries.Add(1)
+	w.r.log().Debug("retrying", "device", w.rec.RegistrationID, "in", d.Round(time.Millisecond).String(),
+		"attempt", w.failures+1, "max", w.r.Options.MaxAttempts, "error", w.lastErr)
+	_ = sleep(ctx, d)
+}
+
+// failed handles an error from a transaction: it reports whether the device
+// is done (a permanent failure was recorded) or returns a fatal error.
+func (w *work) failed(ctx context.Context, kind string, err error, pacer *Pacer, att ledger.Attempt) (done bool, fatal error) {
+	w.lastErr = err
+	var de *dps.Error
+	if errors.As(err, &de) {
+		w.rec.HTTPStatus = de.HTTPStatus
+		w.rec.ErrorCode = de.Code
+		w.rec.ErrorMessage = de.Message
+		if de.Message == "" && de.Err != nil {
+			w.rec.ErrorMessage = de.Err.Error()
+		}
+		if de.RequestID != "" {
+			w.rec.RequestID = de.RequestID
+		} else if de.TrackingID != "" {
+			w.rec.RequestID = de.TrackingID
+		}
+		if de.HTTPStatus == http.StatusTooManyRequests {
+			w.r.Stats.throttled.Add(1)
+			pacer.Throttled(CapRetryAfter(de.RetryAfter, w.r.Options.MaxRetryAfter))
+		}
+	} else {
+		w.rec.HTTPStatus, w.rec.ErrorCode, w.rec.ErrorMessage = 0, 0, err.Error()
+	}
+	w.rec.Hint = dps.Hint(err)
+	switch dps.Classify(err) {
+	case dps.Permanent:
+		w.rec.State = ledger.StateFailed
+		w.rec.FinishedAt = w.r.now()
+		if err := w.put(ctx, att); err != nil {
+			return true, err
+		}
+		w.r.log().Warn("device failed", "device", w.rec.RegistrationID, "op", kind, "status", w.rec.HTTPStatus,
+			"code", w.rec.ErrorCode, "request_id", w.rec.RequestID, "error", w.rec.ErrorMessage, "hint", w.rec.Hint)
+		w.r.Stats.finish(OutcomeFailed, w.r.now().Sub(w.started), "")
+		return true, nil
+	case dps.Fatal:
+		_ = w.put(ctx, att)
+		return true, fmt.Errorf("%s device %s: %w", kind, w.rec.RegistrationID, err)
+	}
+	w.failures++
+	if err := w.put(ctx, att); err != nil {
+		return true, err
+	}
+	return false, nil
+}
+
+func (w *work) register(ctx context.Context) (step, bool, error) {
+	w.backoff(ctx, w.retryAfterOf(w.lastErr))
+	if err := w.r.registerPacer.Wait(ctx); err != nil {
+		return stepRegister, false, nil // the loop sees ctx and gives up
+	}
+	// Record the intent before sending: if we die after the PUT, the next run
+	// sees "registering" and asks DPS before registering again.
+	w.rec.State = ledger.StateRegistering
+	w.rec.Attempts++
+	w.rec.OperationID = ""
+	if w.rec.FirstAttemptAt.IsZero() {
+		w.rec.FirstAttemptAt = w.r.now()
+	}
+	if err := w.put(ctx); err != nil {
+		return 0, true, err
+	}
+	w.r.Stats.registers.Add(1)
+	resp, err := w.r.Client.Register(ctx, w.d, w.dev.Payload)
+	att := w.attempt("register", resp, err)
+	if err != nil {
+		var de *dps.Error
+		if errors.As(err, &de) && de.HTTPStatus != 0 {
+			// DPS answered with an error, so no operation was started.
+			w.rec.State = ledger.StateRetryable
+		}
+		done, ferr := w.failed(ctx, "register", err, w.r.registerPacer, att)
+		if done || ferr != nil {
+			return 0, true, ferr
+		}
+		if w.rec.State == ledger.StateRegistering {
+			// No answer: the PUT may have reached DPS. Ask before re-sending.
+			return stepLookup, false, nil
+		}
+		return stepRegister, false, nil
+	}
+	w.r.registerPacer.Succeeded()
+	w.noteResponse(resp)
+	op := resp.Operation
+	w.rec.State = ledger.StateAssigning
+	w.rec.OperationID = op.OperationID
+	w.asked = 0
+	w.retryAfter = resp.RetryAfter
+	if op.Status.Final() && op.RegistrationState != nil {
+		return 0, true, w.final(ctx, op.Status, op.RegistrationState, att)
+	}
+	// The operation id is durable before we poll it.
+	if err := w.put(ctx, att); err != nil {
+		return 0, true, err
+	}
+	return stepPoll, false, nil
+}
+
+// pollWait waits before a poll or lookup: the server's Retry-After for the
+// first one, and at least MinPollInterval between later ones, so a device
+// never exceeds DPS's 5 polls per 10 s.
+func (w *work) pollWait(ctx context.Context) error {
+	d := CapRetryAfter(w.retryAfter, w.r.Options.MaxRetryAfter)
+	if w.asked > 0 && d < w.r.Options.MinPollInterval {
+		d = w.r.Options.MinPollInterval
+	}
+	if err := sleep(ctx, d); err != nil {
+		return err
+	}
+	return w.r.pollPacer.Wait(ctx)
+}
+
+func (w *work) poll(ctx context.Context) (step, bool, error) {
+	if w.failures > 0 {
+		w.backoff(ctx, w.retryAfterOf(w.lastErr))
+	}
+	if err := w.pollWait(ctx); err != nil {
+		return stepPoll, false, nil
+	}
+	w.asked++
+	w.rec.Polls++
+	w.r.Stats.polls.Add(1)
+	resp, err := w.r.Client.OperationStatus(ctx, w.d, w.rec.OperationID)
+	att := w.attempt("poll", resp, err)
+	if err != nil {
+		var de *dps.Error
+		if errors.As(err, &de) && de.HTTPStatus == http.StatusNotFound {
+			// DPS no longer knows the operation: ask for the registration.
+			w.lastErr = err
+			w.asked = 0
+			if err := w.put(ctx, att); err != nil {
+				return 0, true, err
+			}
+			return stepLookup, false, nil
+		}
+		done, ferr := w.failed(ctx, "poll", err, w.r.pollPacer, att)
+		return stepPoll, done, ferr
+	}
+	w.r.pollPacer.Succeeded()
+	w.noteResponse(resp)
+	w.failures = 0
+	op := resp.Operation
+	w.retryAfter = resp.RetryAfter
+	if op.Status.Final() {
+		rs := op.RegistrationState
+		if rs == nil {
+			rs = &dps.DeviceRegistrationResult{RegistrationID: w.rec.RegistrationID, Status: op.Status}
+		}
+		return 0, true, w.final(ctx, op.Status, rs, att)
+	}
+	if err := w.put(ctx, att); err != nil {
+		return 0, true, err
+	}
+	return stepPoll, false, nil
+}
+
+func (w *work) lookup(ctx context.Context) (step, bool, error) {
+	if w.failures > 0 {
+		w.backoff(ctx, w.retryAfterOf(w.lastErr))
+	}
+	if err := w.pollWait(ctx); err != nil {
+		return stepLookup, false, nil
+	}
+	w.asked++
+	w.rec.Polls++
+	w.r.Stats.lookups.Add(1)
+	resp, err := w.r.Client.RegistrationStatus(ctx, w.d)
+	att := w.attempt("lookup", resp, err)
+	if err != nil {
+		var de *dps.Error
+		if errors.As(err, &de) && de.HTTPStatus == http.StatusNotFound {
+			// DPS has no registration for the device: the lost PUT never
+			// arrived. Registering now wastes nothing.
+			w.rec.State = ledger.StateRetryable
+			w.lastErr = nil
+			if err := w.put(ctx, att); err != nil {
+				return 0, true, err
+			}
+			return stepRegister, false, nil
+		}
+		done, ferr := w.failed(ctx, "lookup", err, w.r.pollPacer, att)
+		return stepLookup, done, ferr
+	}
+	w.r.pollPacer.Succeeded()
+	w.noteResponse(resp)
+	w.failures = 0
+	reg := resp.Registration
+	w.retryAfter = resp.RetryAfter
+	switch {
+	case reg.Status.Final():
+		return 0, true, w.final(ctx, reg.Status, reg, att)
+	case reg.Status == dps.StatusAssigning:
+		// DPS is assigning it (our lost PUT arrived); keep asking, never re-PUT.
+		if err := w.put(ctx, att); err != nil {
+			return 0, true, err
+		}
+		return stepLookup, false, nil
+	default:
+		// unassigned: DPS knows the device but holds no assignment.
+		w.rec.State = ledger.StateRetryable
+		if err := w.put(ctx, att); err != nil {
+			return 0, true, err
+		}
+		return stepRegister, false, nil
+	}
+}
+
+// final records a final answer from DPS.
+func (w *work) final(ctx context.Context, st dps.Status, rs *dps.DeviceRegistrationResult, att ledger.Attempt) error {
+	w.rec.FinishedAt = w.r.now()
+	w.rec.Substatus = rs.Substatus
+	w.rec.ErrorCode, w.rec.ErrorMessage, w.rec.Hint = rs.ErrorCode, rs.ErrorMessage, ""
+	outcome := OutcomeAssigned
+	switch st {
+	case dps.StatusAssigned:
+		w.rec.State = ledger.StateAssigned
+		w.rec.AssignedHub, w.rec.DeviceID = rs.AssignedHub, rs.DeviceID
+	case dps.StatusDisabled:
+		w.rec.State = ledger.StateDisabled
+		w.rec.Hint = dps.HintForStatus(st, rs.ErrorCode)
+		outcome = OutcomeDisabled
+	default:
+		w.rec.State = ledger.StateFailed
+		w.rec.Hint = dps.HintForStatus(st, rs.ErrorCode)
+		outcome = OutcomeFailed
+	}
+	if err := w.put(ctx, att); err != nil {
+		return err
+	}
+	w.r.log().Debug("device finished", "device", w.rec.RegistrationID, "status", string(st),
+		"hub", w.rec.AssignedHub, "attempt", w.rec.Attempts, "request_id", w.rec.RequestID)
+	w.r.Stats.finish(outcome, w.r.now().Sub(w.started), w.rec.AssignedHub)
+	return nil
+}
+
+// giveUp records a device that did not finish in this run: its state stays
+// what DPS last told us (registering and assigning remain so, so a re-run
+// asks instead of registering again).
+func (w *work) giveUp(ctx, runCtx context.Context) error {
+	why := "stopped"
+	switch {
+	case runCtx.Err() != nil:
+		why = "run interrupted"
+	case ctx.Err() != nil:
+		why = fmt.Sprintf("no final answer within --timeout-per-device %s", w.r.Options.DeviceTimeout)
+	case w.failures >= w.r.Options.MaxAttempts:
+		why = fmt.Sprintf("gave up after %d failed attempts", w.failures)
+	}
+	if w.lastErr != nil {
+		why += ": " + w.rec.ErrorMessage
+	}
+	if w.rec.State == ledger.StatePending {
+		w.rec.State = ledger.StateRetryable
+	}
+	w.rec.ErrorMessage = why
+	if err := w.put(ctx); err != nil {
+		return err
+	}
+	w.r.log().Warn("device unfinished; re-run to continue", "device", w.rec.RegistrationID,
+		"state", string(w.rec.State), "reason", why)
+	w.r.Stats.finish(OutcomeUnfinished, w.r.now().Sub(w.started), "")
+	return nil
+}
+
+func (w *work) retryAfterOf(err error) time.Duration {
+	if err == nil {
+		return 0
+	}
+	return CapRetryAfter(dps.RetryAfter(err), w.r.Options.MaxRetryAfter)
+}
+
+func (w *work) noteResponse(resp *dps.Response) {
+	w.rec.HTTPStatus = resp.HTTPStatus
+	if resp.RequestID != "" {
+		w.rec.RequestID = resp.RequestID
+	}
+	w.lastErr = nil
+}
+
+func (w *work) attempt(kind string, resp *dps.Response, err error) ledger.Attempt {
+	a := ledger.Attempt{RegistrationID: w.rec.RegistrationID, RunID: w.r.runID, Kind: kind, At: w.r.now()}
+	if resp != nil {
+		a.HTTPStatus, a.RequestID, a.Latency = resp.HTTPStatus, resp.RequestID, resp.Latency
+	}
+	var de *dps.Error
+	if errors.As(err, &de) {
+		a.HTTPStatus, a.ErrorCode, a.RequestID = de.HTTPStatus, de.Code, de.RequestID
+	}
+	return a
+}
+
+// put writes the device row (and attempt log rows) durably. It ignores the
+// device's cancellation: what happened at DPS must be recorded even while
+// stopping.
+func (w *work) put(ctx context.Context, att ...ledger.Attempt) error {
+	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
+	defer cancel()
+	w.rec.RunID = w.r.runID
+	if err := w.r.Ledger.Put(wctx, w.rec, att...); err != nil {
+		return fmt.Errorf("record device %s in ledger: %w", w.rec.RegistrationID, err)
+	}
+	return nil
+}

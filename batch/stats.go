@@ -1,0 +1,145 @@
+package batch
+
+import (
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// Outcome is how one device ended in this run.
+type Outcome int
+
+// The outcomes a run counts.
+const (
+	OutcomeAssigned   Outcome = iota // assigned in this run
+	OutcomeDisabled                  // DPS said disabled in this run
+	OutcomeFailed                    // permanent failure in this run
+	OutcomeUnfinished                // gave up for now (attempts, deadline, stop); a re-run continues it
+	OutcomeSkipped                   // nothing to do: already final in the ledger
+	OutcomeChanged                   // assigned, but the manifest credentials changed: reported, not touched
+	numOutcomes
+)
+
+func (o Outcome) String() string {
+	return [...]string{"assigned", "disabled", "failed", "unfinished", "skipped", "changed"}[o]
+}
+
+// Stats are the live counters of a run, safe for concurrent use. The
+// progress display reads them with Snapshot.
+type Stats struct {
+	Started time.Time
+
+	total      atomic.Int64 // devices planned to be touched
+	outcomes   [numOutcomes]atomic.Int64
+	inFlight   atomic.Int64
+	registers  atomic.Int64
+	polls      atomic.Int64
+	lookups    atomic.Int64
+	retries    atomic.Int64
+	throttled  atomic.Int64
+	skipFailed atomic.Int64 // skipped devices whose ledger state is failed or disabled
+
+	mu        sync.Mutex
+	latencies []time.Duration // per finished device: first request to final answer
+	byHub     map[string]int
+}
+
+// Snapshot is a consistent-enough copy of the counters for display.
+type Snapshot struct {
+	Elapsed   time.Duration
+	Total     int // devices this run has to work on (excludes skips)
+	Outcomes  [numOutcomes]int
+	InFlight  int
+	Registers int // register PUTs sent (billable)
+	Polls     int
+	Lookups   int
+	Retries   int
+	Throttled int // 429 answers
+	// SkippedFailures counts skipped devices that are failed or disabled in the ledger.
+	SkippedFailures int
+}
+
+// Done is the number of devices this run has finished working on.
+func (s Snapshot) Done() int {
+	return s.Outcomes[OutcomeAssigned] + s.Outcomes[OutcomeDisabled] + s.Outcomes[OutcomeFailed] + s.Outcomes[OutcomeUnfinished]
+}
+
+// Rate is devices finished per second so far.
+func (s Snapshot) Rate() float64 {
+	if s.Elapsed <= 0 {
+		return 0
+	}
+	return float64(s.Done()) / s.Elapsed.Seconds()
+}
+
+// ETA estimates the time left at the rate so far; 0 when unknown.
+func (s Snapshot) ETA() time.Duration {
+	r := s.Rate()
+	left := s.Total - s.Done()
+	if r <= 0 || left <= 0 {
+		return 0
+	}
+	return time.Duration(float64(left) / r * float64(time.Second))
+}
+
+// Snapshot copies the counters.
+func (st *Stats) Snapshot() Snapshot {
+	s := Snapshot{
+		Total:           int(st.total.Load()),
+		InFlight:        int(st.inFlight.Load()),
+		Registers:       int(st.registers.Load()),
+		Polls:           int(st.polls.Load()),
+		Lookups:         int(st.lookups.Load()),
+		Retries:         int(st.retries.Load()),
+		Throttled:       int(st.throttled.Load()),
+		SkippedFailures: int(st.skipFailed.Load()),
+	}
+	if !st.Started.IsZero() {
+		s.Elapsed = time.Since(st.Started)
+	}
+	for i := range s.Outcomes {
+		s.Outcomes[i] = int(st.outcomes[i].Load())
+	}
+	return s
+}
+
+func (st *Stats) finish(o Outcome, latency time.Duration, hub string) {
+	st.outcomes[o].Add(1)
+	if o == OutcomeSkipped || o == OutcomeChanged {
+		return
+	}
+	st.mu.Lock()
+	st.latencies = append(st.latencies, latency)
+	if hub != "" {
+		if st.byHub == nil {
+			st.byHub = map[string]int{}
+		}
+		st.byHub[hub]++
+	}
+	st.mu.Unlock()
+}
+
+// Percentile returns the q-th (0..1) latency of finished devices.
+func (st *Stats) Percentile(q float64) time.Duration {
+	st.mu.Lock()
+	l := slices.Clone(st.latencies)
+	st.mu.Unlock()
+	if len(l) == 0 {
+		return 0
+	}
+	slices.Sort(l)
+	i := int(q*float64(len(l)-1) + 0.5)
+	return l[i]
+}
+
+// ByHub returns devices assigned in this run per hub.
+func (st *Stats) ByHub() map[string]int {
+	st.mu.Lock()
+	defer st.mu.Unlock()
+	m := make(map[string]int, len(st.byHub))
+	for k, v := range st.byHub {
+		m[k] = v
+	}
+	return m
+}

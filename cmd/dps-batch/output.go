@@ -1,0 +1,220 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/schollz/progressbar/v3"
+	"golang.org/x/term"
+
+	"github.com/dps-batch/dps-batch/batch"
+	"github.com/dps-batch/dps-batch/dps"
+)
+
+// newDPSClient builds the DPS client from the flags; the --ca-file bundle is
+// added to the system roots.
+func newDPSClient(p *provisionFlags) (*dps.Client, error) {
+	cfg := dps.Config{
+		Endpoint:   p.endpoint,
+		IDScope:    p.idScope,
+		APIVersion: p.apiVersion,
+		Timeout:    p.requestTimeout,
+		UserAgent:  "dps-batch/" + version,
+	}
+	if p.caFile != "" {
+		pool, err := dps.SystemPoolWithCAFile(p.caFile)
+		if err != nil {
+			return nil, usagef("--ca-file must be a PEM file of CA certificates (dps-batch sim writes one with --ca-out)", "%v", err)
+		}
+		cfg.RootCAs = pool
+	}
+	c, err := dps.NewClient(cfg)
+	if err != nil {
+		return nil, usagef("--endpoint https://global.azure-devices-provisioning.net", "%v", err)
+	}
+	return c, nil
+}
+
+// isTerminal reports whether w is an interactive terminal.
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	return ok && term.IsTerminal(int(f.Fd()))
+}
+
+// startProgress shows live progress on w: a bar on a terminal, a plain line
+// every 5 s otherwise (CI logs). It returns a function that stops it.
+func startProgress(w io.Writer, st *batch.Stats, quiet bool) (stop func()) {
+	if quiet {
+		return func() {}
+	}
+	tty := isTerminal(w)
+	interval := 5 * time.Second
+	var bar *progressbar.ProgressBar
+	if tty {
+		interval = 200 * time.Millisecond
+		bar = progressbar.NewOptions(-1,
+			progressbar.OptionSetWriter(w),
+			progressbar.OptionSetDescription("provisioning"),
+			progressbar.OptionShowCount(),
+			progressbar.OptionSetWidth(30),
+			progressbar.OptionThrottle(100*time.Millisecond),
+			progressbar.OptionClearOnFinish(),
+		)
+	}
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		t := time.NewTicker(interval)
+		defer t.Stop()
+		for {
+			select {
+			case <-done:
+				if bar != nil {
+					_ = bar.Finish()
+				}
+				return
+			case <-t.C:
+				s := st.Snapshot()
+				if s.Total == 0 && s.Done() == 0 {
+					continue
+				}
+				if bar != nil {
+					bar.ChangeMax(s.Total)
+					bar.Describe(progressLine(s))
+					_ = bar.Set(s.Done())
+				} else {
+					fmt.Fprintf(w, "progress: %d/%d %s\n", s.Done(), s.Total, progressLine(s))
+				}
+			}
+		}
+	}()
+	return func() {
+		close(done)
+		wg.Wait()
+	}
+}
+
+func progressLine(s batch.Snapshot) string {
+	eta := "-"
+	if d := s.ETA(); d > 0 {
+		eta = d.Round(time.Second).String()
+	}
+	return fmt.Sprintf("assigned=%d failed=%d disabled=%d unfinished=%d in-flight=%d %.1f/s eta %s throttled=%d",
+		s.Outcomes[batch.OutcomeAssigned], s.Outcomes[batch.OutcomeFailed], s.Outcomes[batch.OutcomeDisabled],
+		s.Outcomes[batch.OutcomeUnfinished], s.InFlight, s.Rate(), eta, s.Throttled)
+}
+
+// summaryJSON is the --json form of the summary.
+type summaryJSON struct {
+	Ledger     string         `json:"ledger"`
+	Manifest   string         `json:"manifest"`
+	Devices    int            `json:"devices"`
+	Outcomes   map[string]int `json:"outcomes"`
+	ByHub      map[string]int `json:"byHub"`
+	Registers  int            `json:"registers"`
+	Polls      int            `json:"polls"`
+	Lookups    int            `json:"lookups"`
+	Retries    int            `json:"retries"`
+	Throttled  int            `json:"throttled"`
+	ElapsedSec float64        `json:"elapsedSeconds"`
+	PerSecond  float64        `json:"devicesPerSecond"`
+	P50Sec     float64        `json:"p50Seconds"`
+	P95Sec     float64        `json:"p95Seconds"`
+	Resumable  bool           `json:"resumable"`
+	ResumeCmd  string         `json:"resumeCommand,omitempty"`
+	ReportCmd  string         `json:"reportCommand"`
+	PrevFailed int            `json:"skippedFailures"`
+	RunID      int64          `json:"runId"`
+}
+
+// printSummary prints what the run did and what to run next.
+func printSummary(w io.Writer, p *provisionFlags, res *batch.Result, asJSON bool) {
+	s := res.Snapshot
+	resume := resumeCommand(p)
+	report := fmt.Sprintf("dps-batch report --ledger %s --out %s", shellQuote(p.ledgerPath), shellQuote(strings.TrimSuffix(p.ledgerPath, ".ledger")+"-report.csv"))
+	if asJSON {
+		out := summaryJSON{
+			Ledger: p.ledgerPath, Manifest: p.manifest, Devices: res.Plan.Devices,
+			Outcomes: map[string]int{}, ByHub: res.ByHub,
+			Registers: s.Registers, Polls: s.Polls, Lookups: s.Lookups, Retries: s.Retries, Throttled: s.Throttled,
+			ElapsedSec: s.Elapsed.Seconds(), PerSecond: s.Rate(), P50Sec: res.P50.Seconds(), P95Sec: res.P95.Seconds(),
+			Resumable: res.Resumable(), ReportCmd: report, PrevFailed: s.SkippedFailures, RunID: res.RunID,
+		}
+		for o := batch.OutcomeAssigned; o <= batch.OutcomeChanged; o++ {
+			out.Outcomes[o.String()] = s.Outcomes[o]
+		}
+		if res.Resumable() {
+			out.ResumeCmd = resume
+		}
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(out)
+		return
+	}
+	fmt.Fprintf(w, "\n%d devices in the manifest; this run worked on %d in %s (%.1f devices/s)\n",
+		res.Plan.Devices, s.Done(), s.Elapsed.Round(time.Millisecond), s.Rate())
+	fmt.Fprintf(w, "  assigned %d  disabled %d  failed %d  unfinished %d  skipped %d",
+		s.Outcomes[batch.OutcomeAssigned], s.Outcomes[batch.OutcomeDisabled], s.Outcomes[batch.OutcomeFailed],
+		s.Outcomes[batch.OutcomeUnfinished], s.Outcomes[batch.OutcomeSkipped])
+	if n := s.Outcomes[batch.OutcomeChanged]; n > 0 {
+		fmt.Fprintf(w, "  credentials-changed %d", n)
+	}
+	fmt.Fprintln(w)
+	if s.SkippedFailures > 0 {
+		fmt.Fprintf(w, "  %d device(s) failed or were disabled in an earlier run and were skipped (--retry-failed registers them again)\n", s.SkippedFailures)
+	}
+	if len(res.ByHub) > 0 {
+		hubs := make([]string, 0, len(res.ByHub))
+		for h := range res.ByHub {
+			hubs = append(hubs, h)
+		}
+		slices.Sort(hubs)
+		fmt.Fprintf(w, "  by hub:")
+		for _, h := range hubs {
+			fmt.Fprintf(w, " %s=%d", h, res.ByHub[h])
+		}
+		fmt.Fprintln(w)
+	}
+	fmt.Fprintf(w, "  requests: %d register (billable), %d poll, %d lookup; %d retries; %d throttled (429)\n",
+		s.Registers, s.Polls, s.Lookups, s.Retries, s.Throttled)
+	if s.Done() > 0 {
+		fmt.Fprintf(w, "  time per device: p50 %s, p95 %s\n", res.P50.Round(time.Millisecond), res.P95.Round(time.Millisecond))
+	}
+	fmt.Fprintf(w, "Ledger: %s\n", p.ledgerPath)
+	if res.Resumable() {
+		fmt.Fprintf(w, "Work is left. Resume with the same command:\n  %s\n", resume)
+	}
+	fmt.Fprintf(w, "Report: %s\n", report)
+}
+
+func resumeCommand(p *provisionFlags) string {
+	parts := []string{"dps-batch provision", "--manifest", shellQuote(p.manifest), "--ledger", shellQuote(p.ledgerPath), "--id-scope", p.idScope}
+	if p.endpoint != dps.DefaultEndpoint {
+		parts = append(parts, "--endpoint", shellQuote(p.endpoint))
+	}
+	if p.caFile != "" {
+		parts = append(parts, "--ca-file", shellQuote(p.caFile))
+	}
+	if p.groupKeyFile != "" {
+		parts = append(parts, "--group-key-file", shellQuote(p.groupKeyFile))
+	}
+	return strings.Join(parts, " ")
+}
+
+// shellQuote quotes s for a POSIX shell when it needs it.
+func shellQuote(s string) string {
+	if s != "" && strings.IndexFunc(s, func(r rune) bool {
+		return !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || strings.ContainsRune("-_./:=@%+,", r))
+	}) < 0 {
+		return s
+	}
+	return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+}
