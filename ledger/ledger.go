@@ -57,6 +57,7 @@ type Options struct {
 // Ledger is an open ledger file. Its methods are safe for concurrent use.
 type Ledger struct {
 	path string // as given to Open, for messages
+	abs  string // absolute path, for the lock file
 	now  func() time.Time
 	ro   bool
 
@@ -99,7 +100,7 @@ func Open(ctx context.Context, path string, opts Options) (*Ledger, error) {
 	if err != nil {
 		return nil, fmt.Errorf("open ledger %s: %w", path, err)
 	}
-	l := &Ledger{path: path, now: opts.Now, ro: opts.ReadOnly}
+	l := &Ledger{path: path, abs: abs, now: opts.Now, ro: opts.ReadOnly}
 	if l.now == nil {
 		l.now = time.Now
 	}
@@ -135,54 +136,68 @@ func Open(ctx context.Context, path string, opts Options) (*Ledger, error) {
 // open opens the connection pools, checks their settings, migrates and
 // prepares statements. version is the schema version found by probe.
 func (l *Ledger) open(ctx context.Context, abs, sync string, version int) error {
-	known := len(migrationList())
+	var err error
 	if l.ro {
-		if version == 0 {
-			return &notLedgerError{path: l.path, reason: "an empty database"}
-		}
-		if version < known {
-			return fmt.Errorf("ledger %s has schema version %d, older than this dps-batch's %d: run a writing command (provision) on it once to upgrade it", l.path, version, known)
-		}
-		db, err := openPool(abs, true, "", readConns)
-		if err != nil {
-			return l.classify("open", err)
-		}
-		l.rdb = db
-		if err := checkPragmas(ctx, db, pragmaWant{busyTimeout: true, queryOnly: true}); err != nil {
-			return l.classify("check read connection", err)
-		}
+		err = l.openReadOnly(ctx, abs, version)
 	} else {
-		db, err := openPool(abs, false, sync, 1)
-		if err != nil {
-			return l.classify("open", err)
-		}
-		l.wdb = db
-		want := pragmaWant{busyTimeout: true, wal: true, foreignKeys: true, synchronous: sync}
-		if err := checkPragmas(ctx, db, want); err != nil {
-			return l.classify("check write connection", err)
-		}
-		if version < known {
-			if err := l.migrate(ctx); err != nil {
-				return err
-			}
-		}
-		// The read pool is opened after migration so that its connections
-		// see WAL mode already set and never need to write.
-		if l.rdb, err = openPool(abs, false, "", readConns); err != nil {
-			return l.classify("open", err)
-		}
-		if err := checkPragmas(ctx, l.rdb, pragmaWant{busyTimeout: true, wal: true, queryOnly: true}); err != nil {
-			return l.classify("check read connection", err)
-		}
-		if l.upsertStmt, err = l.wdb.PrepareContext(ctx, upsertSQL); err != nil {
-			return l.classify("prepare", err)
-		}
-		if l.attemptStmt, err = l.wdb.PrepareContext(ctx, attemptSQL); err != nil {
-			return l.classify("prepare", err)
-		}
+		err = l.openReadWrite(ctx, abs, sync, version)
+	}
+	if err != nil {
+		return err
+	}
+	if l.deviceStmt, err = l.rdb.PrepareContext(ctx, deviceSQL); err != nil {
+		return l.classify("prepare", err)
+	}
+	return nil
+}
+
+// openReadOnly opens the read pool of a read-only ledger, which must have
+// the current schema: it cannot be migrated.
+func (l *Ledger) openReadOnly(ctx context.Context, abs string, version int) error {
+	known := len(migrationList())
+	if version == 0 {
+		return &notLedgerError{path: l.path, reason: "an empty database"}
+	}
+	if version < known {
+		return fmt.Errorf("ledger %s has schema version %d, older than this dps-batch's %d: run a writing command (provision) on it once to upgrade it", l.path, version, known)
 	}
 	var err error
-	if l.deviceStmt, err = l.rdb.PrepareContext(ctx, deviceSQL); err != nil {
+	if l.rdb, err = openPool(abs, true, "", readConns); err != nil {
+		return l.classify("open", err)
+	}
+	if err := checkPragmas(ctx, l.rdb, pragmaWant{busyTimeout: true, queryOnly: true}); err != nil {
+		return l.classify("check read connection", err)
+	}
+	return nil
+}
+
+// openReadWrite opens the writer and the read pool and migrates.
+func (l *Ledger) openReadWrite(ctx context.Context, abs, sync string, version int) error {
+	var err error
+	if l.wdb, err = openPool(abs, false, sync, 1); err != nil {
+		return l.classify("open", err)
+	}
+	want := pragmaWant{busyTimeout: true, wal: true, foreignKeys: true, synchronous: sync}
+	if err := checkPragmas(ctx, l.wdb, want); err != nil {
+		return l.classify("check write connection", err)
+	}
+	if version < len(migrationList()) {
+		if err := l.migrate(ctx); err != nil {
+			return err
+		}
+	}
+	// The read pool is opened after migration so that its connections see
+	// WAL mode already set and never need to write.
+	if l.rdb, err = openPool(abs, false, "", readConns); err != nil {
+		return l.classify("open", err)
+	}
+	if err := checkPragmas(ctx, l.rdb, pragmaWant{busyTimeout: true, wal: true, queryOnly: true}); err != nil {
+		return l.classify("check read connection", err)
+	}
+	if l.upsertStmt, err = l.wdb.PrepareContext(ctx, upsertSQL); err != nil {
+		return l.classify("prepare", err)
+	}
+	if l.attemptStmt, err = l.wdb.PrepareContext(ctx, attemptSQL); err != nil {
 		return l.classify("prepare", err)
 	}
 	return nil
@@ -215,9 +230,7 @@ func openPool(abs string, readOnly bool, sync string, conns int) (*sql.DB, error
 		return nil, err
 	}
 	db.SetMaxOpenConns(conns)
-	db.SetMaxIdleConns(conns)
-	db.SetConnMaxIdleTime(0)
-	db.SetConnMaxLifetime(0)
+	db.SetMaxIdleConns(conns) // keep connections and their prepared statements
 	return db, nil
 }
 

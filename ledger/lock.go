@@ -33,7 +33,7 @@ func (l *Ledger) Lock() error {
 	if l.lockFile != nil {
 		return nil
 	}
-	name := l.path + ".lock"
+	name := l.abs + ".lock"
 	f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE, 0o644)
 	if err != nil {
 		return fmt.Errorf("lock ledger %s: %w", l.path, err)
