@@ -103,7 +103,7 @@ type Config struct {
 	// constants.
 	Allocation string `json:"allocationPolicy,omitempty"`
 	// CustomAllocation tunes the "custom" policy and payload echoing.
-	CustomAllocation CustomAllocation `json:"customAllocation"`
+	CustomAllocation CustomAllocation `json:"customAllocation,omitzero"`
 	// Certificates are the CA certificates uploaded to the instance, each
 	// verified (proof of possession done) or not.
 	Certificates []CACertificate `json:"certificates"`
