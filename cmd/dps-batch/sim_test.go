@@ -1,0 +1,339 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/json"
+	"io"
+	"net/http"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/dps-batch/dps-batch/certs"
+	"github.com/dps-batch/dps-batch/dps"
+	"github.com/dps-batch/dps-batch/dpssim"
+)
+
+// syncBuffer is a bytes.Buffer safe for a command writing while the test reads.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// simFleet is a CA, one device and a simulator config written by
+// writeFleetSimConfig, as "certs fleet" would leave them.
+type simFleet struct {
+	dir, config string
+	ca          *certs.CA
+	device      *certs.Leaf
+}
+
+func newSimFleet(t *testing.T) simFleet {
+	t.Helper()
+	root, err := certs.NewRoot("sim test root", certs.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	inter, err := root.NewIntermediate("sim test intermediate", certs.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev, err := inter.NewDevice("dev-00001", certs.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	path, err := writeFleetSimConfig(dir, "0ne0000test", certs.CertPEM(inter.Cert), false)
+	if err != nil {
+		t.Fatalf("writeFleetSimConfig: %v", err)
+	}
+	return simFleet{dir: dir, config: path, ca: inter, device: dev}
+}
+
+// startSimCmd runs "dps-batch sim args..." until the returned stop is
+// called; it returns the URL the command printed.
+func startSimCmd(t *testing.T, args ...string) (url string, stdout *syncBuffer, stop func() (int, string)) {
+	t.Helper()
+	out, errb := &syncBuffer{}, &syncBuffer{}
+	drain := make(chan struct{})
+	done := make(chan int, 1)
+	go func() {
+		done <- run(context.Background(), append([]string{"sim"}, args...), &env{stdin: strings.NewReader(""), stdout: out, stderr: errb, drain: drain})
+	}()
+	urlRE := regexp.MustCompile(`serving (https://\S+)`)
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if m := urlRE.FindStringSubmatch(out.String()); m != nil {
+			url = m[1]
+			break
+		}
+		select {
+		case code := <-done:
+			t.Fatalf("sim exited with %d before serving; stdout:\n%s\nstderr:\n%s", code, out, errb)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("sim printed no URL within 10s; stdout:\n%s\nstderr:\n%s", out, errb)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	var once sync.Once
+	var code int
+	stop = func() (int, string) {
+		once.Do(func() {
+			close(drain)
+			select {
+			case code = <-done:
+			case <-time.After(10 * time.Second):
+				t.Fatal("sim did not stop within 10s of the drain signal")
+			}
+		})
+		return code, errb.String()
+	}
+	t.Cleanup(func() { stop() })
+	return url, out, stop
+}
+
+// x509Client trusts the CA PEM file and presents cert.
+func x509Client(t *testing.T, caFile string, cert tls.Certificate) *http.Client {
+	t.Helper()
+	pemData, err := os.ReadFile(caFile)
+	if err != nil {
+		t.Fatalf("server CA file: %v", err)
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pemData) {
+		t.Fatalf("no certificate in %s", caFile)
+	}
+	tr := &http.Transport{TLSClientConfig: &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert}}}
+	t.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Transport: tr, Timeout: 10 * time.Second}
+}
+
+func call(t *testing.T, c *http.Client, method, url, body string) (int, []byte) {
+	t.Helper()
+	req, err := http.NewRequest(method, url, strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := c.Do(req)
+	if err != nil {
+		t.Fatalf("%s %s: %v", method, url, err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, b
+}
+
+// TestSimServesFleetAndStops: certs fleet's sim.json + dps-batch sim accept
+// the fleet's devices; the first interrupt stops the simulator cleanly; a
+// restart reuses the server CA so clients keep trusting it.
+func TestSimServesFleetAndStops(t *testing.T) {
+	f := newSimFleet(t)
+	caFile := filepath.Join(f.dir, "out", "server-ca.pem")
+	if err := os.MkdirAll(filepath.Dir(caFile), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	url, out, stop := startSimCmd(t, "--config", f.config, "--listen", "127.0.0.1:0", "--ca-out", caFile)
+	if !strings.Contains(out.String(), caFile+" (new;") {
+		t.Errorf("start-up output does not report a new server CA at %s:\n%s", caFile, out)
+	}
+	client := x509Client(t, caFile, f.device.TLSCertificate())
+	base := url + "/0ne0000test/registrations/dev-00001"
+	status, body := call(t, client, "PUT", base+"/register?api-version=2021-10-01", `{"registrationId":"dev-00001"}`)
+	if status != http.StatusAccepted {
+		t.Fatalf("register = %d %s, want 202", status, body)
+	}
+	var op dps.RegistrationOperationStatus
+	if err := json.Unmarshal(body, &op); err != nil {
+		t.Fatal(err)
+	}
+	status, body = call(t, client, "GET", base+"/operations/"+op.OperationID+"?api-version=2021-10-01", "")
+	if status != http.StatusOK || !strings.Contains(string(body), `"status":"assigned"`) {
+		t.Fatalf("poll = %d %s, want 200 assigned", status, body)
+	}
+	status, body = call(t, client, "GET", url+"/_sim/stats", "")
+	if status != http.StatusOK || !strings.Contains(string(body), `"registers": 1`) {
+		t.Errorf("/_sim/stats = %d %s", status, body)
+	}
+	code, stderr := stop()
+	if code != exitOK {
+		t.Fatalf("exit code after the interrupt = %d, want 0; stderr %s", code, stderr)
+	}
+	if !strings.Contains(out.String(), "stopped: 1 register requests (1 operations), 1 polls") {
+		t.Errorf("final summary missing from stdout:\n%s", out)
+	}
+	if _, err := os.Stat(strings.TrimSuffix(caFile, ".pem") + ".key"); err != nil {
+		t.Errorf("server CA key not written next to the certificate: %v", err)
+	}
+
+	// Restart on a free port given with --port: the same CA file still works.
+	url2, out2, stop2 := startSimCmd(t, "--config", f.config, "--port", "0", "--ca-out", caFile)
+	if !strings.Contains(out2.String(), "reused") {
+		t.Errorf("restart did not reuse the server CA:\n%s", out2)
+	}
+	client2 := x509Client(t, caFile, f.device.TLSCertificate())
+	if status, body := call(t, client2, "POST", url2+"/0ne0000test/registrations/dev-00001?api-version=2021-10-01", `{"registrationId":"dev-00001"}`); status != http.StatusNotFound {
+		t.Errorf("lookup on a fresh simulator = %d %s, want 404 (state is in memory)", status, body)
+	}
+	if code, _ := stop2(); code != exitOK {
+		t.Errorf("second stop exit = %d", code)
+	}
+}
+
+func TestSimUsageErrors(t *testing.T) {
+	f := newSimFleet(t)
+	badConfig := filepath.Join(t.TempDir(), "bad.json")
+	if err := os.WriteFile(badConfig, []byte(`{"allocationPolicy": "random"}`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name    string
+		args    []string
+		wantErr []string
+	}{
+		{"no config", []string{"sim"}, []string{"--config is required", "Try: dps-batch sim --config"}},
+		{"non-loopback listen", []string{"sim", "--config", f.config, "--listen", "0.0.0.0:0"}, []string{"not a loopback address", "--allow-non-loopback"}},
+		{"listen on all interfaces", []string{"sim", "--config", f.config, "--listen", ":0"}, []string{"not a loopback address"}},
+		{"bad listen", []string{"sim", "--config", f.config, "--listen", "nowhere"}, []string{"--listen"}},
+		{"ca-out not pem", []string{"sim", "--config", f.config, "--ca-out", filepath.Join(f.dir, "ca.crt")}, []string{"must end in .pem"}},
+		{"bad config", []string{"sim", "--config", badConfig}, []string{"bad.json", "allocationPolicy"}},
+		{"missing config", []string{"sim", "--config", filepath.Join(f.dir, "absent.json")}, []string{"absent.json"}},
+		{"bad knob", []string{"sim", "--config", f.config, "--register-error-rate", "2"}, []string{"registerErrorRate"}},
+		{"verification-code without ca", []string{"sim", "verification-code", "--config", f.config}, []string{"--ca is required"}},
+		{"verification-code unknown ca", []string{"sim", "verification-code", "--config", f.config, "--ca", "nope"}, []string{`"nope"`}},
+		{"verify without cert", []string{"sim", "verify", "--config", f.config, "--ca", "fleet-ca"}, []string{"--cert is required"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			code, _, errs := runCmd(t, tt.args...)
+			if code != exitUsage {
+				t.Errorf("exit code = %d, want %d; stderr %q", code, exitUsage, errs)
+			}
+			for _, w := range tt.wantErr {
+				if !strings.Contains(errs, w) {
+					t.Errorf("stderr %q does not mention %q", errs, w)
+				}
+			}
+		})
+	}
+}
+
+func TestSimHelp(t *testing.T) {
+	for _, args := range [][]string{{"sim", "--help"}, {"sim", "verification-code", "--help"}, {"sim", "verify", "--help"}} {
+		code, out, _ := runCmd(t, args...)
+		if code != exitOK || !strings.Contains(out, "Examples:") {
+			t.Errorf("%v: exit %d, output lacks examples:\n%s", args, code, out)
+		}
+	}
+	_, out, _ := runCmd(t, "sim", "--help")
+	for _, want := range []string{"curl -i -X PUT --cacert", "/_sim/registrations", "verification-code", "--listen", "127.0.0.1:0"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("sim --help lacks %q", want)
+		}
+	}
+}
+
+// TestSimProofOfPossession rehearses verification offline: print the
+// code, make the certificate with the certs package, mark the CA verified.
+func TestSimProofOfPossession(t *testing.T) {
+	root, err := certs.NewRoot("pop root", certs.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	cfg := dpssim.FleetConfig("0ne0000test", certs.CertPEM(root.Cert))
+	cfg.Certificates[0].Verified = false
+	cfgPath := filepath.Join(dir, "sim.json")
+	if err := dpssim.WriteConfig(cfgPath, cfg, false); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errs := runCmd(t, "sim", "verification-code", "--config", cfgPath, "--ca", dpssim.FleetCAName)
+	vcode := strings.TrimSpace(out)
+	if code != exitOK || vcode != dpssim.VerificationCode(root.Cert) {
+		t.Fatalf("verification-code: exit %d, out %q, stderr %q; want %s", code, out, errs, dpssim.VerificationCode(root.Cert))
+	}
+	wrong, _ := root.NewVerification("WRONG", certs.Options{})
+	good, _ := root.NewVerification(vcode, certs.Options{})
+	for _, tt := range []struct {
+		name     string
+		leaf     *certs.Leaf
+		wantCode int
+		want     string
+	}{
+		{"wrong CN", wrong, exitUsage, "want the verification code"},
+		{"good", good, exitOK, "is verified"},
+	} {
+		path := filepath.Join(dir, tt.name+".pem")
+		if err := os.WriteFile(path, certs.CertPEM(tt.leaf.Cert), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		code, out, errs := runCmd(t, "sim", "verify", "--config", cfgPath, "--ca", dpssim.FleetCAName, "--cert", path)
+		if code != tt.wantCode || !strings.Contains(out+errs, tt.want) {
+			t.Errorf("%s: exit %d, out %q, stderr %q; want %d mentioning %q", tt.name, code, out, errs, tt.wantCode, tt.want)
+		}
+	}
+	loaded, err := dpssim.LoadConfig(cfgPath)
+	if err != nil {
+		t.Fatalf("config after verify: %v", err)
+	}
+	if !loaded.Certificates[0].Verified || len(loaded.Groups) != 1 {
+		t.Errorf("config after verify: %+v, want the CA verified and the group kept", loaded.Certificates[0])
+	}
+}
+
+func TestWriteFleetSimConfig(t *testing.T) {
+	f := newSimFleet(t)
+	if _, err := writeFleetSimConfig(f.dir, "0ne0000test", certs.CertPEM(f.ca.Cert), false); err == nil || !strings.Contains(err.Error(), "--force") {
+		t.Errorf("second write without force: err = %v, want a refusal mentioning --force", err)
+	}
+	if _, err := writeFleetSimConfig(f.dir, "0ne0000other", certs.CertPEM(f.ca.Cert), true); err != nil {
+		t.Fatalf("write with force: %v", err)
+	}
+	cfg, err := dpssim.LoadConfig(f.config)
+	if err != nil {
+		t.Fatalf("LoadConfig(%s): %v", f.config, err)
+	}
+	if cfg.IDScope != "0ne0000other" || len(cfg.Certificates) != 1 || !cfg.Certificates[0].Verified || len(cfg.Groups) != 1 {
+		t.Fatalf("fleet config = %+v, want the new scope and one verified CA with one group", cfg)
+	}
+	if _, err := writeFleetSimConfig(f.dir, "0ne0000test", []byte("not a certificate"), true); err == nil {
+		t.Errorf("writing a config with a bad CA succeeded")
+	}
+	// Every fleet device is accepted by a simulator on that config.
+	sim, err := dpssim.New(*cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := dpssim.StartTLS(sim, "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	c := &http.Client{Transport: &http.Transport{TLSClientConfig: srv.ClientTLSConfig(f.device.TLSCertificate())}}
+	defer c.CloseIdleConnections()
+	status, body := call(t, c, "PUT", srv.URL+"/0ne0000other/registrations/dev-00001/register?api-version=2021-10-01", `{}`)
+	if status != http.StatusAccepted {
+		t.Errorf("fleet device register = %d %s, want 202", status, body)
+	}
+}
