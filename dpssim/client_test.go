@@ -132,7 +132,9 @@ func TestDPSClientErrors(t *testing.T) {
 	run := mustStart(t, sim)
 	c := newDPSClient(t, run, "")
 	ctx := context.Background()
-	member := func(id string) *dps.Device { return dps.NewSymmetricKeyDevice(id, dps.DeriveDeviceKeyBytes(groupKey, id)) }
+	member := func(id string) *dps.Device {
+		return dps.NewSymmetricKeyDevice(id, dps.DeriveDeviceKeyBytes(groupKey, id))
+	}
 
 	// Lookup before registering: 404201, permanent.
 	_, err := c.RegistrationStatus(ctx, member("e-1"))
