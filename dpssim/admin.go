@@ -29,10 +29,14 @@ POST /_sim/certificates/{name}/verify             body: the verification certifi
 
 // CertificateInfo describes an uploaded CA certificate.
 type CertificateInfo struct {
-	Name             string `json:"name"`
-	Subject          string `json:"subject"`
+	// Name is the certificate's name in the configuration.
+	Name string `json:"name"`
+	// Subject is the certificate's subject, e.g. "CN=My Root".
+	Subject string `json:"subject"`
+	// SHA256Thumbprint is the upper-case hex SHA-256 of the certificate.
 	SHA256Thumbprint string `json:"sha256Thumbprint"`
-	Verified         bool   `json:"verified"`
+	// Verified says proof of possession was done (in the file or at run time).
+	Verified bool `json:"verified"`
 	// VerificationCode is the CN a proof-of-possession certificate needs.
 	VerificationCode string `json:"verificationCode"`
 }

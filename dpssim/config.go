@@ -187,7 +187,9 @@ type EnrollmentGroup struct {
 
 // Attestation holds exactly one attestation mechanism.
 type Attestation struct {
-	X509         *X509Attestation         `json:"x509,omitempty"`
+	// X509 attests with a certificate: the device's own, or a group CA.
+	X509 *X509Attestation `json:"x509,omitempty"`
+	// SymmetricKey attests with SAS tokens signed by a shared key.
 	SymmetricKey *SymmetricKeyAttestation `json:"symmetricKey,omitempty"`
 }
 
@@ -215,7 +217,9 @@ type X509Attestation struct {
 // group they are group keys: devices sign with
 // base64(HMAC-SHA256(groupKey, registrationId)).
 type SymmetricKeyAttestation struct {
-	PrimaryKey   string `json:"primaryKey"`
+	// PrimaryKey is required.
+	PrimaryKey string `json:"primaryKey"`
+	// SecondaryKey is optional; tokens signed with either key are accepted.
 	SecondaryKey string `json:"secondaryKey,omitempty"`
 }
 
@@ -226,6 +230,11 @@ type Quotas struct {
 	// (a token bucket holding one minute's worth); 0 means
 	// DefaultRegistrationsPerMinute, negative means unlimited.
 	RegistrationsPerMinute int `json:"registrationsPerMinute"`
+	// RegistrationBurst is how many registrations may arrive at once
+	// before the per-minute rate applies (the bucket size); 0 means one
+	// minute's worth. A small burst makes an over-rate client visible in
+	// seconds instead of after a minute (tests, benchmarks).
+	RegistrationBurst int `json:"registrationBurst,omitempty"`
 	// PollsPer10sPerDevice limits operation-status GETs per registration id
 	// in any 10-second window; 0 means DefaultPollsPer10sPerDevice,
 	// negative means unlimited.

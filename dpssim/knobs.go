@@ -84,12 +84,15 @@ func (q Quotas) pollsPer10s() int {
 const pollWindow = 10 * time.Second
 
 // newRegLimiter returns a full token bucket allowing perMinute registrations
-// a minute with a burst of one minute's worth; perMinute 0 means unlimited.
-func newRegLimiter(perMinute int) *rate.Limiter {
+// a minute with a burst of burst (0: one minute's worth); perMinute 0 means unlimited.
+func newRegLimiter(perMinute, burst int) *rate.Limiter {
 	if perMinute == 0 {
 		return rate.NewLimiter(rate.Inf, 1)
 	}
-	return rate.NewLimiter(rate.Limit(float64(perMinute)/60), perMinute)
+	if burst <= 0 || burst > perMinute {
+		burst = perMinute
+	}
+	return rate.NewLimiter(rate.Limit(float64(perMinute)/60), burst)
 }
 
 // retryAfterSeconds rounds a wait up to whole seconds, at least 1, as the

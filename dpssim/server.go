@@ -91,7 +91,7 @@ func (s *Server) setup(in *instance) {
 	s.opPrefix = fmt.Sprintf("4.%016x.", h.Sum64())
 	k := in.knobs
 	s.knobs.Store(&k)
-	s.regLim.Store(newRegLimiter(k.Quotas.registrationsPerMinute()))
+	s.regLim.Store(newRegLimiter(k.Quotas.registrationsPerMinute(), k.Quotas.RegistrationBurst))
 }
 
 func (s *Server) now() time.Time {
@@ -142,7 +142,7 @@ func (s *Server) updateKnobs(change func(*Knobs)) error {
 	}
 	old := s.knobs.Swap(&k)
 	if old.Quotas.registrationsPerMinute() != k.Quotas.registrationsPerMinute() {
-		s.regLim.Store(newRegLimiter(k.Quotas.registrationsPerMinute()))
+		s.regLim.Store(newRegLimiter(k.Quotas.registrationsPerMinute(), k.Quotas.RegistrationBurst))
 	}
 	return nil
 }
@@ -318,12 +318,17 @@ func (rec *registration) result() *dps.DeviceRegistrationResult {
 // its state and how many requests of each kind it received. A record exists
 // once a device authenticated; Status is "" until its first operation.
 type RegistrationInfo struct {
-	RegistrationID string     `json:"registrationId"`
-	Status         dps.Status `json:"status"`
-	Substatus      string     `json:"substatus,omitempty"`
-	AssignedHub    string     `json:"assignedHub,omitempty"`
-	DeviceID       string     `json:"deviceId,omitempty"`
-	ErrorCode      int        `json:"errorCode,omitempty"`
+	// RegistrationID is the id as the device first sent it.
+	RegistrationID string `json:"registrationId"`
+	// Status is the registration's status now: assigning, assigned,
+	// failed, disabled, or "" before the first operation.
+	Status dps.Status `json:"status"`
+	// Substatus, AssignedHub and DeviceID describe an assignment.
+	Substatus   string `json:"substatus,omitempty"`
+	AssignedHub string `json:"assignedHub,omitempty"`
+	DeviceID    string `json:"deviceId,omitempty"`
+	// ErrorCode is set for failed and disabled registrations.
+	ErrorCode int `json:"errorCode,omitempty"`
 	// Enrollment is "individual:<registrationId>" or "group:<groupId>".
 	Enrollment  string `json:"enrollment,omitempty"`
 	OperationID string `json:"operationId,omitempty"`
@@ -336,7 +341,9 @@ type RegistrationInfo struct {
 	// Polls counts authenticated operation-status GETs.
 	Polls int `json:"polls"`
 	// Lookups counts authenticated registration status lookups.
-	Lookups    int       `json:"lookups"`
+	Lookups int `json:"lookups"`
+	// CreatedUTC is when the first operation started; UpdatedUTC when the
+	// registration last changed.
 	CreatedUTC time.Time `json:"createdDateTimeUtc,omitzero"`
 	UpdatedUTC time.Time `json:"lastUpdatedDateTimeUtc,omitzero"`
 }
