@@ -277,7 +277,7 @@ func (s *Server) decide(rec *registration, att attested, id string, payload json
 	if e.disabled {
 		o.status = dps.StatusDisabled
 		o.errCode = codeEnrollmentDisabled
-		o.errMsg = fmt.Sprintf("the %s enrollment %q is disabled", map[bool]string{true: "group", false: "individual"}[e.group], e.id)
+		o.errMsg = fmt.Sprintf("enrollment %s is disabled", e.name())
 		return o
 	}
 	hub, failure := s.allocate(rec, e, id, payload)
