@@ -171,6 +171,18 @@ func TestRegistrationQuota(t *testing.T) {
 		t.Errorf("q-2 registers=%d requests=%d, want 1 and 2", ri.Registers, ri.RegisterRequests)
 	}
 
+	// A small bucket: 60 a minute, at most 2 at once.
+	if err := sim.SetQuotas(Quotas{RegistrationsPerMinute: 60, RegistrationBurst: 2}); err != nil {
+		t.Fatal(err)
+	}
+	var burst []int
+	for i := range 3 {
+		burst = append(burst, groupDevice(t, run, fmt.Sprintf("b-%d", i)).register("").status)
+	}
+	if fmt.Sprint(burst) != "[202 202 429]" {
+		t.Errorf("statuses with a burst of 2 = %v, want [202 202 429]", burst)
+	}
+
 	// Unlimited.
 	if err := sim.SetQuotas(Quotas{RegistrationsPerMinute: -1, PollsPer10sPerDevice: -1}); err != nil {
 		t.Fatal(err)

@@ -227,7 +227,7 @@ type SymmetricKeyAttestation struct {
 // separately, as DPS does; a throttled request gets 429 with Retry-After.
 type Quotas struct {
 	// RegistrationsPerMinute limits register PUTs for the whole instance
-	// (a token bucket holding one minute's worth); 0 means
+	// (a token bucket refilled at this rate, of RegistrationBurst size); 0 means
 	// DefaultRegistrationsPerMinute, negative means unlimited.
 	RegistrationsPerMinute int `json:"registrationsPerMinute"`
 	// RegistrationBurst is how many registrations may arrive at once

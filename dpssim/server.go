@@ -141,7 +141,7 @@ func (s *Server) updateKnobs(change func(*Knobs)) error {
 		return err
 	}
 	old := s.knobs.Swap(&k)
-	if old.Quotas.registrationsPerMinute() != k.Quotas.registrationsPerMinute() {
+	if old.Quotas.registrationsPerMinute() != k.Quotas.registrationsPerMinute() || old.Quotas.RegistrationBurst != k.Quotas.RegistrationBurst {
 		s.regLim.Store(newRegLimiter(k.Quotas.registrationsPerMinute(), k.Quotas.RegistrationBurst))
 	}
 	return nil

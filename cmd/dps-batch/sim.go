@@ -80,7 +80,8 @@ func runSim(ctx context.Context, e *env, args []string) error {
 // knobFlags are the command-line overrides of the config's quotas and faults.
 type knobFlags struct {
 	fs                                      *flag.FlagSet
-	regsPerMinute, pollsPer10s, retryAfter  *int
+	regsPerMinute, regBurst, pollsPer10s    *int
+	retryAfter                              *int
 	stayAssigning                           *int
 	seed                                    *int64
 	regErr, pollErr, lookupErr, drop, dropR *float64
@@ -91,6 +92,7 @@ func addKnobFlags(fs *flag.FlagSet) *knobFlags {
 	return &knobFlags{
 		fs:            fs,
 		regsPerMinute: fs.Int("registrations-per-minute", 0, "registration `quota` per minute for the instance (default: the config's; 0 = 1000 like DPS; negative = unlimited)"),
+		regBurst:      fs.Int("registration-burst", 0, "registrations allowed at once before the per-minute rate applies (default: the config's; 0 = one minute's worth)"),
 		pollsPer10s:   fs.Int("polls-per-10s", 0, "operation status polls allowed per device per 10 seconds (default: the config's; 0 = 5 like DPS; negative = unlimited)"),
 		retryAfter:    fs.Int("retry-after", 0, "Retry-After `seconds` sent with every 202 (0 to 300; default: the config's, else 3)"),
 		assignDelay:   fs.Duration("assignment-delay", 0, "how long an operation stays assigning, e.g. 2s (default: the config's, else 0)"),
@@ -112,6 +114,8 @@ func (k *knobFlags) apply(cfg *dpssim.Config) {
 		switch f.Name {
 		case "registrations-per-minute":
 			cfg.Quotas.RegistrationsPerMinute = *k.regsPerMinute
+		case "registration-burst":
+			cfg.Quotas.RegistrationBurst = *k.regBurst
 		case "polls-per-10s":
 			cfg.Quotas.PollsPer10sPerDevice = *k.pollsPer10s
 		case "retry-after":
