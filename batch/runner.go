@@ -257,7 +257,7 @@ func (r *Runner) Run(ctx context.Context, drain <-chan struct{}) (*Result, error
 	r.registerPacer = NewPacer(r.Options.RegisterRate)
 	r.pollPacer = NewPacer(r.Options.PollRate)
 	r.Stats.total.Store(int64(plan.Work()))
-	r.Stats.Started = r.now()
+	r.Stats.started.Store(r.now().UnixNano())
 
 	runID, err := r.Ledger.StartRun(ctx, "provision", r.runOptions())
 	if err != nil {
@@ -484,7 +484,16 @@ func (w *work) failed(ctx context.Context, kind string, err error, pacer *Pacer,
 		w.rec.HTTPStatus, w.rec.ErrorCode, w.rec.ErrorMessage = 0, 0, err.Error()
 	}
 	w.rec.Hint = dps.Hint(err)
-	switch dps.Classify(err) {
+	class := dps.Classify(err)
+	if de != nil && de.HTTPStatus == http.StatusTooManyRequests {
+		// Throttling is the fleet going too fast, not this device failing:
+		// it does not use up the device's attempts (its deadline bounds it).
+		if err := w.put(ctx, att); err != nil {
+			return true, err
+		}
+		return false, nil
+	}
+	switch class {
 	case dps.Permanent:
 		w.rec.State = ledger.StateFailed
 		w.rec.FinishedAt = w.r.now()

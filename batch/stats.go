@@ -28,8 +28,7 @@ func (o Outcome) String() string {
 // Stats are the live counters of a run, safe for concurrent use. The
 // progress display reads them with Snapshot.
 type Stats struct {
-	Started time.Time
-
+	started    atomic.Int64 // Unix nanoseconds when dispatch began; 0 = not yet
 	total      atomic.Int64 // devices planned to be touched
 	outcomes   [numOutcomes]atomic.Int64
 	inFlight   atomic.Int64
@@ -95,8 +94,8 @@ func (st *Stats) Snapshot() Snapshot {
 		Throttled:       int(st.throttled.Load()),
 		SkippedFailures: int(st.skipFailed.Load()),
 	}
-	if !st.Started.IsZero() {
-		s.Elapsed = time.Since(st.Started)
+	if ns := st.started.Load(); ns != 0 {
+		s.Elapsed = time.Since(time.Unix(0, ns))
 	}
 	for i := range s.Outcomes {
 		s.Outcomes[i] = int(st.outcomes[i].Load())
