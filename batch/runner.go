@@ -108,6 +108,7 @@ type Runner struct {
 	registerPacer *Pacer
 	pollPacer     *Pacer
 	runID         int64
+	validated     bool // Validate passed; Run need not read every file again
 }
 
 // ValidationError means the manifest has problems; nothing was sent.
@@ -159,7 +160,8 @@ func (r *Runner) log() *slog.Logger {
 
 // Validate streams the whole manifest and loads every device, so that no
 // request is sent while any row is wrong. It returns *ValidationError when
-// rows have problems.
+// rows have problems. Run calls it unless it already passed (a caller may
+// validate before opening the ledger, so a bad manifest creates nothing).
 func (r *Runner) Validate(ctx context.Context) (*manifests.Summary, error) {
 	r.Options.setDefaults()
 	sum, err := manifests.Validate(ctx, r.Options.ManifestPath, r.Options.Manifest, r.Options.MaxProblems)
@@ -169,6 +171,7 @@ func (r *Runner) Validate(ctx context.Context) (*manifests.Summary, error) {
 	if len(sum.Errors) > 0 || sum.TruncatedErrors > 0 {
 		return sum, &ValidationError{Summary: sum}
 	}
+	r.validated = true
 	return sum, nil
 }
 
@@ -247,8 +250,10 @@ func (r *Runner) Run(ctx context.Context, drain <-chan struct{}) (*Result, error
 	if r.Stats == nil {
 		r.Stats = &Stats{}
 	}
-	if _, err := r.Validate(ctx); err != nil {
-		return nil, err
+	if !r.validated {
+		if _, err := r.Validate(ctx); err != nil {
+			return nil, err
+		}
 	}
 	plan, err := r.Plan(ctx, true)
 	if err != nil {

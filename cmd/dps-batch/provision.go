@@ -162,15 +162,8 @@ func provision(ctx context.Context, e *env, p *provisionFlags) error {
 	}
 	defer client.Close()
 
-	led, err := openLedger(ctx, p.ledgerPath, p.idScope, p.endpoint)
-	if err != nil {
-		return err
-	}
-	defer led.Close()
-
 	r := &batch.Runner{
 		Client: client,
-		Ledger: led,
 		Logger: logger,
 		Stats:  &batch.Stats{},
 		Options: batch.Options{
@@ -184,15 +177,28 @@ func provision(ctx context.Context, e *env, p *provisionFlags) error {
 			Policy:        batch.Policy{RetryFailed: p.retryFailed, Reprovision: p.reprovision},
 		},
 	}
+	// Validate before touching the ledger: a bad manifest creates nothing.
 	fmt.Fprintf(e.stderr, "Validating %s ...\n", p.manifest)
-	stopProgress := startProgress(e.stderr, r.Stats, p.quiet)
-	res, err := r.Run(ctx, e.drain)
-	stopProgress()
+	sum, err := r.Validate(ctx)
 	var ve *batch.ValidationError
 	if errors.As(err, &ve) {
 		printProblems(e.stderr, p.manifest, ve.Summary)
 		return &exitError{code: exitUsage, err: ve}
 	}
+	if err != nil {
+		return err
+	}
+	printWarnings(e.stderr, sum)
+
+	led, err := openLedger(ctx, p.ledgerPath, p.idScope, p.endpoint)
+	if err != nil {
+		return err
+	}
+	defer led.Close()
+	r.Ledger = led
+	stopProgress := startProgress(e.stderr, r.Stats, p.quiet)
+	res, err := r.Run(ctx, e.drain)
+	stopProgress()
 	if res != nil {
 		printSummary(e.stdout, p, res, p.jsonOut)
 	}
