@@ -1,0 +1,107 @@
+package report
+
+import (
+	"bytes"
+	"context"
+	"flag"
+	"os"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/dps-batch/dps-batch/ledger"
+)
+
+var update = flag.Bool("update", false, "rewrite the golden files")
+
+// fixedLedger holds one device in each interesting state, with fixed times.
+func fixedLedger(t *testing.T) *ledger.Ledger {
+	t.Helper()
+	ctx := context.Background()
+	now := time.Date(2026, 11, 29, 8, 0, 0, 0, time.UTC)
+	led, err := ledger.Open(ctx, filepath.Join(t.TempDir(), "r.ledger"), ledger.Options{Now: func() time.Time { return now }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { led.Close() })
+	run, err := led.StartRun(ctx, "provision", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t0, t1 := now.Add(-2*time.Minute), now.Add(-time.Minute)
+	devices := []ledger.Device{
+		{RegistrationID: "dev-00001", State: ledger.StateAssigned, OperationID: "4.abc.1", AssignedHub: "hub-1.azure-devices.net",
+			DeviceID: "dev-00001", Substatus: "initialAssignment", HTTPStatus: 200, RequestID: "9f0e4a52-0000-4000-8000-000000000001",
+			Attempts: 1, FirstAttemptAt: t0, FinishedAt: t1},
+		{RegistrationID: "dev-00002", State: ledger.StateFailed, HTTPStatus: 401, ErrorCode: 401002, ErrorMessage: "Invalid certificate.",
+			Hint: "certificate chain not accepted, with a comma", RequestID: "9f0e4a52-0000-4000-8000-000000000002", Attempts: 1,
+			FirstAttemptAt: t0, FinishedAt: t1},
+		{RegistrationID: "dev-00003", State: ledger.StateDisabled, ErrorCode: 400209, ErrorMessage: "enrollment \"disabled\"",
+			Attempts: 2, FirstAttemptAt: t0, FinishedAt: t1},
+		{RegistrationID: "dev-00004", State: ledger.StateAssigning, OperationID: "4.abc.4", Attempts: 1, FirstAttemptAt: t0},
+		{RegistrationID: "dev-00005", State: ledger.StatePending},
+	}
+	for _, d := range devices {
+		d.RunID = run
+		if err := led.Put(ctx, d); err != nil {
+			t.Fatal(err)
+		}
+	}
+	return led
+}
+
+func TestGoldenReports(t *testing.T) {
+	for _, tt := range []struct {
+		format Format
+		states []ledger.State
+		golden string
+	}{
+		{CSV, nil, "report.golden.csv"},
+		{JSONLines, nil, "report.golden.jsonl"},
+		{CSV, []ledger.State{ledger.StateFailed, ledger.StateDisabled}, "failures.golden.csv"},
+	} {
+		t.Run(tt.golden, func(t *testing.T) {
+			var buf bytes.Buffer
+			if _, err := Write(context.Background(), fixedLedger(t), &buf, tt.format, tt.states); err != nil {
+				t.Fatal(err)
+			}
+			path := filepath.Join("testdata", tt.golden)
+			if *update {
+				if err := os.WriteFile(path, buf.Bytes(), 0o644); err != nil {
+					t.Fatal(err)
+				}
+			}
+			want, err := os.ReadFile(path)
+			if err != nil {
+				t.Fatalf("%v (run go test ./report -update to create it)", err)
+			}
+			if got := buf.String(); got != string(want) {
+				t.Errorf("report differs from %s (go test ./report -update rewrites it after an intended change)\ngot:\n%s\nwant:\n%s", path, got, want)
+			}
+		})
+	}
+}
+
+func TestEmptyReportHasHeader(t *testing.T) {
+	led, err := ledger.Open(context.Background(), filepath.Join(t.TempDir(), "e.ledger"), ledger.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer led.Close()
+	var buf bytes.Buffer
+	n, err := Write(context.Background(), led, &buf, CSV, nil)
+	if err != nil || n != 0 {
+		t.Fatalf("Write = %d, %v", n, err)
+	}
+	if want := "registration_id,status,assigned_hub,device_id,substatus,operation_id,error_code,error_message,hint,attempts,first_attempt_at,finished_at,request_id\n"; buf.String() != want {
+		t.Errorf("empty report = %q, want header %q", buf.String(), want)
+	}
+}
+
+func TestParseFormat(t *testing.T) {
+	for in, ok := range map[string]bool{"csv": true, "jsonl": true, "xml": false, "": false} {
+		if _, err := ParseFormat(in); (err == nil) != ok {
+			t.Errorf("ParseFormat(%q) error = %v, want ok=%v", in, err, ok)
+		}
+	}
+}
