@@ -37,7 +37,7 @@ demo: ## Run the end-to-end demo: fleet, simulator, provisioning, report
 
 .PHONY: golden
 golden: ## Rewrite golden files (help text, reports) after an intended change
-	$(GO) test ./... -run Golden -update
+	$(GO) test ./report -run Golden -update
 
 .PHONY: clean
 clean: ## Remove build output
