@@ -250,15 +250,27 @@ func (r *Runner) Run(ctx context.Context, drain <-chan struct{}) (*Result, error
 	if r.Stats == nil {
 		r.Stats = &Stats{}
 	}
+	// A drain during validation or planning (long for big manifests) stops
+	// the run before anything is sent.
+	pctx, stopPlan := context.WithCancel(ctx)
+	defer stopPlan()
+	go func() {
+		select {
+		case <-drain:
+			stopPlan()
+		case <-pctx.Done():
+		}
+	}()
 	if !r.validated {
-		if _, err := r.Validate(ctx); err != nil {
-			return nil, err
+		if _, err := r.Validate(pctx); err != nil {
+			return r.stoppedEarly(ctx, pctx, err)
 		}
 	}
-	plan, err := r.Plan(ctx, true)
+	plan, err := r.Plan(pctx, true)
 	if err != nil {
-		return nil, err
+		return r.stoppedEarly(ctx, pctx, err)
 	}
+	stopPlan()
 	r.registerPacer = NewPacer(r.Options.RegisterRate)
 	r.pollPacer = NewPacer(r.Options.PollRate)
 	r.Stats.total.Store(int64(plan.Work()))
@@ -294,6 +306,15 @@ func (r *Runner) Run(ctx context.Context, drain <-chan struct{}) (*Result, error
 		err = ferr
 	}
 	return res, err
+}
+
+// stoppedEarly turns an error from validation or planning into a stopped
+// result when it came from a drain, not from the work itself.
+func (r *Runner) stoppedEarly(ctx, pctx context.Context, err error) (*Result, error) {
+	if ctx.Err() == nil && pctx.Err() != nil && errors.Is(err, context.Canceled) {
+		return &Result{Plan: &Plan{ByAction: map[Action]int{}}, Stopped: true}, nil
+	}
+	return nil, err
 }
 
 func (r *Runner) runOptions() map[string]string {

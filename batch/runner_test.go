@@ -482,3 +482,24 @@ func must(t testing.TB, err error) {
 		t.Fatal(err)
 	}
 }
+
+// TestDrainBeforeDispatch: a stop asked for during validation or planning
+// ends the run before any request, and it is resumable.
+func TestDrainBeforeDispatch(t *testing.T) {
+	f := newFixture(t, mix{symGroup: 20}, nil)
+	drain := make(chan struct{})
+	close(drain)
+	res, err := f.runner(nil).Run(context.Background(), drain)
+	must(t, err)
+	if !res.Stopped || !res.Resumable() {
+		t.Errorf("Stopped = %v, Resumable = %v; want true, true", res.Stopped, res.Resumable())
+	}
+	if got := f.sim.Stats().Requests; got != 0 {
+		t.Errorf("simulator saw %d requests, want 0", got)
+	}
+	res, err = f.runner(nil).Run(context.Background(), nil)
+	must(t, err)
+	if got := res.Snapshot.Outcomes[batch.OutcomeAssigned]; got != 20 {
+		t.Errorf("resumed run assigned %d, want 20", got)
+	}
+}
