@@ -250,8 +250,8 @@ func newSimTrace(sim *dpssim.Server) *simTrace {
 }
 
 func (tr *simTrace) Enabled(context.Context, slog.Level) bool { return true }
-func (tr *simTrace) WithAttrs([]slog.Attr) slog.Handler        { return tr }
-func (tr *simTrace) WithGroup(string) slog.Handler             { return tr }
+func (tr *simTrace) WithAttrs([]slog.Attr) slog.Handler       { return tr }
+func (tr *simTrace) WithGroup(string) slog.Handler            { return tr }
 
 func (tr *simTrace) Handle(_ context.Context, r slog.Record) error {
 	ev := simEvent{kind: r.Message}
