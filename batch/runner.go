@@ -412,7 +412,7 @@ func (r *Runner) device(ctx context.Context, rd *manifests.Reader, row manifests
 	defer r.Stats.inFlight.Add(-1)
 	dctx, cancel := context.WithTimeout(ctx, r.Options.DeviceTimeout)
 	defer cancel()
-	w := &work{r: r, rec: rec, dev: dev, d: d, started: r.now()}
+	w := &work{r: r, rec: rec, dev: dev, d: d}
 	w.rec.Fingerprint = dev.Fingerprint
 	return w.run(dctx, ctx, action)
 }
@@ -431,7 +431,7 @@ type work struct {
 	rec     ledger.Device
 	dev     *manifests.Device
 	d       *dps.Device
-	started time.Time
+	started time.Time // when the first request was sent (after pacing), for latency
 
 	failures   int           // failed transactions this run
 	retryAfter time.Duration // server's wish before the next poll or lookup
@@ -528,7 +528,7 @@ func (w *work) failed(ctx context.Context, kind string, err error, pacer *Pacer,
 		}
 		w.r.log().Warn("device failed", "device", w.rec.RegistrationID, "op", kind, "status", w.rec.HTTPStatus,
 			"code", w.rec.ErrorCode, "request_id", w.rec.RequestID, "error", w.rec.ErrorMessage, "hint", w.rec.Hint)
-		w.r.Stats.finish(OutcomeFailed, w.r.now().Sub(w.started), "")
+		w.r.Stats.finish(OutcomeFailed, w.elapsed(), "")
 		return true, nil
 	case dps.Fatal:
 		_ = w.put(ctx, att)
@@ -546,6 +546,7 @@ func (w *work) register(ctx context.Context) (step, bool, error) {
 	if err := w.r.registerPacer.Wait(ctx); err != nil {
 		return stepRegister, false, nil // the loop sees ctx and gives up
 	}
+	w.markStarted()
 	// Record the intent before sending: if we die after the PUT, the next run
 	// sees "registering" and asks DPS before registering again.
 	w.rec.State = ledger.StateRegistering
@@ -604,7 +605,25 @@ func (w *work) pollWait(ctx context.Context) error {
 	if err := sleep(ctx, d); err != nil {
 		return err
 	}
-	return w.r.pollPacer.Wait(ctx)
+	if err := w.r.pollPacer.Wait(ctx); err != nil {
+		return err
+	}
+	w.markStarted()
+	return nil
+}
+
+func (w *work) markStarted() {
+	if w.started.IsZero() {
+		w.started = w.r.now()
+	}
+}
+
+// elapsed is the device's time from its first request; 0 if none was sent.
+func (w *work) elapsed() time.Duration {
+	if w.started.IsZero() {
+		return 0
+	}
+	return w.r.now().Sub(w.started)
 }
 
 func (w *work) poll(ctx context.Context) (step, bool, error) {
@@ -726,7 +745,7 @@ func (w *work) final(ctx context.Context, st dps.Status, rs *dps.DeviceRegistrat
 	}
 	w.r.log().Debug("device finished", "device", w.rec.RegistrationID, "status", string(st),
 		"hub", w.rec.AssignedHub, "attempt", w.rec.Attempts, "request_id", w.rec.RequestID)
-	w.r.Stats.finish(outcome, w.r.now().Sub(w.started), w.rec.AssignedHub)
+	w.r.Stats.finish(outcome, w.elapsed(), w.rec.AssignedHub)
 	return nil
 }
 
@@ -755,7 +774,7 @@ func (w *work) giveUp(ctx, runCtx context.Context) error {
 	}
 	w.r.log().Warn("device unfinished; re-run to continue", "device", w.rec.RegistrationID,
 		"state", string(w.rec.State), "reason", why)
-	w.r.Stats.finish(OutcomeUnfinished, w.r.now().Sub(w.started), "")
+	w.r.Stats.finish(OutcomeUnfinished, w.elapsed(), "")
 	return nil
 }
 

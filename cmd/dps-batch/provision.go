@@ -197,7 +197,9 @@ func provision(ctx context.Context, e *env, p *provisionFlags) error {
 	defer led.Close()
 	r.Ledger = led
 	stopProgress := startProgress(e.stderr, r.Stats, p.quiet)
+	stopNotice := noticeDrain(e)
 	res, err := r.Run(ctx, e.drain)
+	stopNotice()
 	stopProgress()
 	if res != nil {
 		printSummary(e.stdout, p, res, p.jsonOut)
@@ -326,6 +328,19 @@ func openLedgerReadOnly(ctx context.Context, path, idScope, endpoint string) (*l
 		}
 	}
 	return led, nil
+}
+
+// noticeDrain tells the user, on the first Ctrl-C, what happens now.
+func noticeDrain(e *env) (stop func()) {
+	done := make(chan struct{})
+	go func() {
+		select {
+		case <-e.drain:
+			fmt.Fprintf(e.stderr, "\nStopping: no new devices; in-flight devices finish and are recorded. Press Ctrl-C again to stop at once (the ledger stays consistent).\n")
+		case <-done:
+		}
+	}()
+	return func() { close(done) }
 }
 
 func newLogger(w io.Writer, verbose bool) *slog.Logger {
