@@ -196,37 +196,40 @@ func (r *Runner) Plan(ctx context.Context, record bool) (*Plan, error) {
 		return err
 	}
 	for {
-		row, err := rd.Next()
-		if errors.Is(err, io.EOF) {
-			break
-		}
+		rows, readErr := readChunk(rd)
+		briefs, err := r.Ledger.Briefs(ctx, rowIDs(rows))
 		if err != nil {
 			return nil, err
 		}
-		p.Devices++
-		d, found, err := r.Ledger.Device(ctx, row.RegistrationID)
-		if err != nil {
-			return nil, err
-		}
-		// The plan compares fingerprints only when the ledger says assigned,
-		// so only then are the credentials loaded here.
-		fp := ""
-		if found && d.State == ledger.StateAssigned && d.Fingerprint != "" && !r.Options.Reprovision {
-			if dev, _ := rd.Load(row, r.Options.Manifest); dev != nil {
-				fp = dev.Fingerprint
+		for _, row := range rows {
+			p.Devices++
+			b, found := briefs[row.RegistrationID]
+			// The plan compares fingerprints only when the ledger says
+			// assigned, so only then are the credentials loaded here.
+			fp := ""
+			if found && b.State == ledger.StateAssigned && b.Fingerprint != "" && !r.Options.Reprovision {
+				if dev, _ := rd.Load(row, r.Options.Manifest); dev != nil {
+					fp = dev.Fingerprint
+				}
 			}
-		}
-		p.ByAction[Decide(d, found, fp, r.Options.Policy)]++
-		if !found {
-			p.New++
-			if record {
-				pending = append(pending, ledger.Device{RegistrationID: row.RegistrationID, State: ledger.StatePending})
-				if len(pending) >= 5000 {
-					if err := flush(); err != nil {
-						return nil, err
+			p.ByAction[Decide(briefDevice(row.RegistrationID, b), found, fp, r.Options.Policy)]++
+			if !found {
+				p.New++
+				if record {
+					pending = append(pending, ledger.Device{RegistrationID: row.RegistrationID, State: ledger.StatePending})
+					if len(pending) >= 5000 {
+						if err := flush(); err != nil {
+							return nil, err
+						}
 					}
 				}
 			}
+		}
+		if errors.Is(readErr, io.EOF) {
+			break
+		}
+		if readErr != nil {
+			return nil, readErr
 		}
 	}
 	if record {
@@ -235,6 +238,35 @@ func (r *Runner) Plan(ctx context.Context, record bool) (*Plan, error) {
 		}
 	}
 	return p, nil
+}
+
+// readChunk reads up to ledger.LookupChunk rows, so that their ledger rows
+// are read with one query (Ledger.Briefs) instead of one per device: most
+// of the cost of a re-run with little left to do. The error, io.EOF at the
+// end, comes with the rows read before it.
+func readChunk(rd *manifests.Reader) ([]manifests.Row, error) {
+	rows := make([]manifests.Row, 0, ledger.LookupChunk)
+	for len(rows) < ledger.LookupChunk {
+		row, err := rd.Next()
+		if err != nil {
+			return rows, err
+		}
+		rows = append(rows, row)
+	}
+	return rows, nil
+}
+
+func rowIDs(rows []manifests.Row) []string {
+	ids := make([]string, len(rows))
+	for i, row := range rows {
+		ids[i] = row.RegistrationID
+	}
+	return ids
+}
+
+// briefDevice is a ledger row with only what Decide reads.
+func briefDevice(id string, b ledger.Brief) ledger.Device {
+	return ledger.Device{RegistrationID: id, State: b.State, OperationID: b.OperationID, Fingerprint: b.Fingerprint}
 }
 
 // Run provisions every device of the manifest that needs work. Closing drain
@@ -343,30 +375,41 @@ func (r *Runner) dispatch(ctx context.Context, drain <-chan struct{}) (stopped b
 	g.SetLimit(r.Options.Workers)
 loop:
 	for {
-		select {
-		case <-drain:
-			stopped = true
-			break loop
-		case <-gctx.Done():
-			break loop
-		default:
-		}
-		row, err := rd.Next()
-		if errors.Is(err, io.EOF) {
-			break
-		}
+		rows, readErr := readChunk(rd)
+		briefs, err := r.Ledger.Briefs(gctx, rowIDs(rows))
 		if err != nil {
-			g.Go(func() error { return err })
+			if gctx.Err() == nil {
+				g.Go(func() error { return fmt.Errorf("read ledger: %w", err) })
+			}
 			break
 		}
-		g.Go(func() error { return r.device(gctx, rd, row) })
+		for _, row := range rows {
+			select {
+			case <-drain:
+				stopped = true
+				break loop
+			case <-gctx.Done():
+				break loop
+			default:
+			}
+			b, found := briefs[row.RegistrationID]
+			g.Go(func() error { return r.device(gctx, rd, row, b, found) })
+		}
+		if errors.Is(readErr, io.EOF) {
+			break
+		}
+		if readErr != nil {
+			g.Go(func() error { return readErr })
+			break
+		}
 	}
 	return stopped, g.Wait()
 }
 
-// device does everything for one manifest row. It returns an error only for
-// fatal conditions, which stop the run.
-func (r *Runner) device(ctx context.Context, rd *manifests.Reader, row manifests.Row) error {
+// device does everything for one manifest row; b is its ledger brief
+// (found is false when the ledger does not know it). It returns an error
+// only for fatal conditions, which stop the run.
+func (r *Runner) device(ctx context.Context, rd *manifests.Reader, row manifests.Row, b ledger.Brief, found bool) error {
 	dev, problems := rd.Load(row, r.Options.Manifest)
 	if dev == nil {
 		// The files changed since validation: record it, touch nothing at DPS.
@@ -378,14 +421,23 @@ func (r *Runner) device(ctx context.Context, rd *manifests.Reader, row manifests
 		r.Stats.finish(OutcomeUnfinished, 0, "")
 		return nil
 	}
-	rec, found, err := r.Ledger.Device(ctx, dev.RegistrationID)
-	if err != nil {
-		return fmt.Errorf("read ledger for device %s: %w", dev.RegistrationID, err)
-	}
-	if !found {
-		rec = ledger.Device{RegistrationID: dev.RegistrationID, State: ledger.StatePending}
+	rec := ledger.Device{RegistrationID: dev.RegistrationID, State: ledger.StatePending}
+	if found {
+		rec = briefDevice(dev.RegistrationID, b)
 	}
 	action := Decide(rec, found, dev.Fingerprint, r.Options.Policy)
+	if found && action != ActionSkip && action != ActionChanged {
+		// Work to do: every write that follows starts from the whole row.
+		full, ok, err := r.Ledger.Device(ctx, dev.RegistrationID)
+		if err != nil {
+			return fmt.Errorf("read ledger for device %s: %w", dev.RegistrationID, err)
+		}
+		if !ok {
+			full = ledger.Device{RegistrationID: dev.RegistrationID, State: ledger.StatePending}
+		}
+		rec = full
+		action = Decide(rec, ok, dev.Fingerprint, r.Options.Policy)
+	}
 	switch action {
 	case ActionSkip:
 		if rec.State == ledger.StateFailed || rec.State == ledger.StateDisabled {
