@@ -36,6 +36,10 @@ const (
 	deviceIdleTimeout = 30 * time.Second
 	// sharedIdleTimeout is the idle timeout of the symmetric-key pool.
 	sharedIdleTimeout = 90 * time.Second
+	// maxResponseHeaderBytes bounds the headers read from any response. DPS
+	// sends well under 2 KB; net/http's default (10 MB) would let a broken
+	// endpoint cost 10 MB per request in flight.
+	maxResponseHeaderBytes = 64 << 10
 )
 
 // Config configures a Client. The zero value of each optional field selects
@@ -181,12 +185,13 @@ func (c *Client) newTransport(tlsConf *tls.Config) *http.Transport {
 	var protos http.Protocols
 	protos.SetHTTP1(true)
 	return &http.Transport{
-		Proxy:                 http.ProxyFromEnvironment,
-		DialContext:           dialer.DialContext,
-		TLSClientConfig:       tlsConf,
-		TLSHandshakeTimeout:   c.timeout,
-		ExpectContinueTimeout: time.Second,
-		Protocols:             &protos,
+		Proxy:                  http.ProxyFromEnvironment,
+		DialContext:            dialer.DialContext,
+		TLSClientConfig:        tlsConf,
+		TLSHandshakeTimeout:    c.timeout,
+		ExpectContinueTimeout:  time.Second,
+		MaxResponseHeaderBytes: maxResponseHeaderBytes,
+		Protocols:              &protos,
 	}
 }
 
