@@ -246,31 +246,36 @@ func TestSilentServers(t *testing.T) {
 	for name, ep := range endpoints {
 		c := mustClient(t, ep, func(cfg *dps.Config) { cfg.Timeout = timeout })
 		for _, d := range []*dps.Device{x509, sas} {
-			ops := map[string]func() error{
-				"register": func() error { _, err := c.Register(context.Background(), d, nil); return err },
-				"poll":     func() error { _, err := c.OperationStatus(context.Background(), d, "4.op"); return err },
-				"lookup":   func() error { _, err := c.RegistrationStatus(context.Background(), d); return err },
-			}
-			for op, call := range ops {
-				t.Run(fmt.Sprintf("%s/%s/%s", name, d.RegistrationID, op), func(t *testing.T) {
+			// A device makes one request at a time; devices run in parallel.
+			t.Run(name+"/"+d.RegistrationID, func(t *testing.T) {
+				t.Parallel()
+				ops := []struct {
+					op   string
+					call func() error
+				}{
+					{"register", func() error { _, err := c.Register(context.Background(), d, nil); return err }},
+					{"poll", func() error { _, err := c.OperationStatus(context.Background(), d, "4.op"); return err }},
+					{"lookup", func() error { _, err := c.RegistrationStatus(context.Background(), d); return err }},
+				}
+				for _, o := range ops {
 					start := time.Now()
-					err := call()
+					err := o.call()
 					elapsed := time.Since(start)
 					var de *dps.Error
-					if !errors.As(err, &de) || de.HTTPStatus != 0 || de.Op != op {
-						t.Fatalf("got %v, want a transport *dps.Error for %s", err, op)
+					if !errors.As(err, &de) || de.HTTPStatus != 0 || de.Op != o.op {
+						t.Fatalf("%s: got %v, want a transport *dps.Error", o.op, err)
 					}
 					if got := dps.Classify(err); got != dps.Retryable {
-						t.Errorf("Classify: got %v, want retryable (%v)", got, err)
+						t.Errorf("%s: Classify: got %v, want retryable (%v)", o.op, got, err)
 					}
 					if !strings.Contains(err.Error(), "timed out") && !strings.Contains(err.Error(), "timeout") {
-						t.Errorf("error %q does not say it timed out", err)
+						t.Errorf("%s: error %q does not say it timed out", o.op, err)
 					}
 					if elapsed < timeout/2 || elapsed > timeout+2*time.Second {
-						t.Errorf("gave up after %v, want about %v", elapsed, timeout)
+						t.Errorf("%s: gave up after %v, want about %v", o.op, elapsed, timeout)
 					}
-				})
-			}
+				}
+			})
 		}
 	}
 }
