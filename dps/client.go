@@ -40,6 +40,10 @@ const (
 	// sends well under 2 KB; net/http's default (10 MB) would let a broken
 	// endpoint cost 10 MB per request in flight.
 	maxResponseHeaderBytes = 64 << 10
+	// maxIDLen bounds a server-supplied request or tracking id. It is
+	// stored with every attempt and printed in errors, so it is cleaned like
+	// any server text (a broken proxy could echo the SAS token in it).
+	maxIDLen = 100
 )
 
 // Config configures a Client. The zero value of each optional field selects
@@ -439,7 +443,7 @@ func (c *Client) roundTrip(ctx context.Context, d *Device, op, method, path stri
 
 	r := &Response{
 		HTTPStatus:      resp.StatusCode,
-		RequestID:       resp.Header.Get(HeaderRequestID),
+		RequestID:       cleanText(resp.Header.Get(HeaderRequestID), maxIDLen),
 		ClientRequestID: reqID,
 		RetryAfter:      parseRetryAfter(resp.Header.Get(HeaderRetryAfter), c.cfg.Now()),
 		Latency:         time.Since(start),

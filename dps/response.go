@@ -69,7 +69,7 @@ func fillErrorDetails(e *Error, h http.Header, body []byte, truncated bool) {
 	var eb errorBody
 	if !truncated && len(body) > 0 && json.Unmarshal(body, &eb) == nil {
 		e.Code = parseCode(eb.ErrorCode)
-		e.TrackingID = cleanText(eb.TrackingID, 100)
+		e.TrackingID = cleanText(eb.TrackingID, maxIDLen)
 		e.Message = cleanText(eb.Message, maxMessageLen)
 	} else if t := bytes.TrimSpace(body); len(t) > 0 {
 		line := t
