@@ -39,6 +39,22 @@ demo: ## Run the end-to-end demo: fleet, simulator, provisioning, report
 golden: ## Rewrite golden files (help text, reports) after an intended change
 	$(GO) test ./report -run Golden -update
 
+.PHONY: chaos
+chaos: ## Long crash loop, fault soak, hostile-server and durability tests (DPSBATCH_CHAOS_LONG=1), ~15 min
+	DPSBATCH_CHAOS_LONG=1 $(GO) test -race -count=1 -timeout 90m -v \
+		-run 'CrashLoop|FaultSoak|Hostile|Durab|PowerLoss' ./cmd/dps-batch ./batch ./ledger
+
+FUZZTIME ?= 30s
+
+.PHONY: fuzz
+fuzz: ## Run every fuzz target (go test -list '^Fuzz') for FUZZTIME each (default 30s)
+	@set -e; for pkg in $$($(GO) list ./...); do \
+		for t in $$($(GO) test -list '^Fuzz' $$pkg | grep '^Fuzz'); do \
+			echo "== $$pkg $$t for $(FUZZTIME)"; \
+			$(GO) test $$pkg -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME); \
+		done; \
+	done
+
 .PHONY: clean
 clean: ## Remove build output
 	rm -rf bin
