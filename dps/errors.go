@@ -284,7 +284,7 @@ const (
 	hintX509Rejected = "certificate chain not accepted: present the full chain up to a verified CA; CN must equal the registration id"
 	hintSASRejected  = "SAS token not accepted: check the device key (for group enrollments derive it from the group key) and the local clock"
 	hintNotFound     = "no enrollment matches this registration id: create an individual enrollment or an enrollment group for it, and check the ID scope"
-	hintThrottled    = "DPS is throttling requests: lower the request rate (--rps); DPS allows about 1,000 registrations per minute per instance"
+	hintThrottled    = "DPS is throttling requests: lower the registration rate (--rate); DPS allows about 1,000 registrations per minute per instance"
 	hintConflict     = "another client is registering the same id at the same time; retry later"
 	hintServer       = "DPS reported a server error; retry later"
 	hintDisabled     = "the enrollment is disabled in DPS: enable it, then re-run with --retry-failed"

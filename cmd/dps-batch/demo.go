@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/base64"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -40,6 +41,7 @@ func runDemo(ctx context.Context, e *env, args []string) error {
 	if *count < 1 || *sas < 0 || *workers < 1 || *rate <= 0 {
 		return usagef("dps-batch demo --count 1000", "--count and --workers must be at least 1, --sas at least 0, --rate positive")
 	}
+	resumable := *dir != ""
 	if *dir == "" {
 		d, err := os.MkdirTemp("", "dps-batch-demo-")
 		if err != nil {
@@ -103,6 +105,7 @@ func runDemo(ctx context.Context, e *env, args []string) error {
 		groupKeyFile: groupKeyFile,
 		workers:      *workers, rate: *rate, pollRate: *rate * 3, maxAttempts: 6,
 		deviceTimeout: 2 * time.Minute, requestTimeout: 30 * time.Second, verbose: *verbose,
+		resumeHint: "dps-batch demo --dir " + shellQuote(*dir),
 	}
 	provErr := provision(ctx, e, p)
 
@@ -115,11 +118,20 @@ func runDemo(ctx context.Context, e *env, args []string) error {
 	}
 	fmt.Fprintf(e.stdout, "Simulator saw %d register PUTs, %d polls, %d lookups, %d throttled; devices registered more than once: %d\n",
 		stats.Registers, stats.Polls, stats.Lookups, stats.Throttled, twice)
-	if err := writeDemoReport(ctx, ledgerPath, filepath.Join(*dir, "report.csv")); err != nil {
-		return err
+	if _, err := os.Stat(ledgerPath); err != nil {
+		return provErr // validation failed: no ledger, nothing to report
 	}
-	fmt.Fprintf(e.stdout, "CSV report written to %s\nEverything is in %s (manifest.csv, sim.json, sim-ca.pem, demo.ledger, report.csv); run the same command to resume\n",
-		filepath.Join(*dir, "report.csv"), *dir)
+	reportFile := reportPath(ledgerPath)
+	if err := writeDemoReport(ctx, ledgerPath, reportFile); err != nil {
+		return errors.Join(provErr, err)
+	}
+	fmt.Fprintf(e.stdout, "CSV report written to %s\nEverything is in %s: manifest.csv, sim.json, sim-ca.pem, demo.ledger, %s\n",
+		reportFile, *dir, filepath.Base(reportFile))
+	if resumable {
+		fmt.Fprintf(e.stdout, "Running the same command again resumes from the ledger.\n")
+	} else {
+		fmt.Fprintf(e.stdout, "Resume or re-run in this folder with: dps-batch demo --dir %s\n", shellQuote(*dir))
+	}
 	return provErr
 }
 

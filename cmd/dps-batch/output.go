@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -139,7 +140,7 @@ type summaryJSON struct {
 func printSummary(w io.Writer, p *provisionFlags, res *batch.Result, asJSON bool) {
 	s := res.Snapshot
 	resume := resumeCommand(p)
-	report := fmt.Sprintf("dps-batch report --ledger %s --out %s", shellQuote(p.ledgerPath), shellQuote(strings.TrimSuffix(p.ledgerPath, ".ledger")+"-report.csv"))
+	report := fmt.Sprintf("dps-batch report --ledger %s --out %s", shellQuote(p.ledgerPath), shellQuote(reportPath(p.ledgerPath)))
 	if asJSON {
 		out := summaryJSON{
 			Ledger: p.ledgerPath, Manifest: p.manifest, Devices: res.Plan.Devices,
@@ -195,18 +196,26 @@ func printSummary(w io.Writer, p *provisionFlags, res *batch.Result, asJSON bool
 	fmt.Fprintf(w, "Report: %s\n", report)
 }
 
+// resumeCommand is the command that continues this run: the same
+// arguments, minus --dry-run.
 func resumeCommand(p *provisionFlags) string {
-	parts := []string{"dps-batch provision", "--manifest", shellQuote(p.manifest), "--ledger", shellQuote(p.ledgerPath), "--id-scope", p.idScope}
-	if p.endpoint != dps.DefaultEndpoint {
-		parts = append(parts, "--endpoint", shellQuote(p.endpoint))
+	if p.resumeHint != "" {
+		return p.resumeHint
 	}
-	if p.caFile != "" {
-		parts = append(parts, "--ca-file", shellQuote(p.caFile))
-	}
-	if p.groupKeyFile != "" {
-		parts = append(parts, "--group-key-file", shellQuote(p.groupKeyFile))
+	parts := []string{"dps-batch", "provision"}
+	for _, a := range p.args {
+		if strings.TrimLeft(a, "-") == "dry-run" {
+			continue
+		}
+		parts = append(parts, shellQuote(a))
 	}
 	return strings.Join(parts, " ")
+}
+
+// reportPath is where the summary suggests writing the report: next to the
+// ledger, named after it.
+func reportPath(ledgerPath string) string {
+	return strings.TrimSuffix(ledgerPath, filepath.Ext(ledgerPath)) + "-report.csv"
 }
 
 // shellQuote quotes s for a POSIX shell when it needs it.

@@ -2,7 +2,6 @@ package main
 
 import (
 	"context"
-	"encoding/base64"
 	"errors"
 	"flag"
 	"fmt"
@@ -44,6 +43,11 @@ type provisionFlags struct {
 	rate, pollRate                                              float64
 	deviceTimeout, requestTimeout                               time.Duration
 	retryFailed, reprovision, dryRun, verbose, quiet, jsonOut   bool
+
+	// args are the command-line arguments as given, for the resume hint;
+	// resumeHint, when set, replaces that hint (demo).
+	args       []string
+	resumeHint string
 }
 
 func (p *provisionFlags) register(fs *flag.FlagSet) {
@@ -116,14 +120,13 @@ func (p *provisionFlags) groupKey(e *env) ([]byte, error) {
 	} else if p.groupKeyEnv != "" {
 		text, from = e.getenv(p.groupKeyEnv), "environment variable "+p.groupKeyEnv
 	}
-	text = strings.TrimSpace(text)
-	if text == "" {
+	if strings.TrimSpace(text) == "" {
 		return nil, nil
 	}
-	key, err := base64.StdEncoding.DecodeString(text)
-	if err != nil || len(key) < 16 {
+	key, err := manifests.DecodeKey(text)
+	if err != nil {
 		return nil, usagef("copy the group's primary key from the DPS enrollment group page",
-			"the group key in %s is not a base64 key of at least 16 bytes", from)
+			"the group key in %s: %v", from, err)
 	}
 	return key, nil
 }
@@ -142,6 +145,7 @@ func runProvision(ctx context.Context, e *env, args []string) error {
 	if err := p.check(); err != nil {
 		return err
 	}
+	p.args = args
 	return provision(ctx, e, &p)
 }
 
@@ -178,17 +182,9 @@ func provision(ctx context.Context, e *env, p *provisionFlags) error {
 		},
 	}
 	// Validate before touching the ledger: a bad manifest creates nothing.
-	fmt.Fprintf(e.stderr, "Validating %s ...\n", p.manifest)
-	sum, err := r.Validate(ctx)
-	var ve *batch.ValidationError
-	if errors.As(err, &ve) {
-		printProblems(e.stderr, p.manifest, ve.Summary)
-		return &exitError{code: exitUsage, err: ve}
-	}
-	if err != nil {
+	if err := validateManifest(ctx, e, p, r); err != nil {
 		return err
 	}
-	printWarnings(e.stderr, sum)
 
 	led, err := openLedger(ctx, p.ledgerPath, p.idScope, p.endpoint)
 	if err != nil {
@@ -218,6 +214,39 @@ func provision(ctx context.Context, e *env, p *provisionFlags) error {
 	return nil
 }
 
+// validateManifest checks every row before anything is sent or written.
+// It prints the problems and returns the exit error; a first Ctrl-C stops it.
+func validateManifest(ctx context.Context, e *env, p *provisionFlags, r *batch.Runner) error {
+	vctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-e.drain:
+			cancel()
+		case <-vctx.Done():
+		}
+	}()
+	fmt.Fprintf(e.stderr, "Validating %s ...\n", p.manifest)
+	sum, err := r.Validate(vctx)
+	var ve *batch.ValidationError
+	var he *manifests.HeaderError
+	switch {
+	case errors.As(err, &ve):
+		printProblems(e.stderr, p.manifest, ve.Summary)
+		return &exitError{code: exitUsage}
+	case err != nil && ctx.Err() == nil && vctx.Err() != nil:
+		return &exitError{code: exitResumable, err: errors.New("stopped during validation; nothing was sent")}
+	case errors.Is(err, os.ErrNotExist) || errors.Is(err, os.ErrPermission):
+		return usagef("check the --manifest path: dps-batch provision --manifest path/to/devices.csv --id-scope 0ne00012345", "cannot read the manifest: %v", err)
+	case errors.As(err, &he):
+		return usagef("the header needs registration_id and, for X.509, cert_path and key_path (README: Manifest format)", "%v", err)
+	case err != nil:
+		return err
+	}
+	printWarnings(e.stderr, sum)
+	return nil
+}
+
 // dryRun validates and prints the plan without writing the ledger.
 func dryRun(ctx context.Context, e *env, p *provisionFlags, groupKey []byte) error {
 	r := &batch.Runner{Options: batch.Options{
@@ -226,16 +255,9 @@ func dryRun(ctx context.Context, e *env, p *provisionFlags, groupKey []byte) err
 		RegisterRate: p.rate,
 		Policy:       batch.Policy{RetryFailed: p.retryFailed, Reprovision: p.reprovision},
 	}}
-	sum, err := r.Validate(ctx)
-	var ve *batch.ValidationError
-	if errors.As(err, &ve) {
-		printProblems(e.stderr, p.manifest, ve.Summary)
-		return &exitError{code: exitUsage, err: ve}
-	}
-	if err != nil {
+	if err := validateManifest(ctx, e, p, r); err != nil {
 		return err
 	}
-	printWarnings(e.stderr, sum)
 	led, err := openLedgerReadOnly(ctx, p.ledgerPath, p.idScope, p.endpoint)
 	if err != nil {
 		return err
@@ -316,16 +338,9 @@ func openLedgerReadOnly(ctx context.Context, path, idScope, endpoint string) (*l
 	if err != nil {
 		return nil, err
 	}
-	if idScope != "" {
-		scope, ep, ok, err := led.Binding(ctx)
-		if err != nil {
-			led.Close()
-			return nil, err
-		}
-		if ok && (scope != idScope || !strings.EqualFold(strings.TrimRight(ep, "/"), strings.TrimRight(endpoint, "/"))) {
-			led.Close()
-			return nil, &exitError{code: exitUsage, err: fmt.Errorf("ledger %s belongs to ID scope %s at %s, not %s at %s; use another --ledger file", path, scope, ep, idScope, endpoint)}
-		}
+	if err := led.Bind(ctx, idScope, endpoint); err != nil {
+		led.Close()
+		return nil, &exitError{code: exitUsage, err: err}
 	}
 	return led, nil
 }

@@ -17,13 +17,13 @@ func TestDemoEndToEnd(t *testing.T) {
 	if code != exitOK {
 		t.Fatalf("demo exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errs)
 	}
-	for _, want := range []string{"assigned 40", "devices registered more than once: 0", "report.csv"} {
+	for _, want := range []string{"assigned 40", "devices registered more than once: 0", "demo-report.csv"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("demo stdout lacks %q:\n%s", want, out)
 		}
 	}
-	if n := countLines(t, filepath.Join(dir, "report.csv")); n != 41 {
-		t.Errorf("report.csv has %d lines, want 41 (header + 40 devices)", n)
+	if n := countLines(t, filepath.Join(dir, "demo-report.csv")); n != 41 {
+		t.Errorf("demo-report.csv has %d lines, want 41 (header + 40 devices)", n)
 	}
 	led := filepath.Join(dir, "demo.ledger")
 

@@ -38,7 +38,7 @@ in progress.`,
 	if err != nil {
 		return err
 	}
-	led, err := ledger.Open(ctx, *ledgerPath, ledger.Options{ReadOnly: true})
+	led, err := openForReading(ctx, *ledgerPath, "dps-batch report --ledger devices.ledger --out report.csv")
 	if err != nil {
 		return err
 	}
@@ -56,6 +56,9 @@ in progress.`,
 	}
 	defer os.Remove(tmp.Name())
 	n, err := report.Write(ctx, led, tmp, f, states)
+	if err == nil {
+		err = tmp.Chmod(0o644) // a report is for sharing, unlike CreateTemp's 0600
+	}
 	if cerr := tmp.Close(); err == nil {
 		err = cerr
 	}

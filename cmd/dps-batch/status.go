@@ -3,10 +3,13 @@ package main
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"os"
 	"slices"
 	"time"
 
+	"github.com/dps-batch/dps-batch/batch"
 	"github.com/dps-batch/dps-batch/ledger"
 )
 
@@ -23,7 +26,7 @@ running the provision command again would do. The ledger is only read.`,
 	if err := requireFlag(fs, "ledger", *ledgerPath, "dps-batch status --ledger devices.ledger"); err != nil {
 		return err
 	}
-	led, err := ledger.Open(ctx, *ledgerPath, ledger.Options{ReadOnly: true})
+	led, err := openForReading(ctx, *ledgerPath, "dps-batch status --ledger devices.ledger")
 	if err != nil {
 		return err
 	}
@@ -40,7 +43,10 @@ running the provision command again would do. The ledger is only read.`,
 	if err != nil {
 		return err
 	}
-	next := resumePlan(counts)
+	next, err := resumePlan(ctx, led)
+	if err != nil {
+		return err
+	}
 	if *asJSON {
 		out := struct {
 			Ledger   string         `json:"ledger"`
@@ -51,7 +57,7 @@ running the provision command again would do. The ledger is only read.`,
 			ByHub    map[string]int `json:"byHub"`
 			Attempts int            `json:"registerRequests"`
 			Polls    int            `json:"pollRequests"`
-			LastRun  *ledger.Run    `json:"lastRun,omitempty"`
+			LastRun  *runJSON       `json:"lastRun,omitempty"`
 			Resume   map[string]int `json:"resume"`
 		}{Ledger: *ledgerPath, IDScope: scope, Endpoint: endpoint, Total: counts.Total, ByState: map[string]int{},
 			ByHub: counts.ByHub, Attempts: counts.Attempts, Polls: counts.Polls, Resume: next}
@@ -59,7 +65,10 @@ running the provision command again would do. The ledger is only read.`,
 			out.ByState[string(s)] = n
 		}
 		if hasRun {
-			out.LastRun = &run
+			out.LastRun = &runJSON{ID: run.ID, StartedAt: run.StartedAt, Command: run.Command, Outcome: run.Outcome, Options: run.Options}
+			if !run.FinishedAt.IsZero() {
+				out.LastRun.FinishedAt = &run.FinishedAt
+			}
 		}
 		enc := json.NewEncoder(e.stdout)
 		enc.SetIndent("", "  ")
@@ -100,14 +109,37 @@ running the provision command again would do. The ledger is only read.`,
 	return nil
 }
 
-// resumePlan says what a re-run would do with the devices the ledger holds.
-func resumePlan(c ledger.Counts) map[string]int {
-	s := c.ByState
-	return map[string]int{
-		"register":   s[ledger.StatePending] + s[ledger.StateRetryable],
-		"poll":       s[ledger.StateAssigning],
-		"lookup":     s[ledger.StateRegistering],
-		"skip":       s[ledger.StateAssigned] + s[ledger.StateFailed] + s[ledger.StateDisabled],
-		"skipFailed": s[ledger.StateFailed] + s[ledger.StateDisabled],
+// runJSON is a run in status --json output.
+type runJSON struct {
+	ID         int64             `json:"id"`
+	StartedAt  time.Time         `json:"startedAt"`
+	FinishedAt *time.Time        `json:"finishedAt,omitempty"`
+	Command    string            `json:"command"`
+	Outcome    string            `json:"outcome,omitempty"`
+	Options    map[string]string `json:"options,omitempty"`
+}
+
+// resumePlan says what a re-run would do with the devices the ledger holds,
+// deciding each exactly as the runner does (without the manifest, so a
+// change of credentials is not seen here).
+func resumePlan(ctx context.Context, led *ledger.Ledger) (map[string]int, error) {
+	next := map[string]int{}
+	err := led.Each(ctx, nil, func(d ledger.Device) error {
+		a := batch.Decide(d, true, "", batch.Policy{})
+		next[a.String()]++
+		if a == batch.ActionSkip && (d.State == ledger.StateFailed || d.State == ledger.StateDisabled) {
+			next["skipFailed"]++
+		}
+		return nil
+	})
+	return next, err
+}
+
+// openForReading opens an existing ledger read-only; a missing file is a
+// usage error with a hint.
+func openForReading(ctx context.Context, path, example string) (*ledger.Ledger, error) {
+	if _, err := os.Stat(path); errors.Is(err, os.ErrNotExist) {
+		return nil, usagef(example, "ledger %s does not exist (provision creates it; check the --ledger path)", path)
 	}
+	return ledger.Open(ctx, path, ledger.Options{ReadOnly: true})
 }
