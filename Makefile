@@ -39,6 +39,10 @@ demo: ## Run the end-to-end demo: fleet, simulator, provisioning, report
 golden: ## Rewrite golden files (help text, reports) after an intended change
 	$(GO) test ./report -run Golden -update
 
+.PHONY: bench
+bench: build ## Benchmarks (bench/README.md): vs curl and a bare loop, cost, quota, resume; ~6 min, writes bench/RESULTS.md
+	$(GO) run ./bench -bin $(BIN) -go $(GO) $(BENCHFLAGS)
+
 .PHONY: chaos
 chaos: ## Long crash loop, fault soak, hostile-server and durability tests (DPSBATCH_CHAOS_LONG=1), ~15 min
 	DPSBATCH_CHAOS_LONG=1 $(GO) test -race -count=1 -timeout 90m -v \
