@@ -124,7 +124,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&c.rounds, "rounds", 3, "rounds of the throughput comparison; the best of each client counts (`N`)")
 	fs.IntVar(&c.workers, "workers", 100, "--workers of dps-batch, goroutines of the bare loop (`N`)")
 	fs.IntVar(&c.manifestRows, "manifest-rows", 1_000_000, "rows of the synthetic manifest measured for peak RSS (`N`)")
-	fs.IntVar(&c.rssDispatch, "rss-devices", 20_000, "devices provisioned from the synthetic manifest before stopping it (`N`)")
+	fs.IntVar(&c.rssDispatch, "rss-devices", 100_000, "devices provisioned from the synthetic manifest before stopping it (`N`)")
 	fs.IntVar(&c.resumeDevices, "resume-devices", 100_000, "devices of the fully assigned ledger re-run for the resume cost (`N`)")
 	fs.IntVar(&c.quotaPerMin, "quota", 6000, "simulator registration quota Q (`per minute`)")
 	fs.IntVar(&c.quotaDevices, "quota-devices", 2500, "devices per quota scenario (`N`)")

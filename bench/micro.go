@@ -23,7 +23,7 @@ type microSet struct {
 var microSets = []microSet{
 	{"./manifests", "^(BenchmarkValidateSymmetric1M|BenchmarkValidateX509_10k)$", "1x", "manifest parsing and validation"},
 	{"./dps", "^(BenchmarkSASToken|BenchmarkDeriveDeviceKey|BenchmarkDecodeOperation|BenchmarkRegisterPoll)$", "", "SAS signing, response decoding, one register + poll"},
-	{"./ledger", "^BenchmarkPutParallel$", "", "ledger group-commit writes"},
+	{"./ledger", "^(BenchmarkPutParallel|BenchmarkBriefs)$", "", "ledger group-commit writes, batched lookups"},
 	{"./batch", "^BenchmarkPacer", "", "pacing overhead"},
 	{"./dpssim", "^BenchmarkHandlerRegisterPoll$", "", "the simulator's own cost"},
 }
