@@ -66,7 +66,7 @@ type notLedgerError struct {
 }
 
 func (e *notLedgerError) Error() string {
-	return fmt.Sprintf("%s is not a dps-batch ledger (%s)", e.path, e.reason)
+	return fmt.Sprintf("%s is not a dps-batch ledger (%s): name another --ledger file (a new one is created)", e.path, e.reason)
 }
 
 func (e *notLedgerError) Is(target error) bool { return target == ErrNotLedger }

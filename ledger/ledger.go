@@ -116,7 +116,7 @@ func Open(ctx context.Context, path string, opts Options) (*Ledger, error) {
 	case err != nil:
 		return nil, fmt.Errorf("open ledger %s: %w", path, err)
 	case fi.IsDir():
-		return nil, fmt.Errorf("open ledger %s: is a directory", path)
+		return nil, fmt.Errorf("open ledger %s: is a directory: name a file for --ledger, e.g. %s", path, filepath.Join(path, "fleet.ledger"))
 	default:
 		// Identify the file read-only first, so that a foreign or newer
 		// database is refused before anything (even WAL mode) is written.
