@@ -135,7 +135,7 @@ func (r *Reader) Load(row Row, opts Options) (*Device, []Problem) {
 		dev.SymmetricKey = dps.DeriveDeviceKeyBytes(opts.GroupKey, row.RegistrationID)
 	default:
 		l.add("", "", "row has no credentials",
-			"give cert_path and key_path (X.509) or symmetric_key, or provide a group key for symmetric-key group enrollment devices")
+			"give cert_path and key_path (X.509) or symmetric_key; for a device of a symmetric-key enrollment group, give the group key (dps-batch --group-key-file FILE, or the DPS_GROUP_KEY environment variable)")
 	}
 	if dev.SymmetricKey != nil {
 		dev.Fingerprint = keyFingerprint(dev.SymmetricKey)
