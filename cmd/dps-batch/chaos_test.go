@@ -62,9 +62,10 @@ type chaosFleet struct {
 	symKeys                                     map[string][]byte // individual symmetric keys by registration id
 	deviceIDs                                   map[string]string // expected IoT hub device id by registration id
 
-	sim   *dpssim.Server
-	srv   *dpssim.Running
-	trace *simTrace
+	sim    *dpssim.Server
+	srv    *dpssim.Running
+	trace  *simTrace
+	simLog *lockedBuffer // the simulator's request log, as text
 }
 
 // newChaosFleet writes the fleet and starts its simulator: Retry-After 1 s,
@@ -155,7 +156,8 @@ func newChaosFleet(t testing.TB, spec fleetSpec, tweak func(*dpssim.Config)) *ch
 		t.Fatalf("simulator config: %v", err)
 	}
 	f.trace = newSimTrace(sim)
-	sim.Logger = slog.New(f.trace)
+	f.simLog = &lockedBuffer{}
+	sim.Logger = slog.New(teeHandler{f.trace, slog.NewTextHandler(f.simLog, nil)})
 	srv, err := dpssim.StartTLS(sim, "127.0.0.1:0")
 	if err != nil {
 		t.Fatalf("start simulator: %v", err)
@@ -371,6 +373,29 @@ func attemptLogs(t testing.TB, path string) map[string][]simEvent {
 		t.Fatalf("read attempt log of %s: %v", path, err)
 	}
 	return out
+}
+
+// teeHandler sends each log record to two handlers.
+type teeHandler struct{ a, b slog.Handler }
+
+func (h teeHandler) Enabled(ctx context.Context, l slog.Level) bool {
+	return h.a.Enabled(ctx, l) || h.b.Enabled(ctx, l)
+}
+
+func (h teeHandler) Handle(ctx context.Context, r slog.Record) error {
+	err := h.a.Handle(ctx, r.Clone())
+	if err2 := h.b.Handle(ctx, r); err == nil {
+		err = err2
+	}
+	return err
+}
+
+func (h teeHandler) WithAttrs(as []slog.Attr) slog.Handler {
+	return teeHandler{h.a.WithAttrs(as), h.b.WithAttrs(as)}
+}
+
+func (h teeHandler) WithGroup(name string) slog.Handler {
+	return teeHandler{h.a.WithGroup(name), h.b.WithGroup(name)}
 }
 
 // lockedBuffer is a bytes.Buffer that a child process's output copier
