@@ -24,7 +24,7 @@ const scope = dpssim.DefaultIDScope
 type child struct {
 	Wall   time.Duration
 	CPU    time.Duration // user + system time of the process
-	MaxRSS int64         // peak resident set, bytes
+	MaxRSS int64         // peak resident set, bytes (sampled every 20 ms on Linux)
 	Exit   int
 	Stdout string
 	Stderr string
@@ -41,6 +41,8 @@ func runChild(ctx context.Context, bin string, args []string, watch func(ctx con
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", bin, err)
 	}
+	exited := make(chan struct{})
+	peak := watchPeakRSS(cmd.Process.Pid, exited)
 	wctx, cancel := context.WithCancel(ctx)
 	watched := make(chan struct{})
 	if watch != nil {
@@ -53,6 +55,7 @@ func runChild(ctx context.Context, bin string, args []string, watch func(ctx con
 	}
 	err := cmd.Wait()
 	wall := time.Since(start)
+	close(exited)
 	cancel()
 	<-watched
 	c := &child{Wall: wall, Stdout: stdout.String(), Stderr: stderr.String()}
@@ -67,6 +70,10 @@ func runChild(ctx context.Context, bin string, args []string, watch func(ctx con
 	if ps := cmd.ProcessState; ps != nil {
 		c.CPU = ps.UserTime() + ps.SystemTime()
 		c.MaxRSS = maxRSS(ps)
+	}
+	if peak != nil {
+		// Sampled from the process itself; see watchPeakRSS.
+		c.MaxRSS = peak()
 	}
 	return c, nil
 }

@@ -8,7 +8,8 @@ import (
 	"syscall"
 )
 
-// maxRSS returns the peak resident set of an exited process, in bytes.
+// maxRSS returns the peak resident set of an exited process, in bytes, as
+// rusage reports it (see watchPeakRSS for why Linux samples it instead).
 func maxRSS(ps *os.ProcessState) int64 {
 	ru, ok := ps.SysUsage().(*syscall.Rusage)
 	if !ok {
