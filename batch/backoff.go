@@ -5,7 +5,7 @@ import (
 	"time"
 )
 
-// Backoff is the retry delay policy: exponential with full jitter, capped,
+// Backoff is the retry delay policy: exponential with jitter, capped,
 // and never shorter than what the server asked for with Retry-After (itself
 // capped, because a hostile or broken server may ask for hours).
 type Backoff struct {
@@ -43,7 +43,7 @@ func (b Backoff) Delay(attempt int, retryAfter time.Duration) time.Duration {
 	if b.Rand != nil {
 		rnd = b.Rand
 	}
-	// Full jitter: anywhere in [d/2, d) keeps some spacing yet spreads a herd.
+	// Equal jitter: anywhere in [d/2, d) keeps some spacing yet spreads a herd.
 	d = d/2 + time.Duration(rnd()*float64(d/2))
 	if retryAfter > maxRA {
 		retryAfter = maxRA

@@ -15,6 +15,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -352,19 +353,21 @@ func (r *Runner) stoppedEarly(ctx, pctx context.Context, err error) (*Result, er
 func (r *Runner) runOptions() map[string]string {
 	o := r.Options
 	return map[string]string{
-		"manifest":      o.ManifestPath,
-		"workers":       fmt.Sprint(o.Workers),
-		"rate":          fmt.Sprint(o.RegisterRate),
-		"poll_rate":     fmt.Sprint(o.PollRate),
-		"max_attempts":  fmt.Sprint(o.MaxAttempts),
-		"device_timout": o.DeviceTimeout.String(),
-		"retry_failed":  fmt.Sprint(o.RetryFailed),
-		"reprovision":   fmt.Sprint(o.Reprovision),
+		"manifest":       o.ManifestPath,
+		"workers":        fmt.Sprint(o.Workers),
+		"rate":           fmt.Sprint(o.RegisterRate),
+		"poll_rate":      fmt.Sprint(o.PollRate),
+		"max_attempts":   fmt.Sprint(o.MaxAttempts),
+		"device_timeout": o.DeviceTimeout.String(),
+		"retry_failed":   fmt.Sprint(o.RetryFailed),
+		"reprovision":    fmt.Sprint(o.Reprovision),
 	}
 }
 
 // dispatch streams the manifest into a bounded pool of workers. It reports
-// whether it stopped early because drain was closed.
+// whether it stopped early because drain was closed. A worker slot is taken
+// before a row is handed out, in a select with drain, so no device starts
+// after the user asked to stop.
 func (r *Runner) dispatch(ctx context.Context, drain <-chan struct{}) (stopped bool, err error) {
 	rd, err := manifests.Open(r.Options.ManifestPath)
 	if err != nil {
@@ -372,7 +375,7 @@ func (r *Runner) dispatch(ctx context.Context, drain <-chan struct{}) (stopped b
 	}
 	defer rd.Close()
 	g, gctx := errgroup.WithContext(ctx)
-	g.SetLimit(r.Options.Workers)
+	slots := make(chan struct{}, r.Options.Workers)
 loop:
 	for {
 		rows, readErr := readChunk(rd)
@@ -390,10 +393,13 @@ loop:
 				break loop
 			case <-gctx.Done():
 				break loop
-			default:
+			case slots <- struct{}{}:
 			}
 			b, found := briefs[row.RegistrationID]
-			g.Go(func() error { return r.device(gctx, rd, row, b, found) })
+			g.Go(func() error {
+				defer func() { <-slots }()
+				return r.device(gctx, drain, rd, row, b, found)
+			})
 		}
 		if errors.Is(readErr, io.EOF) {
 			break
@@ -409,7 +415,7 @@ loop:
 // device does everything for one manifest row; b is its ledger brief
 // (found is false when the ledger does not know it). It returns an error
 // only for fatal conditions, which stop the run.
-func (r *Runner) device(ctx context.Context, rd *manifests.Reader, row manifests.Row, b ledger.Brief, found bool) error {
+func (r *Runner) device(ctx context.Context, drain <-chan struct{}, rd *manifests.Reader, row manifests.Row, b ledger.Brief, found bool) error {
 	dev, problems := rd.Load(row, r.Options.Manifest)
 	if dev == nil {
 		// The files changed since validation: record it, touch nothing at DPS.
@@ -426,7 +432,7 @@ func (r *Runner) device(ctx context.Context, rd *manifests.Reader, row manifests
 		rec = briefDevice(dev.RegistrationID, b)
 	}
 	action := Decide(rec, found, dev.Fingerprint, r.Options.Policy)
-	if found && action != ActionSkip && action != ActionChanged {
+	if found && action != ActionSkip {
 		// Work to do: every write that follows starts from the whole row.
 		full, ok, err := r.Ledger.Device(ctx, dev.RegistrationID)
 		if err != nil {
@@ -446,6 +452,13 @@ func (r *Runner) device(ctx context.Context, rd *manifests.Reader, row manifests
 		r.Stats.finish(OutcomeSkipped, 0, "")
 		return nil
 	case ActionChanged:
+		// Reported in the ledger (and so in status and reports), not acted on.
+		rec.Hint = fmt.Sprintf("credentials changed since this device was assigned (ledger %s, manifest %s): not registered again; use --reprovision to register it with the new credentials",
+			rec.Fingerprint, dev.Fingerprint)
+		w := &work{r: r, rec: rec}
+		if err := w.put(ctx); err != nil {
+			return err
+		}
 		r.log().Warn("credentials changed since the device was assigned; not re-registered (use --reprovision to register again)",
 			"device", dev.RegistrationID, "ledger_fingerprint", rec.Fingerprint, "manifest_fingerprint", dev.Fingerprint)
 		r.Stats.finish(OutcomeChanged, 0, "")
@@ -462,9 +475,12 @@ func (r *Runner) device(ctx context.Context, rd *manifests.Reader, row manifests
 
 	r.Stats.inFlight.Add(1)
 	defer r.Stats.inFlight.Add(-1)
-	dctx, cancel := context.WithTimeout(ctx, r.Options.DeviceTimeout)
+	// The device's deadline runs from its first request, not from when it
+	// was dispatched: time spent queueing for the pacer is the fleet's.
+	dctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	w := &work{r: r, rec: rec, dev: dev, d: d}
+	w := &work{r: r, rec: rec, dev: dev, d: d, drain: drain, cancel: cancel}
+	defer w.stopDeadline()
 	w.rec.Fingerprint = dev.Fingerprint
 	return w.run(dctx, ctx, action)
 }
@@ -479,21 +495,29 @@ const (
 
 // work is one device's state machine for one run.
 type work struct {
-	r       *Runner
-	rec     ledger.Device
-	dev     *manifests.Device
-	d       *dps.Device
-	started time.Time // when the first request was sent (after pacing), for latency
+	r     *Runner
+	rec   ledger.Device
+	dev   *manifests.Device
+	d     *dps.Device
+	drain <-chan struct{}
 
-	failures   int           // failed transactions this run
+	started  time.Time          // when the first request was sent (after pacing)
+	cancel   context.CancelFunc // ends the device's context
+	deadline *time.Timer        // fires cancel DeviceTimeout after started
+	timedOut atomic.Bool        // the deadline fired
+	stopped  bool               // a request may not be sent: stop now
+
+	failures   int           // failed requests this run (429s excepted)
+	puts       int           // register PUTs sent this run
 	retryAfter time.Duration // server's wish before the next poll or lookup
 	asked      int           // polls+lookups sent for the current operation
 	lastErr    error
+	lastErrMsg string // the last error's message, kept after later successes
 }
 
 // run drives the device to a final state, or until its deadline, the run's
-// cancellation, or its failure budget. runCtx is the run's context (not the
-// device deadline), used to tell a device timeout from a stop.
+// cancellation, a drain before its first request, or its failure budget.
+// runCtx is the run's context, to tell a stop from a device timeout.
 func (w *work) run(ctx, runCtx context.Context, action Action) error {
 	next := stepRegister
 	switch action {
@@ -503,16 +527,18 @@ func (w *work) run(ctx, runCtx context.Context, action Action) error {
 		next = stepLookup
 	}
 	for {
-		if ctx.Err() != nil {
-			return w.giveUp(ctx, runCtx)
-		}
-		if w.failures >= w.r.Options.MaxAttempts {
+		if ctx.Err() != nil || w.stopped || w.failures >= w.r.Options.MaxAttempts {
 			return w.giveUp(ctx, runCtx)
 		}
 		var err error
 		var done bool
 		switch next {
 		case stepRegister:
+			if w.puts >= w.r.Options.MaxAttempts {
+				// However the answers went, never more billable PUTs per
+				// device per run than --max-attempts.
+				return w.giveUp(ctx, runCtx)
+			}
 			next, done, err = w.register(ctx)
 		case stepPoll:
 			next, done, err = w.poll(ctx)
@@ -525,53 +551,96 @@ func (w *work) run(ctx, runCtx context.Context, action Action) error {
 	}
 }
 
-// backoff waits before a retry after a failed transaction.
-func (w *work) backoff(ctx context.Context, ra time.Duration) {
+// begin waits for the pacer before a request. It reports false when the
+// request must not be sent: the device's context ended, or a drain came
+// before the device sent anything in this run (it has not started, so it
+// is left for the next run).
+func (w *work) begin(ctx context.Context, p *Pacer) bool {
+	if err := p.Wait(ctx); err != nil {
+		// Cancelled, or no token before the context's deadline: either way
+		// this device cannot send now.
+		w.stopped = true
+		return false
+	}
+	if w.started.IsZero() {
+		select {
+		case <-w.drain:
+			w.stopped = true
+			return false
+		default:
+		}
+		w.started = w.r.now()
+		w.deadline = time.AfterFunc(w.r.Options.DeviceTimeout, func() {
+			w.timedOut.Store(true)
+			w.cancel()
+		})
+	}
+	return true
+}
+
+func (w *work) stopDeadline() {
+	if w.deadline != nil {
+		w.deadline.Stop()
+	}
+}
+
+// elapsed is the device's time from its first request; 0 if none was sent.
+func (w *work) elapsed() time.Duration {
+	if w.started.IsZero() {
+		return 0
+	}
+	return w.r.now().Sub(w.started)
+}
+
+// backoff waits before a retry after a failed request.
+func (w *work) backoff(ctx context.Context) {
 	if w.failures == 0 {
 		return
 	}
-	d := w.r.Options.Backoff.Delay(w.failures, ra)
+	d := w.r.Options.Backoff.Delay(w.failures, w.retryAfterOf(w.lastErr))
 	w.r.Stats.retries.Add(1)
 	w.r.log().Debug("retrying", "device", w.rec.RegistrationID, "in", d.Round(time.Millisecond).String(),
 		"attempt", w.failures+1, "max", w.r.Options.MaxAttempts, "error", w.lastErr)
 	_ = sleep(ctx, d)
 }
 
-// failed handles an error from a transaction: it reports whether the device
-// is done (a permanent failure was recorded) or returns a fatal error.
-func (w *work) failed(ctx context.Context, kind string, err error, pacer *Pacer, att ledger.Attempt) (done bool, fatal error) {
+// noteError copies what an error says into the device's row and tells the
+// pacer about throttling. It reports whether the error was a throttle.
+func (w *work) noteError(err error, pacer *Pacer) (throttled bool) {
 	w.lastErr = err
+	defer func() { w.lastErrMsg = w.rec.ErrorMessage }()
 	var de *dps.Error
-	if errors.As(err, &de) {
-		w.rec.HTTPStatus = de.HTTPStatus
-		w.rec.ErrorCode = de.Code
-		w.rec.ErrorMessage = de.Message
-		if de.Message == "" && de.Err != nil {
-			w.rec.ErrorMessage = de.Err.Error()
-		}
-		if de.RequestID != "" {
-			w.rec.RequestID = de.RequestID
-		} else if de.TrackingID != "" {
-			w.rec.RequestID = de.TrackingID
-		}
-		if de.HTTPStatus == http.StatusTooManyRequests {
-			w.r.Stats.throttled.Add(1)
-			pacer.Throttled(CapRetryAfter(de.RetryAfter, w.r.Options.MaxRetryAfter))
-		}
-	} else {
+	if !errors.As(err, &de) {
 		w.rec.HTTPStatus, w.rec.ErrorCode, w.rec.ErrorMessage = 0, 0, err.Error()
+		w.rec.Hint = dps.Hint(err)
+		return false
+	}
+	w.rec.HTTPStatus, w.rec.ErrorCode, w.rec.ErrorMessage = de.HTTPStatus, de.Code, de.Message
+	if de.Message == "" && de.Err != nil {
+		w.rec.ErrorMessage = de.Err.Error()
+	}
+	if de.RequestID != "" {
+		w.rec.RequestID = de.RequestID
+	} else if de.TrackingID != "" {
+		w.rec.RequestID = de.TrackingID
 	}
 	w.rec.Hint = dps.Hint(err)
-	class := dps.Classify(err)
-	if de != nil && de.HTTPStatus == http.StatusTooManyRequests {
-		// Throttling is the fleet going too fast, not this device failing:
-		// it does not use up the device's attempts (its deadline bounds it).
-		if err := w.put(ctx, att); err != nil {
-			return true, err
-		}
-		return false, nil
+	// A 429, or a 503 that says when to come back, means the fleet is too
+	// fast: slow everyone down, not just this device.
+	if de.HTTPStatus == http.StatusTooManyRequests || (de.HTTPStatus == http.StatusServiceUnavailable && de.RetryAfter > 0) {
+		w.r.Stats.throttled.Add(1)
+		pacer.Throttled(CapRetryAfter(de.RetryAfter, w.r.Options.MaxRetryAfter))
+		return de.HTTPStatus == http.StatusTooManyRequests
 	}
-	switch class {
+	return false
+}
+
+// failed handles an error from a request after noteError: it records a
+// permanent failure (done), returns a fatal error, or counts a retryable
+// failure (a 429 is the fleet's pace, not the device's failure, and is not
+// counted: the device deadline bounds it).
+func (w *work) failed(ctx context.Context, kind string, err error, throttled bool, att ledger.Attempt) (done bool, fatal error) {
+	switch dps.Classify(err) {
 	case dps.Permanent:
 		w.rec.State = ledger.StateFailed
 		w.rec.FinishedAt = w.r.now()
@@ -584,21 +653,32 @@ func (w *work) failed(ctx context.Context, kind string, err error, pacer *Pacer,
 		return true, nil
 	case dps.Fatal:
 		_ = w.put(ctx, att)
-		return true, fmt.Errorf("%s device %s: %w", kind, w.rec.RegistrationID, err)
+		if h := dps.Hint(err); h != "" {
+			return true, fmt.Errorf("%w\nhint: %s", err, h)
+		}
+		return true, err
 	}
-	w.failures++
+	if !throttled {
+		w.failures++
+	}
 	if err := w.put(ctx, att); err != nil {
 		return true, err
 	}
 	return false, nil
 }
 
+// refused reports whether err is DPS (or a gateway) answering a request
+// with a 4xx status: then the request did not start an operation.
+func refused(err error) bool {
+	var de *dps.Error
+	return errors.As(err, &de) && de.HTTPStatus >= 400 && de.HTTPStatus < 500
+}
+
 func (w *work) register(ctx context.Context) (step, bool, error) {
-	w.backoff(ctx, w.retryAfterOf(w.lastErr))
-	if err := w.r.registerPacer.Wait(ctx); err != nil {
+	w.backoff(ctx)
+	if !w.begin(ctx, w.r.registerPacer) {
 		return stepRegister, false, nil // the loop sees ctx and gives up
 	}
-	w.markStarted()
 	// Record the intent before sending: if we die after the PUT, the next run
 	// sees "registering" and asks DPS before registering again.
 	w.rec.State = ledger.StateRegistering
@@ -610,22 +690,28 @@ func (w *work) register(ctx context.Context) (step, bool, error) {
 	if err := w.put(ctx); err != nil {
 		return 0, true, err
 	}
+	w.puts++
 	w.r.Stats.registers.Add(1)
 	resp, err := w.r.Client.Register(ctx, w.d, w.dev.Payload)
 	att := w.attempt("register", resp, err)
 	if err != nil {
-		var de *dps.Error
-		if errors.As(err, &de) && de.HTTPStatus != 0 {
-			// DPS answered with an error, so no operation was started.
-			w.rec.State = ledger.StateRetryable
+		throttled := w.noteError(err, w.r.registerPacer)
+		if !refused(err) && dps.Classify(err) == dps.Retryable {
+			// No usable answer — a transport error, a 5xx, or a 2xx whose
+			// body was cut: the PUT may have started an operation. Ask DPS
+			// (non-billable) before sending another.
+			w.failures++
+			if err := w.put(ctx, att); err != nil {
+				return 0, true, err
+			}
+			return stepLookup, false, nil
 		}
-		done, ferr := w.failed(ctx, "register", err, w.r.registerPacer, att)
+		// DPS refused the request (no operation was started), or the
+		// answer is unusable for good (a permanent protocol error).
+		w.rec.State = ledger.StateRetryable
+		done, ferr := w.failed(ctx, "register", err, throttled, att)
 		if done || ferr != nil {
 			return 0, true, ferr
-		}
-		if w.rec.State == ledger.StateRegistering {
-			// No answer: the PUT may have reached DPS. Ask before re-sending.
-			return stepLookup, false, nil
 		}
 		return stepRegister, false, nil
 	}
@@ -648,41 +734,22 @@ func (w *work) register(ctx context.Context) (step, bool, error) {
 
 // pollWait waits before a poll or lookup: the server's Retry-After for the
 // first one, and at least MinPollInterval between later ones, so a device
-// never exceeds DPS's 5 polls per 10 s.
-func (w *work) pollWait(ctx context.Context) error {
+// never exceeds DPS's 5 polls per 10 s. It reports false when the request
+// must not be sent (see begin).
+func (w *work) pollWait(ctx context.Context) bool {
+	w.backoff(ctx)
 	d := CapRetryAfter(w.retryAfter, w.r.Options.MaxRetryAfter)
 	if w.asked > 0 && d < w.r.Options.MinPollInterval {
 		d = w.r.Options.MinPollInterval
 	}
 	if err := sleep(ctx, d); err != nil {
-		return err
+		return false
 	}
-	if err := w.r.pollPacer.Wait(ctx); err != nil {
-		return err
-	}
-	w.markStarted()
-	return nil
-}
-
-func (w *work) markStarted() {
-	if w.started.IsZero() {
-		w.started = w.r.now()
-	}
-}
-
-// elapsed is the device's time from its first request; 0 if none was sent.
-func (w *work) elapsed() time.Duration {
-	if w.started.IsZero() {
-		return 0
-	}
-	return w.r.now().Sub(w.started)
+	return w.begin(ctx, w.r.pollPacer)
 }
 
 func (w *work) poll(ctx context.Context) (step, bool, error) {
-	if w.failures > 0 {
-		w.backoff(ctx, w.retryAfterOf(w.lastErr))
-	}
-	if err := w.pollWait(ctx); err != nil {
+	if !w.pollWait(ctx) {
 		return stepPoll, false, nil
 	}
 	w.asked++
@@ -691,24 +758,29 @@ func (w *work) poll(ctx context.Context) (step, bool, error) {
 	resp, err := w.r.Client.OperationStatus(ctx, w.d, w.rec.OperationID)
 	att := w.attempt("poll", resp, err)
 	if err != nil {
+		throttled := w.noteError(err, w.r.pollPacer)
 		var de *dps.Error
 		if errors.As(err, &de) && de.HTTPStatus == http.StatusNotFound {
 			// DPS no longer knows the operation: ask for the registration.
-			w.lastErr = err
+			// It counts as a failure, so a server that 404s every poll
+			// cannot drive an endless register-poll loop.
+			w.failures++
 			w.asked = 0
 			if err := w.put(ctx, att); err != nil {
 				return 0, true, err
 			}
 			return stepLookup, false, nil
 		}
-		done, ferr := w.failed(ctx, "poll", err, w.r.pollPacer, att)
+		done, ferr := w.failed(ctx, "poll", err, throttled, att)
 		return stepPoll, done, ferr
 	}
 	w.r.pollPacer.Succeeded()
 	w.noteResponse(resp)
-	w.failures = 0
 	op := resp.Operation
 	w.retryAfter = resp.RetryAfter
+	if !known(op.Status) {
+		return 0, true, w.unknownStatus(ctx, op.Status, att)
+	}
 	if op.Status.Final() {
 		rs := op.RegistrationState
 		if rs == nil {
@@ -723,10 +795,7 @@ func (w *work) poll(ctx context.Context) (step, bool, error) {
 }
 
 func (w *work) lookup(ctx context.Context) (step, bool, error) {
-	if w.failures > 0 {
-		w.backoff(ctx, w.retryAfterOf(w.lastErr))
-	}
-	if err := w.pollWait(ctx); err != nil {
+	if !w.pollWait(ctx) {
 		return stepLookup, false, nil
 	}
 	w.asked++
@@ -735,6 +804,7 @@ func (w *work) lookup(ctx context.Context) (step, bool, error) {
 	resp, err := w.r.Client.RegistrationStatus(ctx, w.d)
 	att := w.attempt("lookup", resp, err)
 	if err != nil {
+		throttled := w.noteError(err, w.r.pollPacer)
 		var de *dps.Error
 		if errors.As(err, &de) && de.HTTPStatus == http.StatusNotFound {
 			// DPS has no registration for the device: the lost PUT never
@@ -746,14 +816,16 @@ func (w *work) lookup(ctx context.Context) (step, bool, error) {
 			}
 			return stepRegister, false, nil
 		}
-		done, ferr := w.failed(ctx, "lookup", err, w.r.pollPacer, att)
+		done, ferr := w.failed(ctx, "lookup", err, throttled, att)
 		return stepLookup, done, ferr
 	}
 	w.r.pollPacer.Succeeded()
 	w.noteResponse(resp)
-	w.failures = 0
 	reg := resp.Registration
 	w.retryAfter = resp.RetryAfter
+	if !known(reg.Status) {
+		return 0, true, w.unknownStatus(ctx, reg.Status, att)
+	}
 	switch {
 	case reg.Status.Final():
 		return 0, true, w.final(ctx, reg.Status, reg, att)
@@ -771,6 +843,31 @@ func (w *work) lookup(ctx context.Context) (step, bool, error) {
 		}
 		return stepRegister, false, nil
 	}
+}
+
+// known reports whether s is one of the statuses DPS documents.
+func known(s dps.Status) bool {
+	switch s {
+	case dps.StatusUnassigned, dps.StatusAssigning, dps.StatusAssigned, dps.StatusFailed, dps.StatusDisabled:
+		return true
+	}
+	return false
+}
+
+// unknownStatus records a status dps-batch does not know as a permanent
+// failure, as the DPS SDKs do, rather than polling it until the deadline.
+func (w *work) unknownStatus(ctx context.Context, st dps.Status, att ledger.Attempt) error {
+	w.rec.State = ledger.StateFailed
+	w.rec.FinishedAt = w.r.now()
+	w.rec.ErrorCode = 0
+	w.rec.ErrorMessage = fmt.Sprintf("DPS answered with status %q, which is not a documented DPS status", st)
+	w.rec.Hint = "check the endpoint is a DPS device endpoint and the --api-version is one it supports"
+	if err := w.put(ctx, att); err != nil {
+		return err
+	}
+	w.r.log().Warn("device failed", "device", w.rec.RegistrationID, "error", w.rec.ErrorMessage)
+	w.r.Stats.finish(OutcomeFailed, w.elapsed(), "")
+	return nil
 }
 
 // final records a final answer from DPS.
@@ -805,17 +902,24 @@ func (w *work) final(ctx context.Context, st dps.Status, rs *dps.DeviceRegistrat
 // what DPS last told us (registering and assigning remain so, so a re-run
 // asks instead of registering again).
 func (w *work) giveUp(ctx, runCtx context.Context) error {
-	why := "stopped"
+	why := "stopped before its first request"
 	switch {
 	case runCtx.Err() != nil:
 		why = "run interrupted"
-	case ctx.Err() != nil:
+	case w.timedOut.Load():
 		why = fmt.Sprintf("no final answer within --timeout-per-device %s", w.r.Options.DeviceTimeout)
 	case w.failures >= w.r.Options.MaxAttempts:
-		why = fmt.Sprintf("gave up after %d failed attempts", w.failures)
+		why = fmt.Sprintf("gave up after %d failed requests (--max-attempts)", w.failures)
+	case w.puts >= w.r.Options.MaxAttempts:
+		why = fmt.Sprintf("gave up after %d register requests (--max-attempts)", w.puts)
 	}
-	if w.lastErr != nil {
-		why += ": " + w.rec.ErrorMessage
+	if w.lastErrMsg != "" {
+		why += "; last error: " + w.lastErrMsg
+	}
+	if w.started.IsZero() {
+		// Nothing was sent in this run: leave the row as it was.
+		w.r.Stats.finish(OutcomeUnfinished, 0, "")
+		return nil
 	}
 	if w.rec.State == ledger.StatePending {
 		w.rec.State = ledger.StateRetryable
@@ -824,7 +928,9 @@ func (w *work) giveUp(ctx, runCtx context.Context) error {
 	if err := w.put(ctx); err != nil {
 		return err
 	}
-	w.r.log().Warn("device unfinished; re-run to continue", "device", w.rec.RegistrationID,
+	// Debug, not Warn: in an outage this would be one line per device; the
+	// summary counts them and status/report show each reason.
+	w.r.log().Debug("device unfinished; re-run to continue", "device", w.rec.RegistrationID,
 		"state", string(w.rec.State), "reason", why)
 	w.r.Stats.finish(OutcomeUnfinished, w.elapsed(), "")
 	return nil

@@ -105,8 +105,8 @@ func (st *Stats) Snapshot() Snapshot {
 
 func (st *Stats) finish(o Outcome, latency time.Duration, hub string) {
 	st.outcomes[o].Add(1)
-	if o == OutcomeSkipped || o == OutcomeChanged {
-		return
+	if o == OutcomeSkipped || o == OutcomeChanged || o == OutcomeUnfinished {
+		return // latency percentiles describe devices that got an answer
 	}
 	st.mu.Lock()
 	st.latencies = append(st.latencies, latency)
