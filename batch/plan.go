@@ -1,6 +1,8 @@
 package batch
 
 import (
+	"time"
+
 	"github.com/dps-batch/dps-batch/ledger"
 )
 
@@ -44,6 +46,11 @@ func (a Action) String() string {
 type Policy struct {
 	RetryFailed bool // re-register devices whose last outcome was a permanent failure or disabled
 	Reprovision bool // re-register assigned devices on purpose (billable)
+	// ReprovisionBefore limits Reprovision to devices that reached their
+	// final state before this time, so that resuming an interrupted
+	// reprovisioning run does not register the devices it already did
+	// again. Zero means every assigned device.
+	ReprovisionBefore time.Time
 }
 
 // Decide returns what to do with a device given its ledger row (found=false
@@ -64,7 +71,7 @@ func Decide(d ledger.Device, found bool, fingerprint string, p Policy) Action {
 		}
 		return ActionPoll
 	case ledger.StateAssigned:
-		if p.Reprovision {
+		if p.Reprovision && (p.ReprovisionBefore.IsZero() || d.FinishedAt.Before(p.ReprovisionBefore)) {
 			return ActionRegister
 		}
 		if d.Fingerprint != "" && fingerprint != "" && d.Fingerprint != fingerprint {

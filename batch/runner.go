@@ -267,7 +267,7 @@ func rowIDs(rows []manifests.Row) []string {
 
 // briefDevice is a ledger row with only what Decide reads.
 func briefDevice(id string, b ledger.Brief) ledger.Device {
-	return ledger.Device{RegistrationID: id, State: b.State, OperationID: b.OperationID, Fingerprint: b.Fingerprint}
+	return ledger.Device{RegistrationID: id, State: b.State, OperationID: b.OperationID, Fingerprint: b.Fingerprint, FinishedAt: b.FinishedAt}
 }
 
 // Run provisions every device of the manifest that needs work. Closing drain

@@ -503,3 +503,43 @@ func TestDrainBeforeDispatch(t *testing.T) {
 		t.Errorf("resumed run assigned %d, want 20", got)
 	}
 }
+
+// TestReprovisionResumes: an interrupted --reprovision campaign, resumed
+// with the same cutoff, registers every device exactly once more.
+func TestReprovisionResumes(t *testing.T) {
+	m := mix{symGroup: 60}
+	f := newFixture(t, m, nil)
+	_, err := f.runner(nil).Run(context.Background(), nil)
+	must(t, err)
+	time.Sleep(5 * time.Millisecond)
+	cutoff := time.Now()
+
+	r := f.runner(nil)
+	r.Options.Workers = 4
+	r.Options.Policy = batch.Policy{Reprovision: true, ReprovisionBefore: cutoff}
+	r.Stats = &batch.Stats{}
+	drain := make(chan struct{})
+	go func() {
+		for r.Stats.Snapshot().Registers < 20 {
+			time.Sleep(time.Millisecond)
+		}
+		close(drain)
+	}()
+	res, err := r.Run(context.Background(), drain)
+	must(t, err)
+	if !res.Stopped {
+		t.Fatalf("the reprovisioning run was not stopped: %+v", res.Snapshot)
+	}
+	r2 := f.runner(nil)
+	r2.Options.Policy = batch.Policy{Reprovision: true, ReprovisionBefore: cutoff}
+	res2, err := r2.Run(context.Background(), nil)
+	must(t, err)
+	if got := res.Snapshot.Registers + res2.Snapshot.Registers; got != m.total() {
+		t.Errorf("the campaign sent %d register PUTs over two runs, want %d (one per device)", got, m.total())
+	}
+	for _, id := range f.ids {
+		if r, _ := f.sim.Registration(id); r.Registers != 2 || r.Status != dps.StatusAssigned {
+			t.Errorf("device %s: %d registrations, status %s; want 2, assigned", id, r.Registers, r.Status)
+		}
+	}
+}

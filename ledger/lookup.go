@@ -2,8 +2,10 @@ package ledger
 
 import (
 	"context"
+	"database/sql"
 	"fmt"
 	"strings"
+	"time"
 )
 
 // LookupChunk is how many ids Briefs reads with one query. Callers that
@@ -11,17 +13,19 @@ import (
 const LookupChunk = 256
 
 // Brief is the part of a device row that decides what a run does with the
-// device (see batch.Decide): its state, the operation id DPS gave it and
-// the fingerprint of the credentials it was registered with.
+// device (see batch.Decide): its state, the operation id DPS gave it, the
+// fingerprint of the credentials it was registered with and when it last
+// reached a final state.
 type Brief struct {
 	State       State
 	OperationID string
 	Fingerprint string
+	FinishedAt  time.Time // zero = not finished
 }
 
 // briefsSQL selects up to LookupChunk devices by id; shorter lists are
 // padded with their last id (a repeated IN value matches its row once).
-var briefsSQL = `SELECT registration_id, state, operation_id, fingerprint FROM devices WHERE registration_id IN (?` +
+var briefsSQL = `SELECT registration_id, state, operation_id, fingerprint, finished_at FROM devices WHERE registration_id IN (?` +
 	strings.Repeat(", ?", LookupChunk-1) + `)`
 
 // Briefs returns the Brief of every device in ids that the ledger knows,
@@ -61,11 +65,12 @@ func (l *Ledger) Briefs(ctx context.Context, ids []string) (map[string]Brief, er
 		}
 		for rows.Next() {
 			var (
-				id   string
-				code int
-				b    Brief
+				id       string
+				code     int
+				finished sql.NullInt64
+				b        Brief
 			)
-			if err := rows.Scan(&id, &code, &b.OperationID, &b.Fingerprint); err != nil {
+			if err := rows.Scan(&id, &code, &b.OperationID, &b.Fingerprint, &finished); err != nil {
 				rows.Close()
 				return nil, l.classify(op, err)
 			}
@@ -73,6 +78,7 @@ func (l *Ledger) Briefs(ctx context.Context, ids []string) (map[string]Brief, er
 				rows.Close()
 				return nil, l.classify(op, fmt.Errorf("device %s: %w", id, err))
 			}
+			b.FinishedAt = timeOf(finished)
 			out[id] = b
 		}
 		if err := closeRows(rows); err != nil {

@@ -204,8 +204,15 @@ func resumeCommand(p *provisionFlags) string {
 	}
 	parts := []string{"dps-batch", "provision"}
 	for _, a := range p.args {
-		if strings.TrimLeft(a, "-") == "dry-run" {
+		switch strings.TrimLeft(a, "-") {
+		case "dry-run":
 			continue
+		case "reprovision", "reprovision=true":
+			if p.reprovisionBefore == "" {
+				// Resume the same campaign: devices it already registered
+				// again are not registered a third time.
+				a = "--reprovision-before=" + p.reprovisionCutoff.Format(time.RFC3339Nano)
+			}
 		}
 		parts = append(parts, shellQuote(a))
 	}

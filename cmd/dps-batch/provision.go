@@ -43,6 +43,8 @@ type provisionFlags struct {
 	rate, pollRate                                              float64
 	deviceTimeout, requestTimeout                               time.Duration
 	retryFailed, reprovision, dryRun, verbose, quiet, jsonOut   bool
+	reprovisionBefore                                           string
+	reprovisionCutoff                                           time.Time
 
 	// args are the command-line arguments as given, for the resume hint;
 	// resumeHint, when set, replaces that hint (demo).
@@ -66,7 +68,8 @@ func (p *provisionFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&p.groupKeyFile, "group-key-file", "", "`file` holding the base64 group enrollment key, for rows with no credentials (device keys are derived from it)")
 	fs.StringVar(&p.groupKeyEnv, "group-key-env", "DPS_GROUP_KEY", "environment `variable` holding the base64 group key (used when --group-key-file is not given)")
 	fs.BoolVar(&p.retryFailed, "retry-failed", false, "register again devices that failed or were disabled in an earlier run")
-	fs.BoolVar(&p.reprovision, "reprovision", false, "register again devices that are already assigned (billable)")
+	fs.BoolVar(&p.reprovision, "reprovision", false, "register again devices that are already assigned (billable); devices this campaign already did are not registered twice when it is resumed (see --reprovision-before)")
+	fs.StringVar(&p.reprovisionBefore, "reprovision-before", "", "with --reprovision: only devices assigned before this `time` (RFC 3339, e.g. 2026-11-29T10:00:00Z); the resume hint of a --reprovision run sets it")
 	fs.BoolVar(&p.dryRun, "dry-run", false, "validate the manifest and print the plan; send nothing, write nothing")
 	fs.BoolVar(&p.verbose, "v", false, "verbose: log every device's steps on stderr")
 	fs.BoolVar(&p.quiet, "quiet", false, "no progress display (the summary is still printed)")
@@ -104,6 +107,18 @@ func (p *provisionFlags) check() error {
 	}
 	if p.ledgerPath == "" {
 		p.ledgerPath = strings.TrimSuffix(p.manifest, filepath.Ext(p.manifest)) + ".ledger"
+	}
+	if p.reprovisionBefore != "" {
+		t, err := time.Parse(time.RFC3339Nano, p.reprovisionBefore)
+		if err != nil {
+			return usagef("--reprovision --reprovision-before 2026-11-29T10:00:00Z", "--reprovision-before %q is not an RFC 3339 time", p.reprovisionBefore)
+		}
+		p.reprovision = true
+		p.reprovisionCutoff = t
+	} else if p.reprovision {
+		// A reprovisioning campaign covers devices assigned before it began;
+		// the resume hint carries this time so a re-run does not start over.
+		p.reprovisionCutoff = time.Now().UTC().Truncate(time.Millisecond)
 	}
 	return nil
 }
@@ -178,7 +193,7 @@ func provision(ctx context.Context, e *env, p *provisionFlags) error {
 			PollRate:      p.pollRate,
 			MaxAttempts:   p.maxAttempts,
 			DeviceTimeout: p.deviceTimeout,
-			Policy:        batch.Policy{RetryFailed: p.retryFailed, Reprovision: p.reprovision},
+			Policy:        batch.Policy{RetryFailed: p.retryFailed, Reprovision: p.reprovision, ReprovisionBefore: p.reprovisionCutoff},
 		},
 	}
 	// Validate before touching the ledger: a bad manifest creates nothing.
@@ -253,7 +268,7 @@ func dryRun(ctx context.Context, e *env, p *provisionFlags, groupKey []byte) err
 		ManifestPath: p.manifest,
 		Manifest:     manifests.Options{GroupKey: groupKey},
 		RegisterRate: p.rate,
-		Policy:       batch.Policy{RetryFailed: p.retryFailed, Reprovision: p.reprovision},
+		Policy:       batch.Policy{RetryFailed: p.retryFailed, Reprovision: p.reprovision, ReprovisionBefore: p.reprovisionCutoff},
 	}}
 	if err := validateManifest(ctx, e, p, r); err != nil {
 		return err
