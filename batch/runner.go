@@ -178,7 +178,8 @@ func (r *Runner) Validate(ctx context.Context) (*manifests.Summary, error) {
 
 // Plan reads the manifest and the ledger and counts what a run would do.
 // With record set, devices new to the ledger are added as pending, so that
-// status and reports cover every manifest device from the start.
+// status and reports cover every manifest device from the start. With no
+// Ledger (a dry run before the first run), every device is new.
 func (r *Runner) Plan(ctx context.Context, record bool) (*Plan, error) {
 	r.Options.setDefaults()
 	rd, err := manifests.Open(r.Options.ManifestPath)
@@ -198,9 +199,11 @@ func (r *Runner) Plan(ctx context.Context, record bool) (*Plan, error) {
 	}
 	for {
 		rows, readErr := readChunk(rd)
-		briefs, err := r.Ledger.Briefs(ctx, rowIDs(rows))
-		if err != nil {
-			return nil, err
+		briefs := map[string]ledger.Brief{}
+		if r.Ledger != nil {
+			if briefs, err = r.Ledger.Briefs(ctx, rowIDs(rows)); err != nil {
+				return nil, err
+			}
 		}
 		for _, row := range rows {
 			p.Devices++

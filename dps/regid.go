@@ -43,3 +43,20 @@ func ValidateRegistrationID(id string, x509 bool) error {
 	}
 	return nil
 }
+
+// ValidateIDScope checks the form of a DPS ID scope: "0ne" followed by 8
+// hexadecimal digits, as the portal shows it (e.g. 0ne00012345) and as every
+// example in the DPS documentation and SDK samples has it. The check catches
+// a DPS name or host pasted where the scope belongs, before any request.
+func ValidateIDScope(scope string) error {
+	if len(scope) != 11 || scope[:3] != "0ne" {
+		return fmt.Errorf("%q does not look like a DPS ID scope (\"0ne\" followed by 8 hex digits, e.g. 0ne00012345)", scope)
+	}
+	for i := 3; i < len(scope); i++ {
+		c := scope[i]
+		if !(c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F') {
+			return fmt.Errorf("%q does not look like a DPS ID scope (\"0ne\" followed by 8 hex digits, e.g. 0ne00012345)", scope)
+		}
+	}
+	return nil
+}

@@ -39,3 +39,15 @@ func TestValidateRegistrationID(t *testing.T) {
 		}
 	}
 }
+
+func TestValidateIDScope(t *testing.T) {
+	for scope, ok := range map[string]bool{
+		"0ne00012345": true, "0ne0012ABCD": true, "0ne0012abcd": true,
+		"": false, "0ne0001234": false, "0ne000123456": false, "1ne00012345": false,
+		"0ne0001234g": false, "mydps.azure-devices-provisioning.net": false,
+	} {
+		if err := dps.ValidateIDScope(scope); (err == nil) != ok {
+			t.Errorf("ValidateIDScope(%q) = %v, want ok=%v", scope, err, ok)
+		}
+	}
+}

@@ -9,7 +9,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
 	"time"
 
@@ -76,9 +75,6 @@ func (p *provisionFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&p.jsonOut, "json", false, "print the summary as JSON on stdout")
 }
 
-// idScopePattern matches DPS ID scopes: "0ne" followed by 8 hex digits.
-var idScopePattern = regexp.MustCompile(`^0ne[0-9A-Fa-f]{8}$`)
-
 func (p *provisionFlags) check() error {
 	if err := requireFlag(nil, "manifest", p.manifest, "dps-batch provision --manifest devices.csv --id-scope 0ne00012345"); err != nil {
 		return err
@@ -86,9 +82,8 @@ func (p *provisionFlags) check() error {
 	if err := requireFlag(nil, "id-scope", p.idScope, "dps-batch provision --manifest "+p.manifest+" --id-scope 0ne00012345 (the ID scope is on the DPS overview page)"); err != nil {
 		return err
 	}
-	if !idScopePattern.MatchString(p.idScope) {
-		return usagef("the ID scope is on the DPS overview page in the Azure portal, e.g. 0ne00012345",
-			"--id-scope %q does not look like a DPS ID scope (\"0ne\" followed by 8 hex digits)", p.idScope)
+	if err := dps.ValidateIDScope(p.idScope); err != nil {
+		return usagef("the ID scope is on the DPS overview page in the Azure portal, e.g. 0ne00012345", "--id-scope: %v", err)
 	}
 	if p.workers < 1 {
 		return usagef("--workers 100", "--workers must be at least 1, got %d", p.workers)
@@ -281,7 +276,7 @@ func dryRun(ctx context.Context, e *env, p *provisionFlags, groupKey []byte) err
 		defer led.Close()
 		r.Ledger = led
 	}
-	plan, err := planWith(ctx, r, led == nil)
+	plan, err := r.Plan(ctx, false)
 	if err != nil {
 		return err
 	}
@@ -300,30 +295,6 @@ func dryRun(ctx context.Context, e *env, p *provisionFlags, groupKey []byte) err
 		fmt.Fprintf(w, "  estimated time at --rate %.0f/min: %s (plus about one Retry-After for the last devices)\n", p.rate, est.Round(time.Second))
 	}
 	return nil
-}
-
-// planWith counts actions; with no ledger every device is new.
-func planWith(ctx context.Context, r *batch.Runner, noLedger bool) (*batch.Plan, error) {
-	if !noLedger {
-		return r.Plan(ctx, false)
-	}
-	rd, err := manifests.Open(r.Options.ManifestPath)
-	if err != nil {
-		return nil, err
-	}
-	defer rd.Close()
-	p := &batch.Plan{ByAction: map[batch.Action]int{}}
-	for {
-		if _, err := rd.Next(); errors.Is(err, io.EOF) {
-			break
-		} else if err != nil {
-			return nil, err
-		}
-		p.Devices++
-		p.New++
-		p.ByAction[batch.ActionRegister]++
-	}
-	return p, nil
 }
 
 // openLedger opens (creating) the ledger, takes the run lock and checks the
