@@ -48,18 +48,32 @@ func isTerminal(w io.Writer) bool {
 	return ok && term.IsTerminal(int(f.Fd()))
 }
 
-// startProgress shows live progress on w: a bar on a terminal, a plain line
-// every 5 s otherwise (CI logs). It returns a function that stops it.
-func startProgress(w io.Writer, st *batch.Stats, quiet bool) (stop func()) {
-	if quiet {
-		return func() {}
+// progress is the live progress display on stderr: a bar on a terminal, a
+// plain line every 5 s otherwise (CI logs). Log lines go through Writer so
+// that they print above the bar instead of through it.
+type progress struct {
+	w    io.Writer
+	mu   sync.Mutex
+	bar  *progressbar.ProgressBar
+	done chan struct{}
+	wg   sync.WaitGroup
+}
+
+// Write prints log output, clearing the bar first; the next tick redraws it.
+func (p *progress) Write(b []byte) (int, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.bar != nil {
+		_ = p.bar.Clear()
 	}
-	tty := isTerminal(w)
-	interval := 5 * time.Second
-	var bar *progressbar.ProgressBar
-	if tty {
-		interval = 200 * time.Millisecond
-		bar = progressbar.NewOptions(-1,
+	return p.w.Write(b)
+}
+
+// newProgress prepares the display on w; Start begins it.
+func newProgress(w io.Writer, quiet bool) *progress {
+	p := &progress{w: w}
+	if !quiet && isTerminal(w) {
+		p.bar = progressbar.NewOptions(-1,
 			progressbar.OptionSetWriter(w),
 			progressbar.OptionSetDescription("provisioning"),
 			progressbar.OptionShowCount(),
@@ -68,18 +82,33 @@ func startProgress(w io.Writer, st *batch.Stats, quiet bool) (stop func()) {
 			progressbar.OptionClearOnFinish(),
 		)
 	}
-	done := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(1)
+	if !quiet {
+		p.done = make(chan struct{})
+	}
+	return p
+}
+
+// Start shows st until Stop.
+func (p *progress) Start(st *batch.Stats) {
+	if p.done == nil {
+		return
+	}
+	interval := 5 * time.Second
+	if p.bar != nil {
+		interval = 200 * time.Millisecond
+	}
+	p.wg.Add(1)
 	go func() {
-		defer wg.Done()
+		defer p.wg.Done()
 		t := time.NewTicker(interval)
 		defer t.Stop()
 		for {
 			select {
-			case <-done:
-				if bar != nil {
-					_ = bar.Finish()
+			case <-p.done:
+				if p.bar != nil {
+					p.mu.Lock()
+					_ = p.bar.Finish()
+					p.mu.Unlock()
 				}
 				return
 			case <-t.C:
@@ -87,20 +116,28 @@ func startProgress(w io.Writer, st *batch.Stats, quiet bool) (stop func()) {
 				if s.Total == 0 && s.Done() == 0 {
 					continue
 				}
-				if bar != nil {
-					bar.ChangeMax(s.Total)
-					bar.Describe(progressLine(s))
-					_ = bar.Set(s.Done())
+				p.mu.Lock()
+				if p.bar != nil {
+					p.bar.ChangeMax(s.Total)
+					p.bar.Describe(progressLine(s))
+					_ = p.bar.Set(s.Done())
 				} else {
-					fmt.Fprintf(w, "progress: %d/%d %s\n", s.Done(), s.Total, progressLine(s))
+					fmt.Fprintf(p.w, "progress: %d/%d %s\n", s.Done(), s.Total, progressLine(s))
 				}
+				p.mu.Unlock()
 			}
 		}
 	}()
-	return func() {
-		close(done)
-		wg.Wait()
+}
+
+// Stop ends the display; safe to call once after Start (or without it).
+func (p *progress) Stop() {
+	if p.done == nil {
+		return
 	}
+	close(p.done)
+	p.wg.Wait()
+	p.done = nil
 }
 
 func progressLine(s batch.Snapshot) string {
@@ -186,8 +223,8 @@ func printSummary(w io.Writer, p *provisionFlags, res *batch.Result, asJSON bool
 	}
 	fmt.Fprintf(w, "  requests: %d register (billable), %d poll, %d lookup; %d retries; %d throttled (429)\n",
 		s.Registers, s.Polls, s.Lookups, s.Retries, s.Throttled)
-	if s.Done() > 0 {
-		fmt.Fprintf(w, "  time per device: p50 %s, p95 %s\n", res.P50.Round(time.Millisecond), res.P95.Round(time.Millisecond))
+	if s.Done() > s.Outcomes[batch.OutcomeUnfinished] {
+		fmt.Fprintf(w, "  time per device (first request to final answer): p50 %s, p95 %s\n", res.P50.Round(time.Millisecond), res.P95.Round(time.Millisecond))
 	}
 	fmt.Fprintf(w, "Ledger: %s\n", p.ledgerPath)
 	if res.Resumable() {

@@ -165,7 +165,8 @@ func provision(ctx context.Context, e *env, p *provisionFlags) error {
 	if err != nil {
 		return err
 	}
-	logger := newLogger(e.stderr, p.verbose)
+	prog := newProgress(e.stderr, p.quiet)
+	logger := newLogger(prog, p.verbose)
 
 	if p.dryRun {
 		return dryRun(ctx, e, p, groupKey)
@@ -202,11 +203,11 @@ func provision(ctx context.Context, e *env, p *provisionFlags) error {
 	}
 	defer led.Close()
 	r.Ledger = led
-	stopProgress := startProgress(e.stderr, r.Stats, p.quiet)
-	stopNotice := noticeDrain(e)
+	prog.Start(r.Stats)
+	stopNotice := noticeDrain(e, prog)
 	res, err := r.Run(ctx, e.drain)
 	stopNotice()
-	stopProgress()
+	prog.Stop()
 	if res != nil {
 		printSummary(e.stdout, p, res, p.jsonOut)
 	}
@@ -332,12 +333,12 @@ func openLedgerReadOnly(ctx context.Context, path, idScope, endpoint string) (*l
 }
 
 // noticeDrain tells the user, on the first Ctrl-C, what happens now.
-func noticeDrain(e *env) (stop func()) {
+func noticeDrain(e *env, out io.Writer) (stop func()) {
 	done := make(chan struct{})
 	go func() {
 		select {
 		case <-e.drain:
-			fmt.Fprintf(e.stderr, "\nStopping: no new devices; in-flight devices finish and are recorded. Press Ctrl-C again to stop at once (the ledger stays consistent).\n")
+			fmt.Fprintf(out, "\nStopping: no new devices; in-flight devices finish and are recorded. Press Ctrl-C again to stop at once (the ledger stays consistent).\n")
 		case <-done:
 		}
 	}()
