@@ -189,8 +189,9 @@ func bench(ctx context.Context, cfg *config, out io.Writer) error {
 		}
 	}
 	r := newRecorder(out, cfg)
-	fmt.Fprintf(out, "dps-batch benchmark (%s)\n  machine: %s\n  binary:  %s\n  scratch: %s\n",
-		r.run.Date, r.run.Machine, cfg.bin, cfg.work)
+	load0 := loadAverage()
+	fmt.Fprintf(out, "dps-batch benchmark (%s)\n  machine: %s\n  load:    %s (1-minute average; other work slows every figure)\n  binary:  %s\n  scratch: %s\n",
+		r.run.Date, r.run.Machine, load0, cfg.bin, cfg.work)
 
 	steps := []struct {
 		name string
@@ -214,6 +215,9 @@ func bench(ctx context.Context, cfg *config, out io.Writer) error {
 		}
 	}
 	r.run.DurationSeconds = time.Since(start).Seconds()
+	if l0, l1 := load0, loadAverage(); l0 != "" {
+		r.run.Load = l0 + " at the start, " + l1 + " at the end"
+	}
 	missed := r.summary()
 	if cfg.record {
 		if err := r.save(cfg.history, cfg.out); err != nil {
