@@ -688,16 +688,23 @@ func TestCrashLoop(t *testing.T) {
 	spec := fleetSpec{x509Group: 880, x509Individual: 20, symIndividual: 100, symGroup: 100}
 	minKills := 12
 	workers := "200"
+	seed := time.Now().UnixNano()
+	t.Logf("seed %d", seed)
+	var faults func(*dpssim.Config)
 	if chaosLong() {
 		spec = fleetSpec{x509Group: 3900, x509Individual: 100, symIndividual: 500, symGroup: 500}
 		minKills = 40
 		workers = "400"
+		// The long form also fails requests, drops connections and loses
+		// answers, so kills land in retries and lookups too.
+		faults = func(c *dpssim.Config) {
+			c.Faults = dpssim.Faults{Seed: seed, RegisterErrorRate: 0.05, PollErrorRate: 0.05, LookupErrorRate: 0.05,
+				DropConnectionRate: 0.02, DropResponseRate: 0.02}
+		}
 	} else if testing.Short() {
 		t.Skip("crash loop: long test")
 	}
-	f := newChaosFleet(t, spec, nil)
-	seed := time.Now().UnixNano()
-	t.Logf("seed %d", seed)
+	f := newChaosFleet(t, spec, faults)
 	c := &crashLoop{t: t, f: f, args: f.provisionArgs("--workers", workers, "--quiet"), rng: mrand.New(mrand.NewPCG(uint64(seed), 1))}
 
 	// The schedule visits every phase several times; the final-write kill
@@ -753,9 +760,9 @@ func TestCrashLoop(t *testing.T) {
 	}
 	rePUT := verifyFleet(t, f)
 	st := f.sim.Stats()
-	t.Logf("crash loop: %d devices, %d runs, %d kills survived (%d validation, %d during PUTs, %d during polls, %d during the final write; %d with power-loss ledger copies), %d register PUTs (%d started operations), %d polls, %d lookups, %d re-PUTs of devices DPS knew, in %v",
+	t.Logf("crash loop: %d devices, %d runs, %d kills survived (%d validation, %d during PUTs, %d during polls, %d during the final write; %d with power-loss ledger copies), %d register PUTs (%d started operations), %d polls, %d lookups, %d faults injected, %d re-PUTs of devices DPS knew, in %v",
 		len(f.ids), c.runs, len(c.kills), byPhase[phaseValidation], byPhase[phasePuts], byPhase[phasePolls], byPhase[phaseFinal], powerLosses,
-		st.RegisterRequests, st.Registers, st.Polls, st.Lookups, rePUT, time.Since(start).Round(time.Millisecond))
+		st.RegisterRequests, st.Registers, st.Polls, st.Lookups, st.Faults, rePUT, time.Since(start).Round(time.Millisecond))
 	if len(c.kills) < 10 {
 		t.Errorf("only %d kills landed, want at least 10", len(c.kills))
 	}
