@@ -242,9 +242,17 @@ type simTrace struct {
 
 	mu       sync.Mutex
 	byID     map[string][]simEvent
-	answered map[string]bool // the device was told a final state
+	answered map[string]bool // the device was told a final state since resetAnswered
 
 	registers, polls, lookups, nAnswered atomic.Int64
+}
+
+// resetAnswered starts counting final answers afresh, for a new run.
+func (tr *simTrace) resetAnswered() {
+	tr.mu.Lock()
+	defer tr.mu.Unlock()
+	clear(tr.answered)
+	tr.nAnswered.Store(0)
 }
 
 func newSimTrace(sim *dpssim.Server) *simTrace {
@@ -457,6 +465,11 @@ func (c *crashLoop) runOnce(target phase, powerLoss bool) (k *kill, code int, st
 	cmd.Stdout, cmd.Stderr = &outBuf, &errBuf
 	baseReq := c.f.trace.requests()
 	baseReg, basePoll := c.f.trace.registers.Load(), c.f.trace.polls.Load()+c.f.trace.lookups.Load()
+	var left int64 // devices this run has to finish, for the final-write kill
+	if target == phaseFinal {
+		left = int64(c.unfinished())
+		c.f.trace.resetAnswered()
+	}
 	start := time.Now()
 	if err := cmd.Start(); err != nil {
 		t.Fatalf("start dps-batch: %v", err)
@@ -481,8 +494,8 @@ func (c *crashLoop) runOnce(target phase, powerLoss bool) (k *kill, code int, st
 		ready = func() bool { return c.f.trace.polls.Load()+c.f.trace.lookups.Load()-basePoll >= n }
 		jitter = time.Duration(c.rng.Int64N(int64(3 * time.Millisecond)))
 	case phaseFinal:
-		total := int64(len(c.f.ids))
-		ready = func() bool { return c.f.trace.nAnswered.Load() >= total }
+		// Every device this run has to finish has its final answer.
+		ready = func() bool { return c.f.trace.nAnswered.Load() >= left }
 		jitter = time.Duration(c.rng.Int64N(int64(4 * time.Millisecond)))
 	default:
 		ready = func() bool { return false }
@@ -509,7 +522,11 @@ func (c *crashLoop) runOnce(target phase, powerLoss bool) (k *kill, code int, st
 	}
 	at := target
 	if target == phaseValidation && c.f.trace.requests() != baseReq {
-		at = phasePuts // the manifest was checked sooner than the delay
+		// The manifest was checked sooner than the delay: requests had begun.
+		at = phasePolls
+		if c.f.trace.registers.Load() != baseReg {
+			at = phasePuts
+		}
 	}
 	_ = cmd.Process.Kill() // SIGKILL
 	err := <-exited
@@ -523,6 +540,23 @@ func (c *crashLoop) runOnce(target phase, powerLoss bool) (k *kill, code int, st
 		k.powerLoss = true
 	}
 	return k, -1, errBuf.String()
+}
+
+// unfinished is the number of devices the ledger does not record as
+// assigned (all of them before the ledger exists).
+func (c *crashLoop) unfinished() int {
+	if _, err := os.Stat(c.f.ledger); os.IsNotExist(err) {
+		return len(c.f.ids)
+	}
+	devs, led := ledgerDevices(c.t, c.f.ledger)
+	led.Close()
+	n := 0
+	for _, id := range c.f.ids {
+		if devs[id].State != ledger.StateAssigned {
+			n++
+		}
+	}
+	return n
 }
 
 // powerLoss replaces the ledger by a copy of its files as the kill left
