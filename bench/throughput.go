@@ -73,23 +73,34 @@ func benchThroughput(ctx context.Context, cfg *config, r *recorder) error {
 	// The three clients take turns, rounds times, each against a fresh
 	// simulator; the best round of each is compared, because other work on
 	// a shared machine only ever slows a round down.
+	// CPU time, unlike wall time, hardly depends on what else the machine
+	// does: the harness's own CPU while dps-batch runs is the simulator's,
+	// and while the bare loop runs it is the simulator's plus the loop's.
 	var batchRates, curlRates, bareRates []float64
-	var cpu []time.Duration
+	var cpu, batchSysCPU, bareSysCPU []time.Duration
+	devs, err := loadBareDevices(fleet)
+	if err != nil {
+		return err
+	}
 	ledgerPath := ""
 	for round := 1; round <= cfg.rounds; round++ {
 		ledgerPath = filepath.Join(dir, fmt.Sprintf("round%d.ledger", round))
+		self := selfCPU()
 		c, err := provisionRound(ctx, cfg, dir, simCfg, fleet, ledgerPath)
 		if err != nil {
 			return err
 		}
 		batchRates = append(batchRates, float64(cfg.devices)/c.Wall.Seconds())
 		cpu = append(cpu, c.CPU)
+		batchSysCPU = append(batchSysCPU, c.CPU+selfCPU()-self)
 
 		sim, err := startSim(dir, "sim", simCfg)
 		if err != nil {
 			return err
 		}
-		bareWall, bareAssigned, err := runBareLoop(ctx, fleet, sim, cfg.workers)
+		self = selfCPU()
+		bareWall, bareAssigned, err := runBareLoop(ctx, devs, sim, cfg.workers)
+		bareSysCPU = append(bareSysCPU, selfCPU()-self)
 		sim.Close()
 		if err != nil {
 			return err
@@ -121,14 +132,27 @@ func benchThroughput(ctx context.Context, cfg *config, r *recorder) error {
 	r.info("bare Go loop (handshake + PUT + GET)", bareRate, "devices/s", fmt.Sprintf("%d devices, %d goroutines, %s", cfg.devices, cfg.workers, best))
 	r.atLeast("dps-batch / curl workflow", batchRate/curlRate, "×", 100, "")
 	r.atLeast("dps-batch / bare loop", 100*batchRate/bareRate, "%", 70, "")
+	if batchCPU, bareCPU := median(batchSysCPU), median(bareSysCPU); batchCPU > 0 && bareCPU > 0 {
+		perDevice := func(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 / float64(cfg.devices) }
+		r.info("CPU per device: dps-batch + simulator", perDevice(batchCPU), "ms", fmt.Sprintf("median of %d rounds", cfg.rounds))
+		r.info("CPU per device: bare loop + simulator", perDevice(bareCPU), "ms", fmt.Sprintf("median of %d rounds", cfg.rounds))
+		r.info("dps-batch / bare loop by CPU cost", 100*float64(bareCPU)/float64(batchCPU), "%",
+			"the devices/s ratio a CPU-bound machine would show, whatever else runs on it")
+	}
 
 	r.section = "cost"
-	slices.Sort(cpu)
-	med := cpu[len(cpu)/2]
+	med := median(cpu)
 	r.info("CPU per 1,000 X.509 devices (dps-batch process)", med.Seconds()/float64(cfg.devices)*1000, "CPU-s",
 		fmt.Sprintf("median of %d rounds: user+sys %.2f s for %d devices", cfg.rounds, med.Seconds(), cfg.devices))
 	r.info("ledger per X.509 device", float64(fileSize(ledgerPath))/float64(cfg.devices), "bytes", "")
 	return nil
+}
+
+// median returns the middle value of ds (the upper one of an even count).
+func median(ds []time.Duration) time.Duration {
+	s := slices.Clone(ds)
+	slices.Sort(s)
+	return s[len(s)/2]
 }
 
 // provisionRound runs dps-batch provision on the fleet against a fresh
@@ -218,11 +242,7 @@ func loadBareDevices(fleet *certs.Fleet) ([]bareDevice, error) {
 // runBareLoop registers every device with the least work possible: per
 // device a new transport (so a full mTLS handshake), one PUT, GETs until
 // assigned, close. No ledger, no pacing, no retries.
-func runBareLoop(ctx context.Context, fleet *certs.Fleet, sim *simulator, workers int) (time.Duration, int, error) {
-	devs, err := loadBareDevices(fleet)
-	if err != nil {
-		return 0, 0, err
-	}
+func runBareLoop(ctx context.Context, devs []bareDevice, sim *simulator, workers int) (time.Duration, int, error) {
 	roots := x509.NewCertPool()
 	roots.AppendCertsFromPEM(sim.run.CAPEM)
 	var next, assigned atomic.Int64
@@ -245,7 +265,7 @@ func runBareLoop(ctx context.Context, fleet *certs.Fleet, sim *simulator, worker
 			}
 		})
 	}
-	err = g.Wait()
+	err := g.Wait()
 	return time.Since(start), int(assigned.Load()), err
 }
 
