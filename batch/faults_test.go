@@ -542,7 +542,6 @@ func newHostileFleet(t *testing.T) *hostileFleet {
 
 // hostileServer counts what reaches it, per kind of request.
 type hostileServer struct {
-	url                       string
 	registers, polls, lookups atomic.Int64
 	bytesSent                 atomic.Int64
 }
@@ -750,7 +749,6 @@ func TestHostileServerRuns(t *testing.T) {
 				}
 				handler(w, r)
 			}, nil)
-			s.url = ts.URL
 			client, err := dps.NewClient(dps.Config{Endpoint: ts.URL, IDScope: dpssim.DefaultIDScope, RootCAs: tlsPool(ts), Timeout: 500 * time.Millisecond})
 			if err != nil {
 				t.Fatal(err)
@@ -775,7 +773,8 @@ func TestHostileServerRuns(t *testing.T) {
 				t.Errorf("run error: %v, want fatal %v", err, tt.want.fatal)
 			}
 			if elapsed > 15*time.Second {
-				t.Errorf("run took %v, want it bounded by timeouts and capped Retry-After", elapsed)
+				t.Errorf("run took %v (server saw %d PUTs, %d polls, %d lookups), want it bounded by timeouts and capped Retry-After",
+					elapsed, s.registers.Load(), s.polls.Load(), s.lookups.Load())
 			}
 			if tt.want.registers > 0 && s.registers.Load() > tt.want.registers {
 				t.Errorf("server saw %d register PUTs for 2 devices, want at most %d", s.registers.Load(), tt.want.registers)
