@@ -717,6 +717,9 @@ func TestHostileServerRuns(t *testing.T) {
 					case <-r.Context().Done():
 					case <-time.After(time.Minute):
 					}
+					// Never answer, not even the empty 200 that returning
+					// from a handler sends: close the connection instead.
+					panic(http.ErrAbortHandler)
 				}
 			},
 			// Unknown whether the PUT arrived: it stays "registering", so the next run looks up first.

@@ -603,7 +603,7 @@ func (w *work) backoff(ctx context.Context) {
 	d := w.r.Options.Backoff.Delay(w.failures, w.retryAfterOf(w.lastErr))
 	w.r.Stats.retries.Add(1)
 	w.r.log().Debug("retrying", "device", w.rec.RegistrationID, "in", d.Round(time.Millisecond).String(),
-		"attempt", w.failures+1, "max", w.r.Options.MaxAttempts, "error", w.lastErr)
+		"failures", w.failures, "max", w.r.Options.MaxAttempts, "last_error", w.lastErrMsg)
 	_ = sleep(ctx, d)
 }
 
