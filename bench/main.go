@@ -44,15 +44,16 @@ var sections = []string{"throughput", "cost", "quota", "resume", "micro"}
 
 // config is the harness's flags.
 type config struct {
-	bin     string // dps-batch binary under test
-	goCmd   string // go command, for the microbenchmarks
-	work    string // scratch folder; "" = a new temporary one
-	keep    bool   // keep the scratch folder
-	label   string // name of this run in the history
-	commit  string // what was measured; "" = git describe
-	out     string // RESULTS.md to generate
-	history string // results.json to update
-	record  bool   // write history and RESULTS.md
+	args    []string // as given, for the record
+	bin     string   // dps-batch binary under test
+	goCmd   string   // go command, for the microbenchmarks
+	work    string   // scratch folder; "" = a new temporary one
+	keep    bool     // keep the scratch folder
+	label   string   // name of this run in the history
+	commit  string   // what was measured; "" = git describe
+	out     string   // RESULTS.md to generate
+	history string   // results.json to update
+	record  bool     // write history and RESULTS.md
 	only    map[string]bool
 	strict  bool // exit 1 when a target is missed
 
@@ -67,6 +68,7 @@ type config struct {
 	quotaDevices  int // devices per quota scenario
 	microTime     string
 
+	renderOnly  bool   // regenerate the results file from the history and exit
 	profile     string // write a CPU profile of an in-process runner here, then exit
 	profileCase string // which workload to profile
 }
@@ -85,6 +87,13 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 			return 0
 		}
 		return 2
+	}
+	if cfg.renderOnly {
+		if err := render(cfg.history, cfg.out, cfg.label); err != nil {
+			fmt.Fprintf(stderr, "bench: %v\n", err)
+			return 1
+		}
+		return 0
 	}
 	if cfg.profile != "" {
 		if err := profileRunner(ctx, cfg, stdout); err != nil {
@@ -107,7 +116,7 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	c := &config{}
+	c := &config{args: args}
 	only := ""
 	fs.StringVar(&c.bin, "bin", "bin/dps-batch", "dps-batch `binary` to measure (make bench builds it first)")
 	fs.StringVar(&c.goCmd, "go", "go", "go `command` used for the microbenchmarks")
@@ -129,6 +138,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&c.quotaPerMin, "quota", 6000, "simulator registration quota Q (`per minute`)")
 	fs.IntVar(&c.quotaDevices, "quota-devices", 2500, "devices per quota scenario (`N`)")
 	fs.StringVar(&c.microTime, "benchtime", "300ms", "-benchtime of the fast microbenchmarks (`duration`)")
+	fs.BoolVar(&c.renderOnly, "render", false, "only regenerate -out from -history, showing the run labelled -label in full")
 	fs.StringVar(&c.profile, "profile", "", "run a workload in-process with a CPU profile written to `file`, then exit")
 	fs.StringVar(&c.profileCase, "profile-case", "throughput", "workload of -profile: throughput (section 1) or resume (section 4's re-run)")
 	if err := fs.Parse(args); err != nil {

@@ -136,12 +136,24 @@ func TestSave(t *testing.T) {
 	if v := runs[1].Figures[0].Value; v != 0.75 {
 		t.Errorf("latest value: got %v, want 0.75 (the newer run)", v)
 	}
+	if err := render(history, results, "before"); err != nil {
+		t.Fatalf("render: %v", err)
+	}
+	if md, err := os.ReadFile(results); err != nil || !strings.Contains(string(md), `## Run "before" in full`) {
+		t.Errorf("render -label before: got %s (err %v), want the before run in full", md, err)
+	}
+	if err := render(history, results, "latest"); err != nil {
+		t.Fatalf("render: %v", err)
+	}
+	if err := render(history, results, "nope"); err == nil {
+		t.Error("render of an unknown label: got nil error")
+	}
 	md, err := os.ReadFile(results)
 	if err != nil {
 		t.Fatal(err)
 	}
 	for _, want := range []string{
-		"## Latest run: latest", "Commit: c-latest",
+		`## Run "latest" in full`, "Commit: c-latest",
 		"| resume | resume: re-run | 0.75 s | ≤ 5.00 s | PASS |",
 		"| resume: re-run | ≤ 5.00 s | 6.25 s (FAIL) | 0.75 s |",
 	} {
