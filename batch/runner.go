@@ -419,7 +419,9 @@ loop:
 // (found is false when the ledger does not know it). It returns an error
 // only for fatal conditions, which stop the run.
 func (r *Runner) device(ctx context.Context, drain <-chan struct{}, rd *manifests.Reader, row manifests.Row, b ledger.Brief, found bool) error {
-	dev, problems := rd.Load(row, r.Options.Manifest)
+	opts := r.Options.Manifest
+	opts.SkipSignatureChecks = r.validated // this run's Validate checked them
+	dev, problems := rd.Load(row, opts)
 	if dev == nil {
 		// The files changed since validation: record it, touch nothing at DPS.
 		msg := "manifest row no longer loads"
