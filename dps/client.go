@@ -386,7 +386,7 @@ const maxPooledBuffer = 64 << 10
 // any failure is an *Error.
 func (c *Client) roundTrip(ctx context.Context, d *Device, op, method, path string, body []byte,
 	decode func(r *Response, data []byte) error) (*Response, error) {
-	reqID := newRequestID()
+	reqID := NewRequestID()
 	var hc *http.Client
 	if d.kind() == credX509 {
 		var err error
@@ -490,8 +490,9 @@ func (c *Client) transportCause(ctx, rctx context.Context, err error) error {
 	return err
 }
 
-// newRequestID returns a random UUID (version 4) for x-ms-client-request-id.
-func newRequestID() string {
+// NewRequestID returns a random UUID (version 4), the form DPS uses for
+// request and tracking ids; the client sends one as x-ms-client-request-id.
+func NewRequestID() string {
 	var u [16]byte
 	_, _ = rand.Read(u[:]) // crypto/rand.Read never fails (Go 1.24+)
 	u[6] = u[6]&0x0f | 0x40
