@@ -37,7 +37,7 @@ demo: ## Run the end-to-end demo: fleet, simulator, provisioning, report
 
 .PHONY: golden
 golden: ## Rewrite golden files (help text, reports) after an intended change
-	$(GO) test ./report -run Golden -update
+	$(GO) test ./report ./cmd/dps-batch -run Golden -update
 
 .PHONY: bench
 bench: build ## Benchmarks (bench/README.md): vs curl and a bare loop, cost, quota, resume; ~6 min, writes bench/RESULTS.md
