@@ -25,6 +25,7 @@ import (
 	"github.com/dps-batch/dps-batch/certs"
 	"github.com/dps-batch/dps-batch/dps"
 	"github.com/dps-batch/dps-batch/dpssim"
+	"github.com/dps-batch/dps-batch/internal/simtrace"
 	"github.com/dps-batch/dps-batch/ledger"
 	"github.com/dps-batch/dps-batch/manifests"
 )
@@ -202,10 +203,7 @@ func soakOptions(manifest string, groupKey []byte, workers int) batch.Options {
 }
 
 // traceEvent is one device request as the simulator answered it.
-type traceEvent struct {
-	kind   string // register, poll or lookup
-	status int    // 0 = connection dropped
-}
+type traceEvent = simtrace.Event
 
 // requestTrace is an slog.Handler for the simulator's request log: it keeps
 // each device's requests in the order they were answered.
@@ -221,19 +219,7 @@ func (tr *requestTrace) WithAttrs([]slog.Attr) slog.Handler       { return tr }
 func (tr *requestTrace) WithGroup(string) slog.Handler            { return tr }
 
 func (tr *requestTrace) Handle(_ context.Context, r slog.Record) error {
-	ev := traceEvent{kind: r.Message}
-	var id string
-	r.Attrs(func(a slog.Attr) bool {
-		switch a.Key {
-		case "device":
-			id = strings.ToLower(a.Value.String())
-		case "status":
-			if a.Value.Kind() == slog.KindInt64 {
-				ev.status = int(a.Value.Int64())
-			}
-		}
-		return true
-	})
+	id, ev := simtrace.FromRecord(r)
 	tr.mu.Lock()
 	tr.byID[id] = append(tr.byID[id], ev)
 	tr.mu.Unlock()
@@ -252,47 +238,6 @@ func (tr *requestTrace) total() int {
 	n := 0
 	for _, evs := range tr.byID {
 		n += len(evs)
-	}
-	return n
-}
-
-// countRePUTs counts register PUTs sent while DPS had, or might have had,
-// an operation for the device: after a 202, a 409 or a lost answer to a
-// register, or a 2xx poll or lookup, with no lookup answering 404 since.
-func countRePUTs(history []traceEvent) int {
-	known, n := false, 0
-	for _, e := range history {
-		ok := e.status >= 200 && e.status < 300
-		switch e.kind {
-		case "register":
-			if known {
-				n++
-			}
-			if ok || e.status == 0 || e.status == http.StatusConflict {
-				known = true
-			}
-		case "lookup":
-			if e.status == http.StatusNotFound {
-				known = false
-			} else if ok {
-				known = true
-			}
-		case "poll":
-			if ok {
-				known = true
-			}
-		}
-	}
-	return n
-}
-
-// countKind counts the requests of one kind in a history.
-func countKind(history []traceEvent, kind string) int {
-	n := 0
-	for _, e := range history {
-		if e.kind == kind {
-			n++
-		}
 	}
 	return n
 }
@@ -423,7 +368,7 @@ func TestFaultSoak(t *testing.T) {
 		if d.Attempts != ri.RegisterRequests {
 			errs = append(errs, fmt.Sprintf("ledger counted %d register PUTs, simulator %d", d.Attempts, ri.RegisterRequests))
 		}
-		if k := countRePUTs(f.trace.events(id)); k > 0 {
+		if k := simtrace.RePUTs(f.trace.events(id)); k > 0 {
 			rePUTs += k
 			errs = append(errs, fmt.Sprintf("%d register PUT(s) after DPS knew the device: %v", k, f.trace.events(id)))
 		}
@@ -464,7 +409,7 @@ func TestFaultSoak(t *testing.T) {
 			t.Errorf("%s: %d operations started at DPS, want %d", p.id, ri.Registers, p.registers)
 		}
 		before[p.id] = ri
-		beforePUTs[p.id] = countKind(f.trace.events(p.id), "register")
+		beforePUTs[p.id] = simtrace.Count(f.trace.events(p.id), "register")
 	}
 	if got := snap.Outcomes[batch.OutcomeFailed] + snap.Outcomes[batch.OutcomeDisabled]; got != len(permanent) {
 		t.Errorf("failed+disabled in the run: %d, want %d", got, len(permanent))
@@ -491,7 +436,7 @@ func TestFaultSoak(t *testing.T) {
 		t.Fatalf("retry-failed run: %v", err)
 	}
 	for _, p := range permanent {
-		if got := countKind(f.trace.events(p.id), "register"); got <= beforePUTs[p.id] {
+		if got := simtrace.Count(f.trace.events(p.id), "register"); got <= beforePUTs[p.id] {
 			t.Errorf("%s: --retry-failed sent no register PUT", p.id)
 		}
 		d, _, _ := led.Device(ctx, p.id)

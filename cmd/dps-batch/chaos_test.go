@@ -23,6 +23,7 @@ import (
 
 	"github.com/dps-batch/dps-batch/certs"
 	"github.com/dps-batch/dps-batch/dpssim"
+	"github.com/dps-batch/dps-batch/internal/simtrace"
 	"github.com/dps-batch/dps-batch/ledger"
 )
 
@@ -228,10 +229,7 @@ func ledgerDevices(t testing.TB, path string) (map[string]ledger.Device, *ledger
 }
 
 // simEvent is one device request as the simulator answered it.
-type simEvent struct {
-	kind   string // "register", "poll" or "lookup"
-	status int    // HTTP status; 0 = connection dropped without an answer
-}
+type simEvent = simtrace.Event
 
 // simTrace records, in order, every device request the simulator answers
 // (through its Logger, which sees each request before its answer is
@@ -264,29 +262,17 @@ func (tr *simTrace) WithAttrs([]slog.Attr) slog.Handler       { return tr }
 func (tr *simTrace) WithGroup(string) slog.Handler            { return tr }
 
 func (tr *simTrace) Handle(_ context.Context, r slog.Record) error {
-	ev := simEvent{kind: r.Message}
-	var id string
-	r.Attrs(func(a slog.Attr) bool {
-		switch a.Key {
-		case "device":
-			id = strings.ToLower(a.Value.String())
-		case "status":
-			if a.Value.Kind() == slog.KindInt64 {
-				ev.status = int(a.Value.Int64())
-			}
-		}
-		return true
-	})
+	id, ev := simtrace.FromRecord(r)
 	final := false
-	switch ev.kind {
+	switch ev.Kind {
 	case "register":
 		tr.registers.Add(1)
 	case "poll":
 		tr.polls.Add(1)
-		final = ev.status == http.StatusOK // polls answer 200 only with a final state
+		final = ev.Status == http.StatusOK // polls answer 200 only with a final state
 	case "lookup":
 		tr.lookups.Add(1)
-		if ev.status == http.StatusOK {
+		if ev.Status == http.StatusOK {
 			ri, _ := tr.sim.Registration(id)
 			final = ri.Status.Final()
 		}
@@ -315,41 +301,6 @@ func (tr *simTrace) requests() int64 {
 	return tr.registers.Load() + tr.polls.Load() + tr.lookups.Load()
 }
 
-// rePUTs counts the register PUTs in a device's history that were sent
-// while DPS already had, or might have had, a registration operation for
-// it: after a register that started an operation (202), was refused because
-// one was in progress (409) or lost its answer (0: it may have taken
-// effect), or after a poll or lookup answered 2xx, unless a lookup answered
-// 404 since (DPS confirmed it has nothing). The promise is that this is
-// zero: a device DPS is assigning or has assigned is never registered
-// again; an uncertain one is looked up (not billable) first.
-func rePUTs(history []simEvent) int {
-	known, n := false, 0
-	for _, e := range history {
-		ok := e.status >= 200 && e.status < 300
-		switch e.kind {
-		case "register":
-			if known {
-				n++
-			}
-			if ok || e.status == 0 || e.status == http.StatusConflict {
-				known = true
-			}
-		case "lookup":
-			if e.status == http.StatusNotFound {
-				known = false
-			} else if ok {
-				known = true
-			}
-		case "poll":
-			if ok {
-				known = true
-			}
-		}
-	}
-	return n
-}
-
 // attemptLogs reads the whole attempt log of a ledger in one pass, oldest
 // first, as histories keyed by registration id. (Ledger.Attempts reads the
 // log of one device at a time by scanning it all, which is quadratic for a
@@ -375,7 +326,7 @@ func attemptLogs(t testing.TB, path string) map[string][]simEvent {
 		if err := rows.Scan(&id, &kind, &status); err != nil {
 			t.Fatal(err)
 		}
-		out[id] = append(out[id], simEvent{kind: kinds[kind], status: status})
+		out[id] = append(out[id], simEvent{Kind: kinds[kind], Status: status})
 	}
 	if err := rows.Err(); err != nil {
 		t.Fatalf("read attempt log of %s: %v", path, err)
@@ -693,11 +644,11 @@ func verifyFleet(t *testing.T, f *chaosFleet) (rePUT int) {
 		if d.Attempts < ri.RegisterRequests {
 			errs = append(errs, fmt.Sprintf("ledger recorded %d register intents, simulator received %d PUTs", d.Attempts, ri.RegisterRequests))
 		}
-		if n := rePUTs(f.trace.events(id)); n > 0 {
+		if n := simtrace.RePUTs(f.trace.events(id)); n > 0 {
 			rePUT += n
 			errs = append(errs, fmt.Sprintf("simulator received %d register PUT(s) after it knew the device: %v", n, f.trace.events(id)))
 		}
-		if n := rePUTs(logs[id]); n > 0 {
+		if n := simtrace.RePUTs(logs[id]); n > 0 {
 			errs = append(errs, fmt.Sprintf("attempt log shows %d register(s) after DPS answered for the device: %v", n, logs[id]))
 		}
 		if len(errs) > 0 {
