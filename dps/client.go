@@ -90,6 +90,8 @@ type Client struct {
 
 	sasTransport *http.Transport
 	sasHTTP      *http.Client
+	// verifier checks the server for X.509 devices' connections.
+	verifier *serverVerifier
 }
 
 // NewClient validates cfg, fills in defaults and returns a Client. Errors
@@ -153,6 +155,8 @@ func NewClient(cfg Config) (*Client, error) {
 		scopeP:  url.PathEscape(cfg.IDScope),
 		query:   "?api-version=" + url.QueryEscape(cfg.APIVersion),
 		timeout: cfg.Timeout,
+		// The wall clock, as crypto/tls uses, not cfg.Now.
+		verifier: newServerVerifier(cfg.RootCAs, u.Hostname(), time.Now),
 	}
 	tlsConf := c.tlsConfig()
 	// Symmetric-key requests carry no TLS identity, so resuming sessions

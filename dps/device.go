@@ -138,7 +138,9 @@ func (d *Device) x509Client(c *Client) (*http.Client, error) {
 	}
 	tlsConf.Renegotiation = tls.RenegotiateOnceAsClient
 	// No ClientSessionCache: a resumed session carries the identity of the
-	// certificate that created it, so sessions are never shared.
+	// certificate that created it, so sessions are never shared. That also
+	// lets the client's verifier remember the server chain across devices.
+	c.verifier.apply(tlsConf)
 	tr := c.newTransport(tlsConf)
 	// One request at a time per device; keep the connection for the
 	// register+poll sequence, and let a forgotten Close cost at most

@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -248,6 +249,51 @@ func TestTransportErrors(t *testing.T) {
 		c := mustClient(t, f.URL)
 		_, err = c.Register(context.Background(), dps.NewSymmetricKeyDevice("dev-001", []byte("k")), nil)
 		checkErr(t, err, errCase{class: dps.Fatal, msg: "cannot validate certificate for 127.0.0.1", hint: "not trusted"})
+	})
+	// X.509 devices verify the server with the client's remembering
+	// verifier: same errors, and the device certificate is never sent to a
+	// server that fails verification.
+	t.Run("X.509 device: untrusted server never sees the device certificate", func(t *testing.T) {
+		wrongName, err := p.root.NewServer([]string{"dps.example"}, certs.Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, tc := range []struct {
+			name   string
+			server []tls.Certificate // nil: the usual server certificate
+			roots  *x509.CertPool
+			msg    string
+		}{
+			{name: "unknown authority", roots: x509.NewCertPool(), msg: "certificate signed by unknown authority"},
+			{name: "another name", server: []tls.Certificate{wrongName.TLSCertificate()}, roots: p.roots, msg: "cannot validate certificate for 127.0.0.1"},
+		} {
+			t.Run(tc.name, func(t *testing.T) {
+				var clientCerts atomic.Int64
+				f := startFake(t, dpsReplies, func(c *tls.Config) {
+					if tc.server != nil {
+						c.Certificates = tc.server
+					}
+					c.VerifyPeerCertificate = func(raw [][]byte, _ [][]*x509.Certificate) error {
+						if len(raw) > 0 {
+							clientCerts.Add(1)
+						}
+						return nil
+					}
+				})
+				c := mustClient(t, f.URL, func(cfg *dps.Config) { cfg.RootCAs = tc.roots })
+				d := mustDevice(t, p.inter, "dev-001", certs.Options{})
+				for range 2 { // the second attempt must not pass on anything remembered
+					_, err := c.Register(context.Background(), d, nil)
+					checkErr(t, err, errCase{class: dps.Fatal, msg: tc.msg, hint: "--ca-file"})
+				}
+				if got := len(f.seen()); got != 0 {
+					t.Errorf("server saw %d requests, want 0", got)
+				}
+				if got := clientCerts.Load(); got != 0 {
+					t.Errorf("server received the device certificate %d times, want 0", got)
+				}
+			})
+		}
 	})
 	t.Run("not a TLS server", func(t *testing.T) {
 		plain := httptest.NewServer(http.HandlerFunc(dpsReplies))
