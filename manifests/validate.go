@@ -7,7 +7,10 @@ import (
 	"fmt"
 	"hash/maphash"
 	"io"
+	"runtime"
 	"slices"
+	"sync"
+	"sync/atomic"
 )
 
 // Summary is the outcome of validating a whole manifest.
@@ -54,35 +57,29 @@ func Validate(ctx context.Context, path string, opts Options, maxProblems int) (
 
 	s := &Summary{ByKind: make(map[Kind]int)}
 	ids := idHashes{seed: maphash.MakeSeed()}
+	loads := newParallelLoader(r, opts)
 	for {
-		if s.Rows%1024 == 0 {
-			if err := ctx.Err(); err != nil {
-				return nil, fmt.Errorf("validate manifest %s: %w", path, err)
+		if err := ctx.Err(); err != nil {
+			return nil, fmt.Errorf("validate manifest %s: %w", path, err)
+		}
+		chunk, readErr := loads.next()
+		for _, res := range chunk {
+			s.Rows++
+			if res.row.RegistrationID != "" {
+				ids.add(res.row.RegistrationID)
+			}
+			for _, p := range res.problems {
+				s.add(p, maxProblems)
+			}
+			if res.dev != nil {
+				s.ByKind[res.dev.Kind]++
 			}
 		}
-		row, err := r.Next()
-		if err == io.EOF {
+		if readErr == io.EOF {
 			break
 		}
-		if err != nil {
-			var p *Problem
-			if !errors.As(err, &p) {
-				return nil, err
-			}
-			s.Rows++
-			s.add(*p, maxProblems)
-			continue
-		}
-		s.Rows++
-		if row.RegistrationID != "" {
-			ids.add(row.RegistrationID)
-		}
-		dev, problems := r.Load(row, opts)
-		for _, p := range problems {
-			s.add(p, maxProblems)
-		}
-		if dev != nil {
-			s.ByKind[dev.Kind]++
+		if readErr != nil {
+			return nil, readErr
 		}
 	}
 	if err := r.Close(); err != nil {
@@ -243,4 +240,80 @@ func (h *idHashes) repeated() map[uint64]struct{} {
 		down(0)
 	}
 	return rep
+}
+
+// loadChunk is how many rows Validate reads before loading them in
+// parallel: enough to keep every processor busy, few enough that memory
+// stays flat.
+const loadChunk = 256
+
+// loaded is one row of a chunk: the row, or the problem that stopped it
+// being read, and what Load made of it.
+type loaded struct {
+	row      Row
+	dev      *Device
+	problems []Problem
+}
+
+// parallelLoader reads rows in order and loads each chunk of them on all
+// processors. Loading an X.509 row (reading two files, parsing, checking
+// signatures) costs a hundred times more than reading it, and Validate
+// runs before any request, with the processors otherwise idle. Results
+// keep the file's order, so what Validate reports does not depend on
+// scheduling.
+type parallelLoader struct {
+	r       *Reader
+	opts    Options
+	workers int
+	buf     []loaded
+}
+
+func newParallelLoader(r *Reader, opts Options) *parallelLoader {
+	return &parallelLoader{r: r, opts: opts, workers: runtime.GOMAXPROCS(0), buf: make([]loaded, 0, loadChunk)}
+}
+
+// next returns the next chunk, loaded, valid until the following call, and
+// the read error that ended it (io.EOF at the end of the file).
+func (pl *parallelLoader) next() ([]loaded, error) {
+	chunk := pl.buf[:0]
+	var readErr error
+	for len(chunk) < loadChunk {
+		row, err := pl.r.Next()
+		if err == nil {
+			chunk = append(chunk, loaded{row: row})
+			continue
+		}
+		var p *Problem
+		if errors.As(err, &p) {
+			// A row that cannot be read counts as a row with that problem.
+			chunk = append(chunk, loaded{row: Row{Line: p.Line}, problems: []Problem{*p}})
+			continue
+		}
+		readErr = err
+		break
+	}
+	pl.buf = chunk
+	load := func(i int) {
+		if c := &chunk[i]; c.problems == nil {
+			c.dev, c.problems = pl.r.Load(c.row, pl.opts)
+		}
+	}
+	workers := min(pl.workers, len(chunk))
+	if workers <= 1 {
+		for i := range chunk {
+			load(i)
+		}
+		return chunk, readErr
+	}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range workers {
+		wg.Go(func() {
+			for i := int(next.Add(1)) - 1; i < len(chunk); i = int(next.Add(1)) - 1 {
+				load(i)
+			}
+		})
+	}
+	wg.Wait()
+	return chunk, readErr
 }
