@@ -543,3 +543,33 @@ func TestReprovisionResumes(t *testing.T) {
 		}
 	}
 }
+
+// TestValidatedDevicesAreNotLoadedAgain checks that dispatch registers the
+// X.509 devices Validate loaded, without reading their files again: the
+// files are removed between the two, and every device is still assigned
+// with exactly one registration.
+func TestValidatedDevicesAreNotLoadedAgain(t *testing.T) {
+	m := mix{x509Group: 20, x509Individual: 5, symGroup: 5}
+	f := newFixture(t, m, nil)
+	r := f.runner(nil)
+	if _, err := r.Validate(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range f.ids {
+		if strings.HasPrefix(id, "x") {
+			must(t, os.Remove(filepath.Join(f.dir, id+".pem")))
+			must(t, os.Remove(filepath.Join(f.dir, id+".key")))
+		}
+	}
+	res, err := r.Run(context.Background(), nil)
+	must(t, err)
+	if got := res.Snapshot.Outcomes[batch.OutcomeAssigned]; got != m.total() {
+		t.Fatalf("assigned = %d, want %d (snapshot %+v)", got, m.total(), res.Snapshot)
+	}
+	assertLedgerMatchesSim(t, f)
+
+	// A fresh runner validates again, and now the files are missing.
+	if _, err := f.runner(nil).Validate(context.Background()); err == nil {
+		t.Fatal("Validate passed with the device files removed")
+	}
+}

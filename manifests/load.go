@@ -64,6 +64,12 @@ type Options struct {
 	// runner loads every device again to register it, and the signature
 	// checks were most of that cost. Every other check still runs.
 	SkipSignatureChecks bool
+	// KeepX509 is how many usable X.509 devices Validate keeps, loaded, in
+	// Summary.X509 (the first ones of the file), for a caller that
+	// registers them right after and would otherwise load each one again:
+	// reading, parsing and checking a certificate and its key cost as much
+	// as its TLS handshake. About 4 KB each; 0 keeps none.
+	KeepX509 int
 }
 
 // Device is a loaded, validated manifest row, ready to register.

@@ -31,6 +31,8 @@ type Summary struct {
 	TruncatedErrors int
 	// TruncatedWarnings counts the warnings left out of Warnings.
 	TruncatedWarnings int
+	// X509 holds the first Options.KeepX509 usable X.509 devices, by line.
+	X509 map[int]*Device
 }
 
 // OK reports whether the manifest has no errors (warnings are allowed).
@@ -73,6 +75,12 @@ func Validate(ctx context.Context, path string, opts Options, maxProblems int) (
 			}
 			if res.dev != nil {
 				s.ByKind[res.dev.Kind]++
+				if res.dev.Kind == KindX509 && len(s.X509) < opts.KeepX509 {
+					if s.X509 == nil {
+						s.X509 = make(map[int]*Device)
+					}
+					s.X509[res.dev.Line] = res.dev
+				}
 			}
 		}
 		if readErr == io.EOF {
@@ -160,6 +168,7 @@ func (s *Summary) addDuplicates(ctx context.Context, path string, opts Options, 
 		}, maxProblems)
 		// Duplicates are rare: loading the row again to learn whether it
 		// was counted is cheaper than remembering every row's kind.
+		delete(s.X509, row.Line)
 		if dev, _ := r.Load(row, opts); dev != nil {
 			if s.ByKind[dev.Kind]--; s.ByKind[dev.Kind] == 0 {
 				delete(s.ByKind, dev.Kind)
