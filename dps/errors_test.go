@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"net/http/httptest"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"syscall"
@@ -293,6 +294,19 @@ func TestTransportErrors(t *testing.T) {
 					t.Errorf("server received the device certificate %d times, want 0", got)
 				}
 			})
+		}
+	})
+	t.Run("X.509 devices speak TLS 1.2 even to a TLS 1.3 server", func(t *testing.T) {
+		f := startFake(t, dpsReplies, func(c *tls.Config) { c.MaxVersion = tls.VersionTLS13 })
+		c := mustClient(t, f.URL)
+		mustRegister(t, c, mustDevice(t, p.inter, "dev-001", certs.Options{}))
+		mustRegister(t, c, dps.NewSymmetricKeyDevice("dev-002", []byte("k")))
+		var got []string
+		for _, r := range f.seen() {
+			got = append(got, tls.VersionName(r.TLSVersion))
+		}
+		if want := []string{"TLS 1.2", "TLS 1.3"}; !slices.Equal(got, want) {
+			t.Fatalf("TLS versions seen: %v, want %v (X.509 device, then symmetric-key device)", got, want)
 		}
 	})
 	t.Run("not a TLS server", func(t *testing.T) {

@@ -90,6 +90,7 @@ type seenRequest struct {
 	Body       string
 	PeerCerts  []*x509.Certificate
 	Verified   bool // the client chain verified against the server's ClientCAs
+	TLSVersion uint16
 }
 
 // fakeDPS is a TLS server on loopback that records requests and answers
@@ -141,6 +142,7 @@ func (f *fakeDPS) serve(w http.ResponseWriter, r *http.Request) {
 	if r.TLS != nil {
 		sr.PeerCerts = r.TLS.PeerCertificates
 		sr.Verified = len(r.TLS.VerifiedChains) > 0
+		sr.TLSVersion = r.TLS.Version
 	}
 	f.mu.Lock()
 	f.requests = append(f.requests, sr)
