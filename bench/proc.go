@@ -8,6 +8,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -205,4 +206,13 @@ func fileSize(path string) int64 {
 		}
 	}
 	return n
+}
+
+// host is the simulator's host name (no port), as a client verifies it.
+func (s *simulator) host() string {
+	u, err := url.Parse(s.URL)
+	if err != nil {
+		return ""
+	}
+	return u.Hostname()
 }
