@@ -363,6 +363,11 @@ func TestOpen_Corrupted(t *testing.T) {
 		return
 	}
 	defer l.Close()
+	err = l.QuickCheck(ctx)
+	t.Logf("QuickCheck: %v", err)
+	if !errors.Is(err, ledger.ErrCorrupt) || !strings.Contains(err.Error(), path) {
+		t.Errorf("QuickCheck err=%v, want ErrCorrupt naming %s", err, path)
+	}
 	err = l.IntegrityCheck(ctx)
 	t.Logf("IntegrityCheck: %v", err)
 	if err == nil {

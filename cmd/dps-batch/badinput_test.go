@@ -278,7 +278,34 @@ func badCases() []badCase {
 				c.write(t, "fleet.ledger", b)
 				return c.args()
 			}},
-		{name: "ledger in use by another run", code: exitInternal, msg: "in use by another dps-batch run", fix: "wait for it or stop it",
+		{name: "ledger damaged where a run never reads", code: exitInternal, msg: "corrupt", fix: "restore a copy", ledgerIs: "bytes",
+			setup: func(t *testing.T, c *badFleet) []string {
+				// Every device is assigned, so a re-run reads device rows
+				// only: damage in the attempt log shows up in the quick
+				// check at open, not in anything the run reads.
+				path := c.path("fleet.ledger")
+				checkpoint(t, path)
+				db, err := sql.Open("sqlite", path)
+				if err != nil {
+					t.Fatal(err)
+				}
+				var root, pageSize int
+				err = db.QueryRow(`SELECT rootpage FROM sqlite_master WHERE type = 'table' AND name = 'attempts'`).Scan(&root)
+				if err == nil {
+					err = db.QueryRow(`PRAGMA page_size`).Scan(&pageSize)
+				}
+				db.Close()
+				if err != nil {
+					t.Fatal(err)
+				}
+				b := c.read(t, "fleet.ledger")
+				for i := (root - 1) * pageSize; i < root*pageSize && i < len(b); i++ {
+					b[i] = 0xA5
+				}
+				c.write(t, "fleet.ledger", b)
+				return c.args()
+			}},
+		{name: "ledger in use by another run", code: exitBusy, msg: "in use by another dps-batch run", fix: "wait for it or stop it",
 			setup: func(t *testing.T, c *badFleet) []string {
 				other, err := ledger.Open(context.Background(), c.path("fleet.ledger"), ledger.Options{})
 				if err != nil {

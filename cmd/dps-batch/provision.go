@@ -307,6 +307,14 @@ func openLedger(ctx context.Context, path, idScope, endpoint string) (*ledger.Le
 	}
 	if err := led.Lock(); err != nil {
 		led.Close()
+		if errors.Is(err, ledger.ErrLocked) {
+			// Its own code: a line controller can wait and try again.
+			return nil, &exitError{code: exitBusy, err: err}
+		}
+		return nil, err
+	}
+	if err := led.QuickCheck(ctx); err != nil {
+		led.Close()
 		return nil, err
 	}
 	if err := led.Bind(ctx, idScope, endpoint); err != nil {

@@ -19,6 +19,7 @@ const (
 	exitUsage       = 2   // bad flags, bad arguments or a manifest that failed validation; nothing was sent
 	exitDeviceFails = 3   // the run finished but some devices failed, were disabled or gave up
 	exitResumable   = 4   // the run stopped with work left; run the same command again to resume
+	exitBusy        = 5   // the ledger is in use by another run; nothing was sent; try again when it ends
 	exitInterrupted = 130 // stopped by a second interrupt; the ledger is consistent, re-run to resume
 )
 
