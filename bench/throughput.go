@@ -95,36 +95,18 @@ func benchThroughput(ctx context.Context, cfg *config, r *recorder) error {
 		cpu = append(cpu, c.CPU)
 		batchSysCPU = append(batchSysCPU, c.CPU+selfCPU()-self)
 
+		rate, sysCPU, err := bareRound(ctx, dir, simCfg, devs, cfg.workers, false)
+		if err != nil {
+			return err
+		}
+		bareRates, bareSysCPU = append(bareRates, rate), append(bareSysCPU, sysCPU)
+		if rate, _, err = bareRound(ctx, dir, simCfg, devs, cfg.workers, true); err != nil {
+			return err
+		}
+		tunedRates = append(tunedRates, rate)
+
 		sim, err := startSim(dir, "sim", simCfg)
 		if err != nil {
-			return err
-		}
-		self = selfCPU()
-		bareWall, bareAssigned, err := runBareLoop(ctx, devs, sim, cfg.workers, false)
-		bareSysCPU = append(bareSysCPU, selfCPU()-self)
-		sim.Close()
-		if err != nil {
-			return err
-		}
-		if bareAssigned != cfg.devices {
-			return fmt.Errorf("bare loop: %d of %d devices assigned", bareAssigned, cfg.devices)
-		}
-		bareRates = append(bareRates, float64(cfg.devices)/bareWall.Seconds())
-
-		if sim, err = startSim(dir, "sim", simCfg); err != nil {
-			return err
-		}
-		tunedWall, tunedAssigned, err := runBareLoop(ctx, devs, sim, cfg.workers, true)
-		sim.Close()
-		if err != nil {
-			return err
-		}
-		if tunedAssigned != cfg.devices {
-			return fmt.Errorf("bare loop with dps-batch's TLS settings: %d of %d devices assigned", tunedAssigned, cfg.devices)
-		}
-		tunedRates = append(tunedRates, float64(cfg.devices)/tunedWall.Seconds())
-
-		if sim, err = startSim(dir, "sim", simCfg); err != nil {
 			return err
 		}
 		curlWall, curlAssigned, err := runCurlWorkflow(ctx, dir, fleet, sim, n)
@@ -210,6 +192,27 @@ func provisionRound(ctx context.Context, cfg *config, dir string, simCfg dpssim.
 		return nil, fmt.Errorf("dps-batch provision: exit %d, %d of %d devices assigned\nstderr: %s", c.Exit, got, cfg.devices, tail(c.Stderr, 2000))
 	}
 	return c, nil
+}
+
+// bareRound runs the bare loop (tuned: with dps-batch's TLS settings)
+// against a fresh simulator and returns its devices/s and the CPU time of
+// this process meanwhile (the loop's and the simulator's).
+func bareRound(ctx context.Context, dir string, simCfg dpssim.Config, devs []bareDevice, workers int, tuned bool) (float64, time.Duration, error) {
+	sim, err := startSim(dir, "sim", simCfg)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer sim.Close()
+	self := selfCPU()
+	wall, assigned, err := runBareLoop(ctx, devs, sim, workers, tuned)
+	cpu := selfCPU() - self
+	if err != nil {
+		return 0, 0, err
+	}
+	if assigned != len(devs) {
+		return 0, 0, fmt.Errorf("bare loop (tuned %v): %d of %d devices assigned", tuned, assigned, len(devs))
+	}
+	return float64(len(devs)) / wall.Seconds(), cpu, nil
 }
 
 // runCurlWorkflow runs the curl script over the first n devices of the fleet.
