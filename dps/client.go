@@ -19,6 +19,10 @@ import (
 	"time"
 )
 
+// proxyFunc picks the proxy of every transport: the environment's
+// (HTTPS_PROXY, NO_PROXY), read once per process.
+var proxyFunc = http.ProxyFromEnvironment
+
 // Defaults for the zero values of Config fields.
 const (
 	DefaultTimeout          = 30 * time.Second
@@ -75,6 +79,13 @@ type Config struct {
 	// symmetric-key pool keeps; set it to at least the number of concurrent
 	// workers. 0 means 100. (X.509 devices keep one each.)
 	MaxIdleConns int
+	// X509MaxTLSVersion is the highest TLS version X.509 devices offer: 0
+	// means TLS 1.2, the only version DPS supports today. With
+	// tls.VersionTLS13, a server that speaks 1.3 receives the device
+	// certificate encrypted (under 1.2 it travels in the clear), at the
+	// cost of 1.3 key shares in every handshake. Symmetric-key devices
+	// always let crypto/tls negotiate.
+	X509MaxTLSVersion uint16
 }
 
 // Client talks to one DPS instance (endpoint + ID scope). It is safe for
@@ -90,7 +101,8 @@ type Client struct {
 
 	sasTransport *http.Transport
 	sasHTTP      *http.Client
-	// verifier checks the server for X.509 devices' connections.
+	// verifier checks the server for X.509 devices' connections; nil
+	// leaves it to crypto/tls.
 	verifier *serverVerifier
 }
 
@@ -129,6 +141,11 @@ func NewClient(cfg Config) (*Client, error) {
 		return nil, fmt.Errorf("%w: max response bytes %d is negative", ErrInvalidConfig, cfg.MaxResponseBytes)
 	case cfg.MaxIdleConns < 0:
 		return nil, fmt.Errorf("%w: max idle connections %d is negative", ErrInvalidConfig, cfg.MaxIdleConns)
+	case cfg.X509MaxTLSVersion != 0 && cfg.X509MaxTLSVersion != tls.VersionTLS12 && cfg.X509MaxTLSVersion != tls.VersionTLS13:
+		return nil, fmt.Errorf("%w: X.509 TLS version 0x%04x: want TLS 1.2 or 1.3", ErrInvalidConfig, cfg.X509MaxTLSVersion)
+	}
+	if cfg.X509MaxTLSVersion == 0 {
+		cfg.X509MaxTLSVersion = tls.VersionTLS12
 	}
 	if cfg.Timeout == 0 {
 		cfg.Timeout = DefaultTimeout
@@ -156,7 +173,7 @@ func NewClient(cfg Config) (*Client, error) {
 		query:   "?api-version=" + url.QueryEscape(cfg.APIVersion),
 		timeout: cfg.Timeout,
 		// The wall clock, as crypto/tls uses, not cfg.Now.
-		verifier: newServerVerifier(cfg.RootCAs, u.Hostname(), time.Now),
+		verifier: newServerVerifier(u, proxyFunc, cfg.RootCAs, time.Now),
 	}
 	tlsConf := c.tlsConfig()
 	// Symmetric-key requests carry no TLS identity, so resuming sessions
@@ -193,7 +210,7 @@ func (c *Client) newTransport(tlsConf *tls.Config) *http.Transport {
 	var protos http.Protocols
 	protos.SetHTTP1(true)
 	return &http.Transport{
-		Proxy:                  http.ProxyFromEnvironment,
+		Proxy:                  proxyFunc,
 		DialContext:            dialer.DialContext,
 		TLSClientConfig:        tlsConf,
 		TLSHandshakeTimeout:    c.timeout,

@@ -2,6 +2,7 @@ package dps_test
 
 import (
 	"context"
+	"crypto/tls"
 	"encoding/json"
 	"errors"
 	"net/http"
@@ -317,6 +318,8 @@ func TestNewClient(t *testing.T) {
 		{name: "negative timeout", cfg: dps.Config{IDScope: testScope, Timeout: -1}, wantErr: "negative"},
 		{name: "negative ttl", cfg: dps.Config{IDScope: testScope, SASTTL: -1}, wantErr: "negative"},
 		{name: "negative max bytes", cfg: dps.Config{IDScope: testScope, MaxResponseBytes: -1}, wantErr: "negative"},
+		{name: "X.509 TLS 1.3", cfg: dps.Config{IDScope: testScope, X509MaxTLSVersion: tls.VersionTLS13}},
+		{name: "X.509 TLS 1.1", cfg: dps.Config{IDScope: testScope, X509MaxTLSVersion: tls.VersionTLS11}, wantErr: "want TLS 1.2 or 1.3"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -137,17 +137,17 @@ func (d *Device) x509Client(c *Client) (*http.Client, error) {
 		return cert, nil
 	}
 	tlsConf.Renegotiation = tls.RenegotiateOnceAsClient
-	// TLS 1.2, the only version DPS supports
-	// (learn.microsoft.com/azure/iot-dps/tls-support). Offering 1.3 would
-	// cost every device's handshake its 1.3 key shares (post-quantum
-	// hybrid included: about a tenth of a millisecond of CPU) for nothing,
-	// and under 1.3 a server rejects a client certificate only after the
+	// By default TLS 1.2, the only version DPS supports today
+	// (learn.microsoft.com/azure/iot-dps/tls-support). Offering 1.3 costs
+	// every device's handshake its 1.3 key shares (post-quantum hybrid
+	// included: about a tenth of a millisecond of CPU) for nothing, and
+	// under 1.3 a server rejects a client certificate only after the
 	// handshake, where the rejection can reach the client as a bare
 	// connection reset instead of the alert that names it.
-	tlsConf.MaxVersion = tls.VersionTLS12
+	tlsConf.MaxVersion = c.cfg.X509MaxTLSVersion
 	// No ClientSessionCache: a resumed session carries the identity of the
-	// certificate that created it, so sessions are never shared. That also
-	// lets the client's verifier remember the server chain across devices.
+	// certificate that created it, so sessions are never shared. (The
+	// client's verifier requires that too.)
 	c.verifier.apply(tlsConf)
 	tr := c.newTransport(tlsConf)
 	// One request at a time per device; keep the connection for the

@@ -309,6 +309,14 @@ func TestTransportErrors(t *testing.T) {
 			t.Fatalf("TLS versions seen: %v, want %v (X.509 device, then symmetric-key device)", got, want)
 		}
 	})
+	t.Run("X.509 devices may offer TLS 1.3", func(t *testing.T) {
+		f := startFake(t, dpsReplies, func(c *tls.Config) { c.MaxVersion = tls.VersionTLS13 })
+		c := mustClient(t, f.URL, func(cfg *dps.Config) { cfg.X509MaxTLSVersion = tls.VersionTLS13 })
+		mustRegister(t, c, mustDevice(t, p.inter, "dev-001", certs.Options{}))
+		if seen := f.seen(); len(seen) != 1 || seen[0].TLSVersion != tls.VersionTLS13 {
+			t.Fatalf("%d requests; want one over TLS 1.3", len(seen))
+		}
+	})
 	t.Run("not a TLS server", func(t *testing.T) {
 		plain := httptest.NewServer(http.HandlerFunc(dpsReplies))
 		t.Cleanup(plain.Close)

@@ -4,6 +4,8 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
+	"net/http"
+	"net/url"
 	"testing"
 	"time"
 
@@ -36,10 +38,20 @@ func TestServerVerifierCache(t *testing.T) {
 	roots.AddCert(root.Cert)
 	now := time.Now()
 	clock := func() time.Time { return now }
+	noProxy := func(*http.Request) (*url.URL, error) { return nil, nil }
+	endpoint := func(host string) *url.URL { return &url.URL{Scheme: "https", Host: host + ":443"} }
+	newVerifier := func(roots *x509.CertPool, host string, clock func() time.Time) *serverVerifier {
+		t.Helper()
+		v := newServerVerifier(endpoint(host), noProxy, roots, clock)
+		if v == nil {
+			t.Fatalf("no verifier for %s", host)
+		}
+		return v
+	}
 
 	var verr *tls.CertificateVerificationError
 	t.Run("untrusted chain is refused with crypto/tls's error, every time", func(t *testing.T) {
-		v := newServerVerifier(x509.NewCertPool(), "dps.test", clock)
+		v := newVerifier(x509.NewCertPool(), "dps.test", clock)
 		for range 2 {
 			err := v.verify(chainA, nil)
 			var unk x509.UnknownAuthorityError
@@ -47,25 +59,25 @@ func TestServerVerifierCache(t *testing.T) {
 				t.Fatalf("verify = %v, want *tls.CertificateVerificationError wrapping x509.UnknownAuthorityError", err)
 			}
 		}
-		if len(v.until) != 0 {
-			t.Errorf("a failure was remembered: %d entries", len(v.until))
+		if len(v.verified) != 0 {
+			t.Errorf("a failure was remembered: %d entries", len(v.verified))
 		}
 	})
 	t.Run("wrong host name is refused", func(t *testing.T) {
-		v := newServerVerifier(roots, "other.test", clock)
+		v := newVerifier(roots, "other.test", clock)
 		var host x509.HostnameError
 		if err := v.verify(chainA, nil); !errors.As(err, &host) {
 			t.Fatalf("verify = %v, want x509.HostnameError", err)
 		}
 	})
 	t.Run("no intermediate sent is refused", func(t *testing.T) {
-		v := newServerVerifier(roots, "dps.test", clock)
+		v := newVerifier(roots, "dps.test", clock)
 		if err := v.verify(chainA[:1], nil); !errors.As(err, &verr) {
 			t.Fatalf("verify = %v, want a verification error", err)
 		}
 	})
 	t.Run("success is remembered for that chain only", func(t *testing.T) {
-		v := newServerVerifier(roots, "dps.test", clock)
+		v := newVerifier(roots, "dps.test", clock)
 		if err := v.verify(chainA, nil); err != nil {
 			t.Fatalf("first verify: %v", err)
 		}
@@ -82,7 +94,7 @@ func TestServerVerifierCache(t *testing.T) {
 		}
 	})
 	t.Run("a remembered chain is verified again once it expires", func(t *testing.T) {
-		v := newServerVerifier(roots, "dps.test", clock)
+		v := newVerifier(roots, "dps.test", clock)
 		if err := v.verify(chainA, nil); err != nil {
 			t.Fatalf("first verify: %v", err)
 		}
@@ -93,8 +105,38 @@ func TestServerVerifierCache(t *testing.T) {
 			t.Fatalf("verify after expiry = %v, want x509.CertificateInvalidError (Expired)", err)
 		}
 	})
+	t.Run("a remembered chain is verified again if the clock goes back before it", func(t *testing.T) {
+		v := newVerifier(roots, "dps.test", clock)
+		if err := v.verify(chainA, nil); err != nil {
+			t.Fatalf("first verify: %v", err)
+		}
+		earlier := leafA.Cert.NotBefore.Add(-time.Second)
+		v.now = func() time.Time { return earlier }
+		var inval x509.CertificateInvalidError
+		if err := v.verify(chainA, nil); !errors.As(err, &inval) || inval.Reason != x509.Expired {
+			t.Fatalf("verify before NotBefore = %v, want x509.CertificateInvalidError (Expired: not yet valid)", err)
+		}
+	})
+	t.Run("crypto/tls keeps the check where the host name may differ", func(t *testing.T) {
+		httpsProxy := func(*http.Request) (*url.URL, error) { return url.Parse("https://proxy.test:3128") }
+		httpProxy := func(*http.Request) (*url.URL, error) { return url.Parse("http://proxy.test:3128") }
+		if v := newServerVerifier(endpoint("dps.test"), httpsProxy, roots, clock); v != nil {
+			t.Error("verifier used behind an https:// proxy, whose certificate the same configuration checks")
+		}
+		if v := newServerVerifier(endpoint("dps.test"), httpProxy, roots, clock); v == nil {
+			t.Error("no verifier behind an http:// proxy (a plain CONNECT tunnel)")
+		}
+		if v := newServerVerifier(endpoint("dps.bücher.test"), noProxy, roots, clock); v != nil {
+			t.Error("verifier used for a host name crypto/tls sends as punycode")
+		}
+		conf := &tls.Config{}
+		(*serverVerifier)(nil).apply(conf)
+		if conf.InsecureSkipVerify || conf.VerifyPeerCertificate != nil {
+			t.Error("a nil verifier changed the configuration")
+		}
+	})
 	t.Run("garbage is refused", func(t *testing.T) {
-		v := newServerVerifier(roots, "dps.test", clock)
+		v := newVerifier(roots, "dps.test", clock)
 		if err := v.verify(nil, nil); err == nil {
 			t.Error("no certificates: accepted")
 		}
@@ -108,6 +150,6 @@ func TestServerVerifierCache(t *testing.T) {
 				t.Error("apply on a configuration with a session cache did not panic")
 			}
 		}()
-		newServerVerifier(roots, "dps.test", clock).apply(&tls.Config{ClientSessionCache: tls.NewLRUClientSessionCache(1)})
+		newVerifier(roots, "dps.test", clock).apply(&tls.Config{ClientSessionCache: tls.NewLRUClientSessionCache(1)})
 	})
 }
