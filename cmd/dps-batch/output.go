@@ -1,6 +1,7 @@
 package main
 
 import (
+	"crypto/tls"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -27,6 +28,9 @@ func newDPSClient(p *provisionFlags) (*dps.Client, error) {
 		APIVersion: p.apiVersion,
 		Timeout:    p.requestTimeout,
 		UserAgent:  "dps-batch/" + version,
+	}
+	if p.x509TLS == "1.3" {
+		cfg.X509MaxTLSVersion = tls.VersionTLS13
 	}
 	if p.caFile != "" {
 		pool, err := dps.SystemPoolWithCAFile(p.caFile)

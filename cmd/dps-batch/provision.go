@@ -37,6 +37,7 @@ the environment variable named by --group-key-env.`
 // provisionFlags are the flags shared by provision and demo.
 type provisionFlags struct {
 	manifest, ledgerPath, idScope, endpoint, caFile, apiVersion string
+	x509TLS                                                     string
 	groupKeyFile, groupKeyEnv                                   string
 	workers, maxAttempts                                        int
 	rate, pollRate                                              float64
@@ -58,6 +59,7 @@ func (p *provisionFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&p.endpoint, "endpoint", dps.DefaultEndpoint, "DPS device endpoint `URL` (https only)")
 	fs.StringVar(&p.caFile, "ca-file", "", "extra CA bundle `file` (PEM) trusted for the endpoint besides the system roots, e.g. the simulator's CA")
 	fs.StringVar(&p.apiVersion, "api-version", dps.DefaultAPIVersion, "DPS device API `version`")
+	fs.StringVar(&p.x509TLS, "x509-tls", "1.2", "highest TLS `version` X.509 devices offer: 1.2 (the only one DPS supports today) or 1.3 (the device certificate travels encrypted, where the server supports 1.3)")
 	fs.IntVar(&p.workers, "workers", batch.DefaultWorkers, "devices in flight at once (`N`)")
 	fs.Float64Var(&p.rate, "rate", batch.DefaultRegisterRate, "register requests per minute for the whole fleet (`N/min`); DPS allows 1,000/min per instance; -1 = unlimited")
 	fs.Float64Var(&p.pollRate, "poll-rate", batch.DefaultPollRate, "status polls and lookups per minute for the whole fleet (`N/min`); -1 = unlimited")
@@ -99,6 +101,9 @@ func (p *provisionFlags) check() error {
 	}
 	if p.deviceTimeout <= 0 || p.requestTimeout <= 0 {
 		return usagef("--timeout-per-device 5m --request-timeout 30s", "timeouts must be positive durations")
+	}
+	if p.x509TLS != "" && p.x509TLS != "1.2" && p.x509TLS != "1.3" {
+		return usagef("--x509-tls 1.2", "--x509-tls must be 1.2 or 1.3, got %q", p.x509TLS)
 	}
 	if p.ledgerPath == "" {
 		p.ledgerPath = strings.TrimSuffix(p.manifest, filepath.Ext(p.manifest)) + ".ledger"

@@ -70,6 +70,7 @@ func TestProvisionUsageErrors(t *testing.T) {
 		{"zero rate", []string{"--manifest", manifest, "--id-scope", "0ne00000000", "--rate", "0"}, "--rate must be a positive number"},
 		{"http endpoint", []string{"--manifest", manifest, "--id-scope", "0ne00000000", "--endpoint", "http://127.0.0.1:1"}, "https"},
 		{"missing ca file", []string{"--manifest", manifest, "--id-scope", "0ne00000000", "--ca-file", filepath.Join(dir, "nope.pem")}, "nope.pem"},
+		{"bad TLS version", []string{"--manifest", manifest, "--id-scope", "0ne00000000", "--x509-tls", "1.1"}, "--x509-tls must be 1.2 or 1.3"},
 		{"positional", []string{"--manifest", manifest, "--id-scope", "0ne00000000", "extra"}, "unexpected argument"},
 	}
 	for _, tt := range tests {
