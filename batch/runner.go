@@ -113,13 +113,14 @@ type Runner struct {
 	validated     bool // Validate passed; Run need not read every file again
 
 	loadedMu sync.Mutex
-	loaded   map[int]*manifests.Device // X.509 devices Validate loaded, by line; taken by dispatch
+	loaded   map[int]manifests.Kept // X.509 devices Validate loaded, by line; taken by dispatch
 }
 
 // keepX509 is how many X.509 devices Validate hands over to dispatch, so
 // that a run of up to that many devices reads and parses each certificate
-// and key once, not twice (about 4 KB each: 40 MB at most). Devices beyond
-// it are loaded again when dispatched.
+// and key once, not twice (4 KB each with ECDSA P-256 keys, 8 KB with RSA
+// 2048: 40 to 80 MB at most, until the run ends). Devices beyond it are
+// loaded again when dispatched.
 const keepX509 = 10000
 
 // ValidationError means the manifest has problems; nothing was sent.
@@ -175,6 +176,7 @@ func (r *Runner) log() *slog.Logger {
 // validate before opening the ledger, so a bad manifest creates nothing).
 func (r *Runner) Validate(ctx context.Context) (*manifests.Summary, error) {
 	r.Options.setDefaults()
+	r.forget()
 	opts := r.Options.Manifest
 	opts.KeepX509 = keepX509
 	sum, err := manifests.Validate(ctx, r.Options.ManifestPath, opts, r.Options.MaxProblems)
@@ -229,7 +231,7 @@ func (r *Runner) Plan(ctx context.Context, record bool) (*Plan, error) {
 			// assigned, so only then are the credentials loaded here.
 			fp := ""
 			if found && b.State == ledger.StateAssigned && b.Fingerprint != "" && !r.Options.Reprovision {
-				if dev, _ := rd.Load(row, r.Options.Manifest); dev != nil {
+				if dev, _ := r.load(rd, row, false); dev != nil {
 					fp = dev.Fingerprint
 				}
 			}
@@ -300,6 +302,7 @@ func briefDevice(id string, b ledger.Brief) ledger.Device {
 // (ledger I/O, a server whose certificate is not trusted, bad configuration).
 func (r *Runner) Run(ctx context.Context, drain <-chan struct{}) (*Result, error) {
 	r.Options.setDefaults()
+	defer r.forget() // a later Run validates again
 	if r.Stats == nil {
 		r.Stats = &Stats{}
 	}
@@ -432,26 +435,38 @@ loop:
 	return stopped, g.Wait()
 }
 
-// load returns the device of row: the one Validate loaded when it kept it,
-// or loaded now.
-func (r *Runner) load(rd *manifests.Reader, row manifests.Row) (*manifests.Device, []manifests.Problem) {
+// load returns the device of row: the one Validate loaded from the same
+// row, when it kept it, or one loaded now. take removes the kept one, whose
+// row is dispatched only once.
+func (r *Runner) load(rd *manifests.Reader, row manifests.Row, take bool) (*manifests.Device, []manifests.Problem) {
 	r.loadedMu.Lock()
-	dev := r.loaded[row.Line]
-	delete(r.loaded, row.Line)
+	k, ok := r.loaded[row.Line]
+	if ok && take {
+		delete(r.loaded, row.Line)
+	}
 	r.loadedMu.Unlock()
-	if dev != nil && dev.RegistrationID == row.RegistrationID {
-		return dev, nil
+	if ok && k.Row == row {
+		return k.Device, nil
 	}
 	opts := r.Options.Manifest
 	opts.SkipSignatureChecks = r.validated // this run's Validate checked them
 	return rd.Load(row, opts)
 }
 
+// forget drops what a Validate found: the next Run validates again, and no
+// private key stays in memory longer than the run that needs it.
+func (r *Runner) forget() {
+	r.loadedMu.Lock()
+	r.loaded = nil
+	r.validated = false
+	r.loadedMu.Unlock()
+}
+
 // device does everything for one manifest row; b is its ledger brief
 // (found is false when the ledger does not know it). It returns an error
 // only for fatal conditions, which stop the run.
 func (r *Runner) device(ctx context.Context, drain <-chan struct{}, rd *manifests.Reader, row manifests.Row, b ledger.Brief, found bool) error {
-	dev, problems := r.load(rd, row)
+	dev, problems := r.load(rd, row, true)
 	if dev == nil {
 		// The files changed since validation: record it, touch nothing at DPS.
 		msg := "manifest row no longer loads"

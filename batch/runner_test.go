@@ -545,9 +545,9 @@ func TestReprovisionResumes(t *testing.T) {
 }
 
 // TestValidatedDevicesAreNotLoadedAgain checks that dispatch registers the
-// X.509 devices Validate loaded, without reading their files again: the
-// files are removed between the two, and every device is still assigned
-// with exactly one registration.
+// X.509 devices Validate loaded, without reading their files again, but only
+// for rows that are still the same: the files are removed between the two,
+// and one row is edited.
 func TestValidatedDevicesAreNotLoadedAgain(t *testing.T) {
 	m := mix{x509Group: 20, x509Individual: 5, symGroup: 5}
 	f := newFixture(t, m, nil)
@@ -561,15 +561,31 @@ func TestValidatedDevicesAreNotLoadedAgain(t *testing.T) {
 			must(t, os.Remove(filepath.Join(f.dir, id+".key")))
 		}
 	}
+	// An edited row is loaded from disk, where its files are now missing.
+	edited := f.ids[0]
+	b, err := os.ReadFile(f.manifest)
+	must(t, err)
+	row := fmt.Sprintf("%s,%s.pem,%s.key,intermediate.pem,,", edited, edited, edited)
+	if !bytes.Contains(b, []byte(row+"\n")) {
+		t.Fatalf("manifest lacks the row %q", row)
+	}
+	must(t, os.WriteFile(f.manifest, bytes.Replace(b, []byte(row+"\n"), []byte(row+`"{""line"":1}"`+"\n"), 1), 0o600))
+
 	res, err := r.Run(context.Background(), nil)
 	must(t, err)
-	if got := res.Snapshot.Outcomes[batch.OutcomeAssigned]; got != m.total() {
-		t.Fatalf("assigned = %d, want %d (snapshot %+v)", got, m.total(), res.Snapshot)
+	if got := res.Snapshot.Outcomes[batch.OutcomeAssigned]; got != m.total()-1 {
+		t.Errorf("assigned = %d, want %d (snapshot %+v)", got, m.total()-1, res.Snapshot)
 	}
-	assertLedgerMatchesSim(t, f)
+	if got := res.Snapshot.Outcomes[batch.OutcomeUnfinished]; got != 1 {
+		t.Errorf("unfinished = %d, want 1: the edited row, whose files are gone", got)
+	}
+	if _, ok := f.sim.Registration(edited); ok {
+		t.Errorf("the edited row's device %s was registered with the credentials validated before the edit", edited)
+	}
 
-	// A fresh runner validates again, and now the files are missing.
-	if _, err := f.runner(nil).Validate(context.Background()); err == nil {
-		t.Fatal("Validate passed with the device files removed")
+	// The same runner validates again for its next run, and now the files
+	// are missing.
+	if _, err := r.Run(context.Background(), nil); err == nil {
+		t.Fatal("a second Run passed with the device files removed")
 	}
 }

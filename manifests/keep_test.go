@@ -3,10 +3,13 @@ package manifests
 import (
 	"bytes"
 	"context"
+	"crypto/ecdsa"
+	"encoding/json"
 	"fmt"
 	"maps"
 	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -36,7 +39,11 @@ func TestValidateKeepX509(t *testing.T) {
 		t.Fatalf("kept lines %v, want [2 4]", got)
 	}
 	for line, id := range map[int]string{2: "dev-1", 4: "dev-2"} {
-		d := s.X509[line]
+		k := s.X509[line]
+		d := k.Device
+		if k.Row.Line != line || k.Row.RegistrationID != id {
+			t.Errorf("line %d: kept row %+v, want line %d, id %s", line, k.Row, line, id)
+		}
 		if d.RegistrationID != id || d.Kind != KindX509 || d.Certificate == nil || d.Certificate.PrivateKey == nil {
 			t.Errorf("line %d: got %+v, want loaded X.509 device %s", line, d, id)
 			continue
@@ -44,6 +51,27 @@ func TestValidateKeepX509(t *testing.T) {
 		if !bytes.Equal(d.Certificate.Certificate[0], fx.devCerts[id].Raw) || len(d.Certificate.Certificate) != 2 {
 			t.Errorf("line %d: certificate chain is not %s's leaf + intermediate", line, id)
 		}
+	}
+
+	// Kept devices hold private keys: printing or encoding them shows none.
+	secret := fx.devKeys["dev-1"].(*ecdsa.PrivateKey).D.String()
+	d1 := *s.X509[2].Device
+	printed := fmt.Sprintf("%v %+v %#v %s %v", d1, d1, d1, &d1, s.X509)
+	encoded, err := json.Marshal(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	devJSON, err := json.Marshal(d1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for what, text := range map[string]string{"printed": printed, "Summary as JSON": string(encoded), "Device as JSON": string(devJSON)} {
+		if strings.Contains(text, secret) {
+			t.Errorf("%s shows the private key", what)
+		}
+	}
+	if !strings.Contains(printed, "dev-1") {
+		t.Errorf("printed device does not name it: %s", printed)
 	}
 
 	opts.KeepX509 = 0

@@ -31,8 +31,18 @@ type Summary struct {
 	TruncatedErrors int
 	// TruncatedWarnings counts the warnings left out of Warnings.
 	TruncatedWarnings int
-	// X509 holds the first Options.KeepX509 usable X.509 devices, by line.
-	X509 map[int]*Device
+	// X509 holds, by line, the first usable X.509 devices (at most
+	// Options.KeepX509 of them, fewer when rows repeat an id), with the
+	// rows they were loaded from: a snapshot of their files at validation.
+	// It is filled whether or not the manifest has errors. It holds private
+	// keys: never print, log or encode it.
+	X509 map[int]Kept `json:"-"`
+}
+
+// Kept is a device Validate loaded and kept, with the row it came from.
+type Kept struct {
+	Row    Row
+	Device *Device
 }
 
 // OK reports whether the manifest has no errors (warnings are allowed).
@@ -77,9 +87,9 @@ func Validate(ctx context.Context, path string, opts Options, maxProblems int) (
 				s.ByKind[res.dev.Kind]++
 				if res.dev.Kind == KindX509 && len(s.X509) < opts.KeepX509 {
 					if s.X509 == nil {
-						s.X509 = make(map[int]*Device)
+						s.X509 = make(map[int]Kept)
 					}
-					s.X509[res.dev.Line] = res.dev
+					s.X509[res.dev.Line] = Kept{Row: res.row, Device: res.dev}
 				}
 			}
 		}
