@@ -150,6 +150,23 @@ func fastKnobs(cfg *dpssim.Config) {
 // groupConfig is a simulator with one symmetric-key enrollment group; the
 // base64 group key is written to keyFile (mode 0600) for --group-key-file
 // and the raw key returned for in-process requests.
+// groupFleet writes, in a new folder dir, a group key and a manifest of n
+// symmetric-key group devices named prefix0000001..., and returns the
+// simulator configuration for them (fast knobs), the manifest and the key
+// file.
+func groupFleet(dir, prefix string, n int) (simCfg dpssim.Config, manifest, keyFile string, err error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return simCfg, "", "", err
+	}
+	keyFile = filepath.Join(dir, "group.key")
+	if simCfg, _, err = groupConfig(keyFile); err != nil {
+		return simCfg, "", "", err
+	}
+	fastKnobs(&simCfg)
+	manifest = filepath.Join(dir, "manifest.csv")
+	return simCfg, manifest, keyFile, writeGroupManifest(manifest, prefix, n)
+}
+
 func groupConfig(keyFile string) (dpssim.Config, []byte, error) {
 	key := make([]byte, 32)
 	_, _ = rand.Read(key)

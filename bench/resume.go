@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"os"
 	"path/filepath"
 	"time"
 )
@@ -16,17 +15,8 @@ func benchResume(ctx context.Context, cfg *config, r *recorder) error {
 	n := cfg.resumeDevices
 	r.begin("resume", fmt.Sprintf("4. Resume cost: re-running a fully assigned %d-device ledger", n))
 	dir := filepath.Join(cfg.work, "resume")
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return err
-	}
-	keyFile := filepath.Join(dir, "group.key")
-	simCfg, _, err := groupConfig(keyFile)
+	simCfg, manifest, keyFile, err := groupFleet(dir, "meter-", n)
 	if err != nil {
-		return err
-	}
-	fastKnobs(&simCfg)
-	manifest := filepath.Join(dir, "manifest.csv")
-	if err := writeGroupManifest(manifest, "meter-", n); err != nil {
 		return err
 	}
 	sim, err := startSim(dir, "sim", simCfg)
