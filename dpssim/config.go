@@ -364,58 +364,50 @@ func (c *Config) readFiles(dir string) error {
 	c.Certificates = append([]CACertificate(nil), c.Certificates...)
 	c.Individual = append([]IndividualEnrollment(nil), c.Individual...)
 	c.Groups = append([]EnrollmentGroup(nil), c.Groups...)
-	read := func(field, name string) (string, error) {
-		p := name
+	// inline takes the content of *file into *content, refusing both.
+	inline := func(where, contentName, fileName string, content, file *string) error {
+		if *file == "" {
+			return nil
+		}
+		if *content != "" {
+			return fmt.Errorf("%s: set %s or %s, not both", where, contentName, fileName)
+		}
+		p := *file
 		if !filepath.IsAbs(p) && dir != "" {
 			p = filepath.Join(dir, p)
 		}
 		b, err := os.ReadFile(p)
 		if err != nil {
-			return "", fmt.Errorf("%s: %w", field, err)
+			return fmt.Errorf("%s.%s: %w", where, fileName, err)
 		}
-		return string(b), nil
+		*content, *file = string(b), ""
+		return nil
 	}
 	for i := range c.Certificates {
 		ca := &c.Certificates[i]
-		if ca.File == "" {
-			continue
-		}
-		if ca.PEM != "" {
-			return fmt.Errorf("certificates[%d] (%s): set pem or file, not both", i, ca.Name)
-		}
-		pem, err := read(fmt.Sprintf("certificates[%d] (%s).file", i, ca.Name), ca.File)
-		if err != nil {
+		if err := inline(fmt.Sprintf("certificates[%d] (%s)", i, ca.Name), "pem", "file", &ca.PEM, &ca.File); err != nil {
 			return err
 		}
-		ca.PEM, ca.File = pem, ""
 	}
 	for i := range c.Individual {
 		e := &c.Individual[i]
 		if x := e.Attestation.X509; x != nil && x.CertificateFile != "" {
-			if x.Certificate != "" {
-				return fmt.Errorf("individualEnrollments[%d] (%s): set attestation.x509.certificate or certificateFile, not both", i, e.RegistrationID)
-			}
-			pem, err := read(fmt.Sprintf("individualEnrollments[%d] (%s).attestation.x509.certificateFile", i, e.RegistrationID), x.CertificateFile)
-			if err != nil {
+			x2 := *x // the caller's attestation must not change either
+			where := fmt.Sprintf("individualEnrollments[%d] (%s)", i, e.RegistrationID)
+			if err := inline(where, "attestation.x509.certificate", "attestation.x509.certificateFile", &x2.Certificate, &x2.CertificateFile); err != nil {
 				return err
 			}
-			x2 := *x
-			x2.Certificate, x2.CertificateFile = pem, ""
 			e.Attestation.X509 = &x2
 		}
 	}
 	for i := range c.Groups {
 		g := &c.Groups[i]
 		if x := g.Attestation.X509; x != nil && x.SigningCertificateFile != "" {
-			if x.SigningCertificate != "" {
-				return fmt.Errorf("enrollmentGroups[%d] (%s): set attestation.x509.signingCertificate or signingCertificateFile, not both", i, g.EnrollmentGroupID)
-			}
-			pem, err := read(fmt.Sprintf("enrollmentGroups[%d] (%s).attestation.x509.signingCertificateFile", i, g.EnrollmentGroupID), x.SigningCertificateFile)
-			if err != nil {
+			x2 := *x
+			where := fmt.Sprintf("enrollmentGroups[%d] (%s)", i, g.EnrollmentGroupID)
+			if err := inline(where, "attestation.x509.signingCertificate", "attestation.x509.signingCertificateFile", &x2.SigningCertificate, &x2.SigningCertificateFile); err != nil {
 				return err
 			}
-			x2 := *x
-			x2.SigningCertificate, x2.SigningCertificateFile = pem, ""
 			g.Attestation.X509 = &x2
 		}
 	}
