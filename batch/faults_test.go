@@ -199,6 +199,10 @@ func soakOptions(manifest string, groupKey []byte, workers int) batch.Options {
 		MinPollInterval: 200 * time.Millisecond,
 		MaxRetryAfter:   3 * time.Second,
 		Backoff:         batch.Backoff{Base: 100 * time.Millisecond, Max: time.Second},
+		// The simulator acts on a request at once or never (no late
+		// effects here), so a short settle window is safe.
+		RequestTimeout: 5 * time.Second,
+		Settle:         500 * time.Millisecond,
 	}
 }
 
@@ -365,8 +369,10 @@ func TestFaultSoak(t *testing.T) {
 		}
 		mostAsks = max(mostAsks, ri.Polls+ri.Lookups)
 		mostPUTs = max(mostPUTs, ri.RegisterRequests)
-		if d.Attempts != ri.RegisterRequests {
-			errs = append(errs, fmt.Sprintf("ledger counted %d register PUTs, simulator %d", d.Attempts, ri.RegisterRequests))
+		// The ledger counts the PUTs DPS accepted or may have accepted (no
+		// answer): at least what took effect, at most what was sent.
+		if d.Attempts < ri.Registers || d.Attempts > ri.RegisterRequests {
+			errs = append(errs, fmt.Sprintf("ledger counted %d billable register PUTs; simulator: %d took effect of %d received", d.Attempts, ri.Registers, ri.RegisterRequests))
 		}
 		if k := simtrace.RePUTs(f.trace.events(id)); k > 0 {
 			rePUTs += k
@@ -553,7 +559,9 @@ func TestHostileServerRuns(t *testing.T) {
 					}
 				}
 			},
-			want: want{state: ledger.StateFailed, msg: "too large", hint: "large response", registers: 2},
+			// DPS accepted the PUT (2xx); only its answer is unusable, and so
+			// is every lookup's: the device stays registering, never re-PUT.
+			want: want{state: ledger.StateRegistering, msg: "too large", hint: "large response", registers: 2},
 		},
 		{
 			name: "register answer cut short",
@@ -593,7 +601,9 @@ func TestHostileServerRuns(t *testing.T) {
 					fmt.Fprint(w, `{"status":"assigning"}`)
 				}
 			},
-			want: want{state: ledger.StateFailed, msg: "no operationId", registers: 2},
+			// A 2xx is an accepted PUT: the lookup shows it assigning, so the
+			// device follows it (until its deadline here), never PUTs again.
+			want: want{state: ledger.StateAssigning, msg: "no operationId", registers: 2},
 		},
 		{
 			name: "operation id changes on every poll",
@@ -713,6 +723,8 @@ func TestHostileServerRuns(t *testing.T) {
 				MinPollInterval: 50 * time.Millisecond,
 				MaxRetryAfter:   time.Second,
 				Backoff:         batch.Backoff{Base: 50 * time.Millisecond, Max: 200 * time.Millisecond},
+				RequestTimeout:  500 * time.Millisecond,
+				Settle:          200 * time.Millisecond,
 			}}
 			start := time.Now()
 			_, err = r.Run(context.Background(), nil)
@@ -727,8 +739,9 @@ func TestHostileServerRuns(t *testing.T) {
 			if tt.want.registers > 0 && s.registers.Load() > tt.want.registers {
 				t.Errorf("server saw %d register PUTs for 2 devices, want at most %d", s.registers.Load(), tt.want.registers)
 			}
-			if got := s.bytesSent.Load(); got > 16<<20 {
-				t.Errorf("server wrote %d MB before the client hung up", got>>20)
+			requests := s.registers.Load() + s.polls.Load() + s.lookups.Load()
+			if got := s.bytesSent.Load(); requests > 0 && got/requests > 8<<20 {
+				t.Errorf("server wrote %d MB in %d answers before the client hung up, want at most 8 MB each", got>>20, requests)
 			}
 			explained := 0 // devices whose record names the failure and its fix
 			for _, id := range []string{"dev-x509", "dev-sas"} {

@@ -47,10 +47,34 @@ type Policy struct {
 	RetryFailed bool // re-register devices whose last outcome was a permanent failure or disabled
 	Reprovision bool // re-register assigned devices on purpose (billable)
 	// ReprovisionBefore limits Reprovision to devices that reached their
-	// final state before this time, so that resuming an interrupted
-	// reprovisioning run does not register the devices it already did
-	// again. Zero means every assigned device.
+	// final state before this time. Zero means every assigned device.
 	ReprovisionBefore time.Time
+	// NewCampaign starts a new campaign even though one is open (the open
+	// one is abandoned); without it, an open campaign of the same kind is
+	// continued.
+	NewCampaign bool
+	// Campaign is the ledger campaign this run registers devices in (set by
+	// Run); 0 = none yet. A device already registered in it
+	// (Device.CampaignID) is not registered again by it.
+	Campaign int64
+}
+
+// campaignKind names the campaign a policy runs, "" for none.
+func (p Policy) campaignKind() string {
+	switch {
+	case p.Reprovision && p.RetryFailed:
+		return "reprovision+retry-failed"
+	case p.Reprovision:
+		return "reprovision"
+	case p.RetryFailed:
+		return "retry-failed"
+	}
+	return ""
+}
+
+// inCampaign reports whether d was already registered in p's campaign.
+func (p Policy) inCampaign(d ledger.Device) bool {
+	return p.Campaign != 0 && d.CampaignID == p.Campaign
 }
 
 // Decide returns what to do with a device given its ledger row (found=false
@@ -71,7 +95,7 @@ func Decide(d ledger.Device, found bool, fingerprint string, p Policy) Action {
 		}
 		return ActionPoll
 	case ledger.StateAssigned:
-		if p.Reprovision && (p.ReprovisionBefore.IsZero() || d.FinishedAt.Before(p.ReprovisionBefore)) {
+		if p.Reprovision && !p.inCampaign(d) && (p.ReprovisionBefore.IsZero() || d.FinishedAt.Before(p.ReprovisionBefore)) {
 			return ActionRegister
 		}
 		if d.Fingerprint != "" && fingerprint != "" && d.Fingerprint != fingerprint {
@@ -79,7 +103,7 @@ func Decide(d ledger.Device, found bool, fingerprint string, p Policy) Action {
 		}
 		return ActionSkip
 	case ledger.StateFailed, ledger.StateDisabled:
-		if p.RetryFailed {
+		if p.RetryFailed && !p.inCampaign(d) {
 			return ActionRegister
 		}
 		return ActionSkip

@@ -14,9 +14,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net/http"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"golang.org/x/sync/errgroup"
@@ -45,6 +43,11 @@ const (
 	DefaultDeviceTimeout   = 5 * time.Minute
 	DefaultMinPollInterval = 2 * time.Second // DPS allows 5 polls per 10 s per device
 	DefaultMaxRetryAfter   = 5 * time.Minute
+	DefaultRequestTimeout  = 30 * time.Second
+	// DefaultSettle is how long after a register request ended without an
+	// answer it may still take effect at DPS. Only after it does a lookup
+	// that finds nothing allow another register request.
+	DefaultSettle = 30 * time.Second
 )
 
 // Options configure a run. Zero values take the defaults above.
@@ -60,6 +63,12 @@ type Options struct {
 	MinPollInterval time.Duration // floor between two polls of one device (after the first)
 	MaxRetryAfter   time.Duration // cap on any server Retry-After
 	Backoff         Backoff       // retry delays
+	// RequestTimeout is the DPS client's timeout of one request: how long
+	// a register request written before a crash may have been in flight.
+	RequestTimeout time.Duration
+	// Settle is how long after a register request ended without a usable
+	// answer it may still take effect at DPS (see DefaultSettle).
+	Settle time.Duration
 
 	Policy          // --retry-failed, --reprovision
 	MaxProblems int // validation problems to collect; 0 = 200
@@ -86,6 +95,15 @@ func (o *Options) setDefaults() {
 	}
 	if o.MaxRetryAfter <= 0 {
 		o.MaxRetryAfter = DefaultMaxRetryAfter
+	}
+	if o.RequestTimeout <= 0 {
+		o.RequestTimeout = DefaultRequestTimeout
+	}
+	if o.Settle == 0 {
+		o.Settle = DefaultSettle
+	}
+	if o.Settle < 0 {
+		o.Settle = 0
 	}
 	if o.Backoff.MaxRetryAfter <= 0 {
 		o.Backoff.MaxRetryAfter = o.MaxRetryAfter
@@ -143,6 +161,59 @@ type Result struct {
 	// cancellation) and devices were left for a re-run.
 	Stopped bool
 	RunID   int64
+	// Campaign is the re-registration campaign the run worked in, or the
+	// one left open by an earlier run when this one asked for none; nil
+	// when there is none.
+	Campaign *ledger.Campaign
+	// CampaignStarted: this run started Campaign. CampaignCompleted: this
+	// run finished it (every device of it reached a final state).
+	CampaignStarted, CampaignCompleted bool
+}
+
+// CampaignError means the run asked for a campaign while another one, of a
+// different kind, is unfinished; nothing was sent.
+type CampaignError struct {
+	Open ledger.Campaign
+	Want string // the kind this run asked for
+}
+
+func (e *CampaignError) Error() string {
+	return fmt.Sprintf("campaign #%d (%s, started %s) is unfinished; this run asks for a %s campaign",
+		e.Open.ID, e.Open.Kind, e.Open.StartedAt.Format(time.RFC3339), e.Want)
+}
+
+// campaign finds the open campaign. continuing is true when this run
+// continues it (same kind, and no NewCampaign); a run that asks for no
+// campaign gets the open one back for display only.
+func (r *Runner) campaign(ctx context.Context) (open *ledger.Campaign, continuing bool, err error) {
+	if r.Ledger == nil {
+		return nil, false, nil
+	}
+	c, ok, err := r.Ledger.OpenCampaign(ctx)
+	if err != nil || !ok {
+		return nil, false, err
+	}
+	kind := r.Options.Policy.campaignKind()
+	switch {
+	case kind == "":
+		return &c, false, nil
+	case r.Options.Policy.NewCampaign:
+		return nil, false, nil
+	case c.Kind != kind:
+		return nil, false, &CampaignError{Open: c, Want: kind}
+	}
+	r.Options.Policy.Campaign = c.ID
+	return &c, true, nil
+}
+
+// PlanCampaign sets the policy's campaign to the open one it would continue,
+// for a dry run's plan; it returns that campaign, or nil.
+func (r *Runner) PlanCampaign(ctx context.Context) (*ledger.Campaign, error) {
+	open, continuing, err := r.campaign(ctx)
+	if err != nil || !continuing {
+		return open, err
+	}
+	return open, nil
 }
 
 // Resumable reports whether re-running the same command has work to do.
@@ -289,7 +360,7 @@ func rowIDs(rows []manifests.Row) []string {
 
 // briefDevice is a ledger row with only what Decide reads.
 func briefDevice(id string, b ledger.Brief) ledger.Device {
-	return ledger.Device{RegistrationID: id, State: b.State, OperationID: b.OperationID, Fingerprint: b.Fingerprint, FinishedAt: b.FinishedAt}
+	return ledger.Device{RegistrationID: id, State: b.State, OperationID: b.OperationID, Fingerprint: b.Fingerprint, FinishedAt: b.FinishedAt, CampaignID: b.CampaignID}
 }
 
 // Run provisions every device of the manifest that needs work. Closing drain
@@ -322,6 +393,10 @@ func (r *Runner) Run(ctx context.Context, drain <-chan struct{}) (*Result, error
 			return r.stoppedEarly(ctx, pctx, err)
 		}
 	}
+	open, continuing, err := r.campaign(pctx)
+	if err != nil {
+		return r.stoppedEarly(ctx, pctx, err)
+	}
 	plan, err := r.Plan(pctx, true)
 	if err != nil {
 		return r.stoppedEarly(ctx, pctx, err)
@@ -338,12 +413,32 @@ func (r *Runner) Run(ctx context.Context, drain <-chan struct{}) (*Result, error
 	}
 	r.runID = runID
 	res := &Result{Plan: plan, RunID: runID}
+	if kind := r.Options.Policy.campaignKind(); kind != "" {
+		if !continuing {
+			// Recorded before the first device of the campaign is
+			// registered: a kill from here on is continued, not restarted.
+			c, err := r.Ledger.StartCampaign(ctx, kind, runID, r.runOptions())
+			if err != nil {
+				return nil, err
+			}
+			open = &c
+			res.CampaignStarted = true
+		}
+		r.Options.Policy.Campaign = open.ID
+	}
+	res.Campaign = open
 
 	stopped, err := r.dispatch(ctx, drain)
 	res.Stopped = stopped || ctx.Err() != nil
 	res.Snapshot = r.Stats.Snapshot()
 	res.ByHub = r.Stats.ByHub()
 	res.P50, res.P95 = r.Stats.Percentile(0.50), r.Stats.Percentile(0.95)
+	if err == nil && r.Options.Policy.Campaign != 0 && !res.Resumable() {
+		// Every device of the campaign reached a final state in it.
+		if err = r.Ledger.FinishCampaign(context.WithoutCancel(ctx), open.ID, ledger.CampaignCompleted); err == nil {
+			res.CampaignCompleted = true
+		}
+	}
 
 	outcome := "completed"
 	switch {
@@ -384,6 +479,7 @@ func (r *Runner) runOptions() map[string]string {
 		"device_timeout": o.DeviceTimeout.String(),
 		"retry_failed":   fmt.Sprint(o.RetryFailed),
 		"reprovision":    fmt.Sprint(o.Reprovision),
+		"settle":         o.Settle.String(),
 	}
 }
 
@@ -529,499 +625,20 @@ func (r *Runner) device(ctx context.Context, drain <-chan struct{}, rd *manifest
 	// was dispatched: time spent queueing for the pacer is the fleet's.
 	dctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	w := &work{r: r, rec: rec, dev: dev, d: d, drain: drain, cancel: cancel}
-	defer w.stopDeadline()
-	w.rec.Fingerprint = dev.Fingerprint
-	return w.run(dctx, ctx, action)
-}
-
-type step int
-
-const (
-	stepRegister step = iota
-	stepPoll
-	stepLookup
-)
-
-// work is one device's state machine for one run.
-type work struct {
-	r     *Runner
-	rec   ledger.Device
-	dev   *manifests.Device
-	d     *dps.Device
-	drain <-chan struct{}
-
-	started  time.Time          // when the first request was sent (after pacing)
-	cancel   context.CancelFunc // ends the device's context
-	deadline *time.Timer        // fires cancel DeviceTimeout after started
-	timedOut atomic.Bool        // the deadline fired
-	stopped  bool               // a request may not be sent: stop now
-
-	failures   int           // failed requests this run (429s excepted)
-	puts       int           // register PUTs sent this run
-	retryAfter time.Duration // server's wish before the next poll or lookup
-	asked      int           // polls+lookups sent for the current operation
-	lastErr    error
-	lastErrMsg string // the last error's message, kept after later successes
-}
-
-// run drives the device to a final state, or until its deadline, the run's
-// cancellation, a drain before its first request, or its failure budget.
-// runCtx is the run's context, to tell a stop from a device timeout.
-func (w *work) run(ctx, runCtx context.Context, action Action) error {
-	next := stepRegister
-	switch action {
-	case ActionPoll:
-		next = stepPoll
-	case ActionLookup:
-		next = stepLookup
-	}
-	for {
-		if ctx.Err() != nil || w.stopped || w.failures >= w.r.Options.MaxAttempts {
-			return w.giveUp(ctx, runCtx)
-		}
-		var err error
-		var done bool
-		switch next {
-		case stepRegister:
-			if w.puts >= w.r.Options.MaxAttempts {
-				// However the answers went, never more billable PUTs per
-				// device per run than --max-attempts.
-				return w.giveUp(ctx, runCtx)
-			}
-			next, done, err = w.register(ctx)
-		case stepPoll:
-			next, done, err = w.poll(ctx)
-		case stepLookup:
-			next, done, err = w.lookup(ctx)
-		}
-		if err != nil || done {
-			return err
-		}
-	}
-}
-
-// begin waits for the pacer before a request. It reports false when the
-// request must not be sent: the device's context ended, or a drain came
-// before the device sent anything in this run (it has not started, so it
-// is left for the next run).
-func (w *work) begin(ctx context.Context, p *Pacer) bool {
-	if err := p.Wait(ctx); err != nil {
-		// Cancelled, or no token before the context's deadline: either way
-		// this device cannot send now.
-		w.stopped = true
-		return false
-	}
-	if w.started.IsZero() {
+	fresh, stopFresh := context.WithCancel(dctx)
+	defer stopFresh()
+	go func() {
 		select {
-		case <-w.drain:
-			w.stopped = true
-			return false
-		default:
+		case <-drain:
+			stopFresh()
+		case <-fresh.Done():
 		}
-		w.started = w.r.now()
-		w.deadline = time.AfterFunc(w.r.Options.DeviceTimeout, func() {
-			w.timedOut.Store(true)
-			w.cancel()
-		})
-	}
-	return true
-}
-
-func (w *work) stopDeadline() {
-	if w.deadline != nil {
-		w.deadline.Stop()
-	}
-}
-
-// elapsed is the device's time from its first request; 0 if none was sent.
-func (w *work) elapsed() time.Duration {
-	if w.started.IsZero() {
-		return 0
-	}
-	return w.r.now().Sub(w.started)
-}
-
-// backoff waits before a retry after a failed request.
-func (w *work) backoff(ctx context.Context) {
-	if w.failures == 0 {
-		return
-	}
-	d := w.r.Options.Backoff.Delay(w.failures, w.retryAfterOf(w.lastErr))
-	w.r.Stats.retries.Add(1)
-	w.r.log().Debug("retrying", "device", w.rec.RegistrationID, "in", d.Round(time.Millisecond).String(),
-		"failures", w.failures, "max", w.r.Options.MaxAttempts, "last_error", w.lastErrMsg)
-	_ = sleep(ctx, d)
-}
-
-// noteError copies what an error says into the device's row and tells the
-// pacer about throttling. It reports whether the error was a throttle.
-func (w *work) noteError(err error, pacer *Pacer) (throttled bool) {
-	w.lastErr = err
-	defer func() { w.lastErrMsg = w.rec.ErrorMessage }()
-	var de *dps.Error
-	if !errors.As(err, &de) {
-		w.rec.HTTPStatus, w.rec.ErrorCode, w.rec.ErrorMessage = 0, 0, err.Error()
-		w.rec.Hint = dps.Hint(err)
-		return false
-	}
-	w.rec.HTTPStatus, w.rec.ErrorCode, w.rec.ErrorMessage = de.HTTPStatus, de.Code, de.Message
-	if de.Message == "" && de.Err != nil {
-		w.rec.ErrorMessage = de.Err.Error()
-	}
-	if de.RequestID != "" {
-		w.rec.RequestID = de.RequestID
-	} else if de.TrackingID != "" {
-		w.rec.RequestID = de.TrackingID
-	}
-	w.rec.Hint = dps.Hint(err)
-	// A 429, or a 503 that says when to come back, means the fleet is too
-	// fast: slow everyone down, not just this device.
-	if de.HTTPStatus == http.StatusTooManyRequests || (de.HTTPStatus == http.StatusServiceUnavailable && de.RetryAfter > 0) {
-		w.r.Stats.throttled.Add(1)
-		pacer.Throttled(CapRetryAfter(de.RetryAfter, w.r.Options.MaxRetryAfter))
-		return de.HTTPStatus == http.StatusTooManyRequests
-	}
-	return false
-}
-
-// failed handles an error from a request after noteError: it records a
-// permanent failure (done), returns a fatal error, or counts a retryable
-// failure (a 429 is the fleet's pace, not the device's failure, and is not
-// counted: the device deadline bounds it).
-func (w *work) failed(ctx context.Context, kind string, err error, throttled bool, att ledger.Attempt) (done bool, fatal error) {
-	switch dps.Classify(err) {
-	case dps.Permanent:
-		w.rec.State = ledger.StateFailed
-		w.rec.FinishedAt = w.r.now()
-		if err := w.put(ctx, att); err != nil {
-			return true, err
-		}
-		w.r.log().Warn("device failed", "device", w.rec.RegistrationID, "op", kind, "status", w.rec.HTTPStatus,
-			"code", w.rec.ErrorCode, "request_id", w.rec.RequestID, "error", w.rec.ErrorMessage, "hint", w.rec.Hint)
-		w.r.Stats.finish(OutcomeFailed, w.elapsed(), "")
-		return true, nil
-	case dps.Fatal:
-		_ = w.put(ctx, att)
-		if h := dps.Hint(err); h != "" {
-			return true, fmt.Errorf("%w\nhint: %s", err, h)
-		}
-		return true, err
-	}
-	if !throttled {
-		w.failures++
-	}
-	if err := w.put(ctx, att); err != nil {
-		return true, err
-	}
-	return false, nil
-}
-
-// refused reports whether err is DPS (or a gateway) answering a request
-// with a 4xx status: then the request did not start an operation.
-func refused(err error) bool {
-	var de *dps.Error
-	return errors.As(err, &de) && de.HTTPStatus >= 400 && de.HTTPStatus < 500
-}
-
-func (w *work) register(ctx context.Context) (step, bool, error) {
-	w.backoff(ctx)
-	if !w.begin(ctx, w.r.registerPacer) {
-		return stepRegister, false, nil // the loop sees ctx and gives up
-	}
-	// Record the intent before sending: if we die after the PUT, the next run
-	// sees "registering" and asks DPS before registering again.
-	w.rec.State = ledger.StateRegistering
-	w.rec.Attempts++
-	w.rec.OperationID = ""
-	if w.rec.FirstAttemptAt.IsZero() {
-		w.rec.FirstAttemptAt = w.r.now()
-	}
-	if err := w.put(ctx); err != nil {
-		return 0, true, err
-	}
-	w.puts++
-	w.r.Stats.registers.Add(1)
-	resp, err := w.r.Client.Register(ctx, w.d, w.dev.Payload)
-	att := w.attempt("register", resp, err)
-	if err != nil {
-		throttled := w.noteError(err, w.r.registerPacer)
-		if !refused(err) && dps.Classify(err) == dps.Retryable {
-			// No usable answer — a transport error, a 5xx, or a 2xx whose
-			// body was cut: the PUT may have started an operation. Ask DPS
-			// (non-billable) before sending another.
-			w.failures++
-			if err := w.put(ctx, att); err != nil {
-				return 0, true, err
-			}
-			return stepLookup, false, nil
-		}
-		// DPS refused the request (no operation was started), or the
-		// answer is unusable for good (a permanent protocol error).
-		w.rec.State = ledger.StateRetryable
-		done, ferr := w.failed(ctx, "register", err, throttled, att)
-		if done || ferr != nil {
-			return 0, true, ferr
-		}
-		return stepRegister, false, nil
-	}
-	w.r.registerPacer.Succeeded()
-	w.noteResponse(resp)
-	op := resp.Operation
-	w.rec.State = ledger.StateAssigning
-	w.rec.OperationID = op.OperationID
-	w.asked = 0
-	w.retryAfter = resp.RetryAfter
-	if op.Status.Final() && op.RegistrationState != nil {
-		return 0, true, w.final(ctx, op.Status, op.RegistrationState, att)
-	}
-	// The operation id is durable before we poll it.
-	if err := w.put(ctx, att); err != nil {
-		return 0, true, err
-	}
-	return stepPoll, false, nil
-}
-
-// pollWait waits before a poll or lookup: the server's Retry-After for the
-// first one, and at least MinPollInterval between later ones, so a device
-// never exceeds DPS's 5 polls per 10 s. It reports false when the request
-// must not be sent (see begin).
-func (w *work) pollWait(ctx context.Context) bool {
-	w.backoff(ctx)
-	d := CapRetryAfter(w.retryAfter, w.r.Options.MaxRetryAfter)
-	if w.asked > 0 && d < w.r.Options.MinPollInterval {
-		d = w.r.Options.MinPollInterval
-	}
-	if err := sleep(ctx, d); err != nil {
-		return false
-	}
-	return w.begin(ctx, w.r.pollPacer)
-}
-
-func (w *work) poll(ctx context.Context) (step, bool, error) {
-	if !w.pollWait(ctx) {
-		return stepPoll, false, nil
-	}
-	w.asked++
-	w.rec.Polls++
-	w.r.Stats.polls.Add(1)
-	resp, err := w.r.Client.OperationStatus(ctx, w.d, w.rec.OperationID)
-	att := w.attempt("poll", resp, err)
-	if err != nil {
-		throttled := w.noteError(err, w.r.pollPacer)
-		var de *dps.Error
-		if errors.As(err, &de) && de.HTTPStatus == http.StatusNotFound {
-			// DPS no longer knows the operation: ask for the registration.
-			// It counts as a failure, so a server that 404s every poll
-			// cannot drive an endless register-poll loop.
-			w.failures++
-			w.asked = 0
-			if err := w.put(ctx, att); err != nil {
-				return 0, true, err
-			}
-			return stepLookup, false, nil
-		}
-		done, ferr := w.failed(ctx, "poll", err, throttled, att)
-		return stepPoll, done, ferr
-	}
-	w.r.pollPacer.Succeeded()
-	w.noteResponse(resp)
-	op := resp.Operation
-	w.retryAfter = resp.RetryAfter
-	if !known(op.Status) {
-		return 0, true, w.unknownStatus(ctx, op.Status, att)
-	}
-	if op.Status.Final() {
-		rs := op.RegistrationState
-		if rs == nil {
-			rs = &dps.DeviceRegistrationResult{RegistrationID: w.rec.RegistrationID, Status: op.Status}
-		}
-		return 0, true, w.final(ctx, op.Status, rs, att)
-	}
-	if err := w.put(ctx, att); err != nil {
-		return 0, true, err
-	}
-	return stepPoll, false, nil
-}
-
-func (w *work) lookup(ctx context.Context) (step, bool, error) {
-	if !w.pollWait(ctx) {
-		return stepLookup, false, nil
-	}
-	w.asked++
-	w.rec.Polls++
-	w.r.Stats.lookups.Add(1)
-	resp, err := w.r.Client.RegistrationStatus(ctx, w.d)
-	att := w.attempt("lookup", resp, err)
-	if err != nil {
-		throttled := w.noteError(err, w.r.pollPacer)
-		var de *dps.Error
-		if errors.As(err, &de) && de.HTTPStatus == http.StatusNotFound {
-			// DPS has no registration for the device: the lost PUT never
-			// arrived. Registering now wastes nothing.
-			w.rec.State = ledger.StateRetryable
-			w.lastErr = nil
-			if err := w.put(ctx, att); err != nil {
-				return 0, true, err
-			}
-			return stepRegister, false, nil
-		}
-		done, ferr := w.failed(ctx, "lookup", err, throttled, att)
-		return stepLookup, done, ferr
-	}
-	w.r.pollPacer.Succeeded()
-	w.noteResponse(resp)
-	reg := resp.Registration
-	w.retryAfter = resp.RetryAfter
-	if !known(reg.Status) {
-		return 0, true, w.unknownStatus(ctx, reg.Status, att)
-	}
-	switch {
-	case reg.Status.Final():
-		return 0, true, w.final(ctx, reg.Status, reg, att)
-	case reg.Status == dps.StatusAssigning:
-		// DPS is assigning it (our lost PUT arrived); keep asking, never re-PUT.
-		if err := w.put(ctx, att); err != nil {
-			return 0, true, err
-		}
-		return stepLookup, false, nil
-	default:
-		// unassigned: DPS knows the device but holds no assignment.
-		w.rec.State = ledger.StateRetryable
-		if err := w.put(ctx, att); err != nil {
-			return 0, true, err
-		}
-		return stepRegister, false, nil
-	}
-}
-
-// known reports whether s is one of the statuses DPS documents.
-func known(s dps.Status) bool {
-	switch s {
-	case dps.StatusUnassigned, dps.StatusAssigning, dps.StatusAssigned, dps.StatusFailed, dps.StatusDisabled:
-		return true
-	}
-	return false
-}
-
-// unknownStatus records a status dps-batch does not know as a permanent
-// failure, as the DPS SDKs do, rather than polling it until the deadline.
-func (w *work) unknownStatus(ctx context.Context, st dps.Status, att ledger.Attempt) error {
-	w.rec.State = ledger.StateFailed
-	w.rec.FinishedAt = w.r.now()
-	w.rec.ErrorCode = 0
-	w.rec.ErrorMessage = fmt.Sprintf("DPS answered with status %q, which is not a documented DPS status", st)
-	w.rec.Hint = "check the endpoint is a DPS device endpoint and the --api-version is one it supports"
-	if err := w.put(ctx, att); err != nil {
-		return err
-	}
-	w.r.log().Warn("device failed", "device", w.rec.RegistrationID, "error", w.rec.ErrorMessage)
-	w.r.Stats.finish(OutcomeFailed, w.elapsed(), "")
-	return nil
-}
-
-// final records a final answer from DPS.
-func (w *work) final(ctx context.Context, st dps.Status, rs *dps.DeviceRegistrationResult, att ledger.Attempt) error {
-	w.rec.FinishedAt = w.r.now()
-	w.rec.Substatus = rs.Substatus
-	w.rec.ErrorCode, w.rec.ErrorMessage, w.rec.Hint = rs.ErrorCode, rs.ErrorMessage, ""
-	outcome := OutcomeAssigned
-	switch st {
-	case dps.StatusAssigned:
-		w.rec.State = ledger.StateAssigned
-		w.rec.AssignedHub, w.rec.DeviceID = rs.AssignedHub, rs.DeviceID
-	case dps.StatusDisabled:
-		w.rec.State = ledger.StateDisabled
-		w.rec.Hint = dps.HintForStatus(st, rs.ErrorCode)
-		outcome = OutcomeDisabled
-	default:
-		w.rec.State = ledger.StateFailed
-		w.rec.Hint = dps.HintForStatus(st, rs.ErrorCode)
-		outcome = OutcomeFailed
-	}
-	if err := w.put(ctx, att); err != nil {
-		return err
-	}
-	w.r.log().Debug("device finished", "device", w.rec.RegistrationID, "status", string(st),
-		"hub", w.rec.AssignedHub, "attempt", w.rec.Attempts, "request_id", w.rec.RequestID)
-	w.r.Stats.finish(outcome, w.elapsed(), w.rec.AssignedHub)
-	return nil
-}
-
-// giveUp records a device that did not finish in this run: its state stays
-// what DPS last told us (registering and assigning remain so, so a re-run
-// asks instead of registering again).
-func (w *work) giveUp(ctx, runCtx context.Context) error {
-	why := "stopped before its first request"
-	switch {
-	case runCtx.Err() != nil:
-		why = "run interrupted"
-	case w.timedOut.Load():
-		why = fmt.Sprintf("no final answer within --timeout-per-device %s", w.r.Options.DeviceTimeout)
-	case w.failures >= w.r.Options.MaxAttempts:
-		why = fmt.Sprintf("gave up after %d failed requests (--max-attempts)", w.failures)
-	case w.puts >= w.r.Options.MaxAttempts:
-		why = fmt.Sprintf("gave up after %d register requests (--max-attempts)", w.puts)
-	}
-	if w.lastErrMsg != "" {
-		why += "; last error: " + w.lastErrMsg
-	}
-	if w.started.IsZero() {
-		// Nothing was sent in this run: leave the row as it was.
-		w.r.Stats.finish(OutcomeUnfinished, 0, "")
-		return nil
-	}
-	if w.rec.State == ledger.StatePending {
-		w.rec.State = ledger.StateRetryable
-	}
-	w.rec.ErrorMessage = why
-	if err := w.put(ctx); err != nil {
-		return err
-	}
-	// Debug, not Warn: in an outage this would be one line per device; the
-	// summary counts them and status/report show each reason.
-	w.r.log().Debug("device unfinished; re-run to continue", "device", w.rec.RegistrationID,
-		"state", string(w.rec.State), "reason", why)
-	w.r.Stats.finish(OutcomeUnfinished, w.elapsed(), "")
-	return nil
-}
-
-func (w *work) retryAfterOf(err error) time.Duration {
-	if err == nil {
-		return 0
-	}
-	return CapRetryAfter(dps.RetryAfter(err), w.r.Options.MaxRetryAfter)
-}
-
-func (w *work) noteResponse(resp *dps.Response) {
-	w.rec.HTTPStatus = resp.HTTPStatus
-	if resp.RequestID != "" {
-		w.rec.RequestID = resp.RequestID
-	}
-	w.lastErr = nil
-}
-
-func (w *work) attempt(kind string, resp *dps.Response, err error) ledger.Attempt {
-	a := ledger.Attempt{RegistrationID: w.rec.RegistrationID, RunID: w.r.runID, Kind: kind, At: w.r.now()}
-	if resp != nil {
-		a.HTTPStatus, a.RequestID, a.Latency = resp.HTTPStatus, resp.RequestID, resp.Latency
-	}
-	var de *dps.Error
-	if errors.As(err, &de) {
-		a.HTTPStatus, a.ErrorCode, a.RequestID = de.HTTPStatus, de.Code, de.RequestID
-	}
-	return a
-}
-
-// put writes the device row (and attempt log rows) durably. It ignores the
-// device's cancellation: what happened at DPS must be recorded even while
-// stopping.
-func (w *work) put(ctx context.Context, att ...ledger.Attempt) error {
-	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
-	defer cancel()
-	w.rec.RunID = w.r.runID
-	if err := w.r.Ledger.Put(wctx, w.rec, att...); err != nil {
-		return fmt.Errorf("record device %s in ledger: %w", w.rec.RegistrationID, err)
-	}
-	return nil
+	}()
+	w := &work{r: r, rec: rec, dev: dev, d: d, drain: drain, fresh: fresh, cancel: cancel}
+	defer w.stopDeadline()
+	// A campaign registers again a device DPS already answered; without the
+	// record of that answer, a lookup could not tell it from the new one.
+	baseline := action == ActionRegister && rec.State.Final() && rec.Record.IsZero()
+	w.rec.Fingerprint = dev.Fingerprint
+	return w.run(dctx, ctx, action, baseline)
 }

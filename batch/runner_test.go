@@ -150,6 +150,8 @@ func (f *fixture) runner(client batch.Client) *batch.Runner {
 			MinPollInterval: time.Millisecond,
 			DeviceTimeout:   time.Minute,
 			Backoff:         batch.Backoff{Base: 5 * time.Millisecond, Max: 50 * time.Millisecond},
+			RequestTimeout:  5 * time.Second,
+			Settle:          100 * time.Millisecond,
 		},
 	}
 }
@@ -426,8 +428,10 @@ func TestPermanentFailuresRecordedOnce(t *testing.T) {
 	if failed.State != ledger.StateFailed || failed.ErrorCode != dps.CodeInvalidCredentials || failed.HTTPStatus != 401 || failed.Hint == "" || failed.RequestID == "" {
 		t.Errorf("unknown device: %+v, want failed with 401002, a hint and a request id", failed)
 	}
-	if failed.Attempts != 1 {
-		t.Errorf("unknown device was registered %d times, want once (permanent failures are not retried)", failed.Attempts)
+	log, err := f.ledger.Attempts(ctx, "si-00003")
+	must(t, err)
+	if len(log) != 1 || log[0].Kind != "register" || failed.Attempts != 0 {
+		t.Errorf("unknown device: attempt log %+v, %d counted billable; want one register (permanent failures are not retried) and 0 (DPS refused it)", log, failed.Attempts)
 	}
 
 	before := f.sim.Stats().Requests
@@ -440,8 +444,10 @@ func TestPermanentFailuresRecordedOnce(t *testing.T) {
 	r.Options.RetryFailed = true
 	res, err = r.Run(ctx, nil)
 	must(t, err)
-	if res.Snapshot.Registers != 2 {
-		t.Errorf("--retry-failed sent %d register PUTs, want 2", res.Snapshot.Registers)
+	// The disabled device's PUT is accepted (its operation ends disabled);
+	// the unknown device's is refused: two sent, one billable.
+	if s := res.Snapshot; s.RegisterRequests != 2 || s.Registers != 1 {
+		t.Errorf("--retry-failed sent %d register PUTs, %d accepted; want 2 and 1", s.RegisterRequests, s.Registers)
 	}
 }
 
@@ -463,8 +469,10 @@ func TestChangedCredentialsAreReported(t *testing.T) {
 	r.Options.Reprovision = true
 	res, err = r.Run(context.Background(), nil)
 	must(t, err)
-	if res.Snapshot.Registers != 2 {
-		t.Errorf("--reprovision sent %d register PUTs, want 2", res.Snapshot.Registers)
+	// The device with the new individual key has no enrollment (401):
+	// two PUTs sent, one accepted.
+	if s := res.Snapshot; s.RegisterRequests != 2 || s.Registers != 1 {
+		t.Errorf("--reprovision sent %d register PUTs, %d accepted; want 2 and 1", s.RegisterRequests, s.Registers)
 	}
 }
 

@@ -28,16 +28,19 @@ func (o Outcome) String() string {
 // Stats are the live counters of a run, safe for concurrent use. The
 // progress display reads them with Snapshot.
 type Stats struct {
-	started    atomic.Int64 // Unix nanoseconds when dispatch began; 0 = not yet
-	total      atomic.Int64 // devices planned to be touched
-	outcomes   [numOutcomes]atomic.Int64
-	inFlight   atomic.Int64
-	registers  atomic.Int64
-	polls      atomic.Int64
-	lookups    atomic.Int64
-	retries    atomic.Int64
-	throttled  atomic.Int64
-	skipFailed atomic.Int64 // skipped devices whose ledger state is failed or disabled
+	started          atomic.Int64 // Unix nanoseconds when dispatch began; 0 = not yet
+	total            atomic.Int64 // devices planned to be touched
+	outcomes         [numOutcomes]atomic.Int64
+	inFlight         atomic.Int64
+	registers        atomic.Int64 // register PUTs DPS accepted (billable)
+	registerRequests atomic.Int64 // register PUTs sent
+	unanswered       atomic.Int64 // register PUTs with no usable answer: may be billable
+	conflicts        atomic.Int64 // register PUTs answered 409203
+	polls            atomic.Int64
+	lookups          atomic.Int64
+	retries          atomic.Int64
+	throttled        atomic.Int64
+	skipFailed       atomic.Int64 // skipped devices whose ledger state is failed or disabled
 
 	mu        sync.Mutex
 	latencies []time.Duration // per finished device: first request to final answer
@@ -46,11 +49,19 @@ type Stats struct {
 
 // Snapshot is a consistent-enough copy of the counters for display.
 type Snapshot struct {
-	Elapsed   time.Duration
-	Total     int // devices this run has to work on (excludes skips)
-	Outcomes  [numOutcomes]int
-	InFlight  int
-	Registers int // register PUTs sent (billable)
+	Elapsed  time.Duration
+	Total    int // devices this run has to work on (excludes skips)
+	Outcomes [numOutcomes]int
+	InFlight int
+	// Registers counts register PUTs DPS accepted (2xx): the billable ones.
+	Registers int
+	// RegisterRequests counts every register PUT sent, refused ones included.
+	RegisterRequests int
+	// Unanswered counts register PUTs with no usable answer: DPS may have
+	// accepted them (each was followed by a lookup, never by another PUT).
+	Unanswered int
+	// Conflicts counts register PUTs answered 409203 (an operation was running).
+	Conflicts int
 	Polls     int
 	Lookups   int
 	Retries   int
@@ -85,14 +96,17 @@ func (s Snapshot) ETA() time.Duration {
 // Snapshot copies the counters.
 func (st *Stats) Snapshot() Snapshot {
 	s := Snapshot{
-		Total:           int(st.total.Load()),
-		InFlight:        int(st.inFlight.Load()),
-		Registers:       int(st.registers.Load()),
-		Polls:           int(st.polls.Load()),
-		Lookups:         int(st.lookups.Load()),
-		Retries:         int(st.retries.Load()),
-		Throttled:       int(st.throttled.Load()),
-		SkippedFailures: int(st.skipFailed.Load()),
+		Total:            int(st.total.Load()),
+		InFlight:         int(st.inFlight.Load()),
+		Registers:        int(st.registers.Load()),
+		RegisterRequests: int(st.registerRequests.Load()),
+		Unanswered:       int(st.unanswered.Load()),
+		Conflicts:        int(st.conflicts.Load()),
+		Polls:            int(st.polls.Load()),
+		Lookups:          int(st.lookups.Load()),
+		Retries:          int(st.retries.Load()),
+		Throttled:        int(st.throttled.Load()),
+		SkippedFailures:  int(st.skipFailed.Load()),
 	}
 	if ns := st.started.Load(); ns != 0 {
 		s.Elapsed = time.Since(time.Unix(0, ns))

@@ -340,6 +340,7 @@ func (c *Client) RegistrationStatus(ctx context.Context, d *Device) (*Response, 
 		if res.Status == "" {
 			return fmt.Errorf("%w: registration status response has no status", ErrProtocol)
 		}
+		res.clean()
 		r.Registration = &res
 		return nil
 	})
@@ -354,6 +355,11 @@ func decodeOperation(data []byte) (*RegistrationOperationStatus, error) {
 	if st.Status == "" {
 		return nil, fmt.Errorf("%w: response has no status", ErrProtocol)
 	}
+	if err := checkOperationID(st.OperationID); err != nil {
+		return nil, err
+	}
+	st.Status = Status(cleanText(string(st.Status), maxShortLen))
+	st.RegistrationState.clean()
 	return &st, nil
 }
 

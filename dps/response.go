@@ -3,6 +3,7 @@ package dps
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"net/http"
 	"strconv"
 	"strings"
@@ -156,4 +157,43 @@ func tokenEnd(s, stop string) int {
 		return k
 	}
 	return len(s)
+}
+
+// Caps on server text kept from a 2xx body. Values longer than DPS ever
+// sends are cut (and control characters replaced) so that a hostile or broken
+// server cannot flood the ledger, the logs or a report.
+const (
+	maxOperationIDLen = 256 // DPS ids are about 60 characters
+	maxHubLen         = 255 // a DNS host name
+	maxDeviceIDLen    = 128 // IoT Hub device ids
+	maxShortLen       = 100 // status, substatus, etag, timestamps
+)
+
+// checkOperationID rejects an operation id that cannot be what DPS sent: it
+// is sent back in a URL path, so it is refused rather than altered.
+func checkOperationID(id string) error {
+	if len(id) > maxOperationIDLen {
+		return fmt.Errorf("%w: operationId is %d bytes long", ErrProtocol, len(id))
+	}
+	if cleanText(id, maxOperationIDLen) != id {
+		return fmt.Errorf("%w: operationId has control characters or spaces", ErrProtocol)
+	}
+	return nil
+}
+
+// clean makes the server-supplied text of a registration result safe to
+// store and print, like error bodies are.
+func (r *DeviceRegistrationResult) clean() {
+	if r == nil {
+		return
+	}
+	r.RegistrationID = cleanText(r.RegistrationID, maxDeviceIDLen)
+	r.Status = Status(cleanText(string(r.Status), maxShortLen))
+	r.AssignedHub = cleanText(r.AssignedHub, maxHubLen)
+	r.DeviceID = cleanText(r.DeviceID, maxDeviceIDLen)
+	r.Substatus = cleanText(r.Substatus, maxShortLen)
+	r.ErrorMessage = cleanText(r.ErrorMessage, maxMessageLen)
+	r.ETag = cleanText(r.ETag, maxShortLen)
+	r.CreatedDateTimeUTC = cleanText(r.CreatedDateTimeUTC, maxShortLen)
+	r.LastUpdatedDateTimeUTC = cleanText(r.LastUpdatedDateTimeUTC, maxShortLen)
 }

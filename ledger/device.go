@@ -79,6 +79,44 @@ type Device struct {
 	FinishedAt     time.Time // zero = not finished; stored to the millisecond
 	UpdatedAt      time.Time // set by the ledger on every write (Options.Now), read back in UTC
 	RunID          int64     // run that last wrote the row, 0 = none
+	// CampaignID is the re-registration campaign (--reprovision,
+	// --retry-failed) in which the device was last registered; 0 = none.
+	// A campaign registers each device at most once, whatever the crashes.
+	CampaignID int64
+	// PutAt is when the last register request that may have taken effect
+	// was about to be sent; zero = none. A lookup that finds nothing soon
+	// after it does not prove the request will never take effect.
+	PutAt time.Time
+	// Record identifies the DPS registration record of the last final
+	// answer, so that a lookup showing that same record is recognised as
+	// an old answer, not the answer to a newer register request.
+	Record Record
+}
+
+// Record identifies one version of a device's registration record at DPS,
+// as DPS wrote it (strings are kept verbatim: they are compared, never parsed,
+// so no local clock is involved).
+type Record struct {
+	ETag    string // etag
+	Updated string // lastUpdatedDateTimeUtc
+	Created string // createdDateTimeUtc
+}
+
+// IsZero reports whether nothing is known of the record.
+func (r Record) IsZero() bool { return r.ETag == "" && r.Updated == "" }
+
+// Same reports whether r and o are the same version of a registration
+// record: the same etag, or with no etag on either side, the same
+// lastUpdatedDateTimeUtc. Unknown records are never the same.
+func (r Record) Same(o Record) bool {
+	if r.ETag != "" && o.ETag != "" {
+		return r.ETag == o.ETag
+	}
+	if r.ETag != "" || o.ETag != "" {
+		// One side has an etag and the other not: compare what both have.
+		return r.Updated != "" && r.Updated == o.Updated && r.Created == o.Created
+	}
+	return r.Updated != "" && r.Updated == o.Updated
 }
 
 // Attempt is one HTTP transaction with DPS, appended to the attempt log.
@@ -170,13 +208,14 @@ func idOrNull(id int64) any {
 
 const deviceColumns = `registration_id, state, operation_id, assigned_hub, device_id, substatus,
 	error_code, error_message, hint, http_status, request_id, attempts, polls, fingerprint,
-	first_attempt_at, finished_at, updated_at, run_id`
+	first_attempt_at, finished_at, updated_at, run_id,
+	campaign_id, put_at, dps_etag, dps_updated, dps_created`
 
 const deviceSQL = `SELECT ` + deviceColumns + ` FROM devices WHERE registration_id = ?`
 
 // upsertSQL writes a whole device row. updated_at is argument 17 (index 16).
 const upsertSQL = `INSERT INTO devices (` + deviceColumns + `)
-	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 	ON CONFLICT (registration_id) DO UPDATE SET
 		state = excluded.state, operation_id = excluded.operation_id,
 		assigned_hub = excluded.assigned_hub, device_id = excluded.device_id,
@@ -186,7 +225,9 @@ const upsertSQL = `INSERT INTO devices (` + deviceColumns + `)
 		attempts = excluded.attempts, polls = excluded.polls,
 		fingerprint = excluded.fingerprint, first_attempt_at = excluded.first_attempt_at,
 		finished_at = excluded.finished_at, updated_at = excluded.updated_at,
-		run_id = excluded.run_id
+		run_id = excluded.run_id, campaign_id = excluded.campaign_id,
+		put_at = excluded.put_at, dps_etag = excluded.dps_etag,
+		dps_updated = excluded.dps_updated, dps_created = excluded.dps_created
 	RETURNING id`
 
 // updatedAtArg is the index of updated_at in the upsert arguments.
@@ -214,6 +255,7 @@ func deviceArgs(d Device) ([]any, error) {
 		d.RegistrationID, code, d.OperationID, d.AssignedHub, d.DeviceID, d.Substatus,
 		d.ErrorCode, d.ErrorMessage, d.Hint, d.HTTPStatus, packID(d.RequestID), d.Attempts, d.Polls, d.Fingerprint,
 		msOrNull(d.FirstAttemptAt), msOrNull(d.FinishedAt), nil, idOrNull(d.RunID),
+		d.CampaignID, msOrNull(d.PutAt), d.Record.ETag, d.Record.Updated, d.Record.Created,
 	}, nil
 }
 
@@ -246,11 +288,12 @@ func scanDevice(s rowScanner) (Device, error) {
 		state                   int
 		reqID                   any
 		first, finished, update sql.NullInt64
-		run                     sql.NullInt64
+		run, putAt              sql.NullInt64
 	)
 	err := s.Scan(&d.RegistrationID, &state, &d.OperationID, &d.AssignedHub, &d.DeviceID, &d.Substatus,
 		&d.ErrorCode, &d.ErrorMessage, &d.Hint, &d.HTTPStatus, &reqID, &d.Attempts, &d.Polls, &d.Fingerprint,
-		&first, &finished, &update, &run)
+		&first, &finished, &update, &run,
+		&d.CampaignID, &putAt, &d.Record.ETag, &d.Record.Updated, &d.Record.Created)
 	if err != nil {
 		return Device{}, err
 	}
@@ -260,6 +303,7 @@ func scanDevice(s rowScanner) (Device, error) {
 	d.RequestID = unpackID(reqID)
 	d.FirstAttemptAt, d.FinishedAt, d.UpdatedAt = timeOf(first), timeOf(finished), timeOf(update)
 	d.RunID = run.Int64
+	d.PutAt = timeOf(putAt)
 	return d, nil
 }
 

@@ -21,11 +21,12 @@ type Brief struct {
 	OperationID string
 	Fingerprint string
 	FinishedAt  time.Time // zero = not finished
+	CampaignID  int64     // campaign of the device's last registration, 0 = none
 }
 
 // briefsSQL selects up to LookupChunk devices by id; shorter lists are
 // padded with their last id (a repeated IN value matches its row once).
-var briefsSQL = `SELECT registration_id, state, operation_id, fingerprint, finished_at FROM devices WHERE registration_id IN (?` +
+var briefsSQL = `SELECT registration_id, state, operation_id, fingerprint, finished_at, campaign_id FROM devices WHERE registration_id IN (?` +
 	strings.Repeat(", ?", LookupChunk-1) + `)`
 
 // Briefs returns the Brief of every device in ids that the ledger knows,
@@ -70,7 +71,7 @@ func (l *Ledger) Briefs(ctx context.Context, ids []string) (map[string]Brief, er
 				finished sql.NullInt64
 				b        Brief
 			)
-			if err := rows.Scan(&id, &code, &b.OperationID, &b.Fingerprint, &finished); err != nil {
+			if err := rows.Scan(&id, &code, &b.OperationID, &b.Fingerprint, &finished, &b.CampaignID); err != nil {
 				rows.Close()
 				return nil, l.classify(op, err)
 			}
