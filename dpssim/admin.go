@@ -17,14 +17,21 @@ const adminIndex = `dpssim inspection and admin API (no client certificate neede
 
 GET  /_sim/registrations                          every registration: status, hub, deviceId, request counts
 GET  /_sim/registrations/{registrationId}         one registration
-GET  /_sim/stats                                  totals: registers, polls, lookups, throttled, faults, by HTTP status
-GET  /_sim/knobs                                  run-time tunables: retryAfterSeconds, assignmentDelay, quotas, faults
+GET  /_sim/stats                                  totals: registers, conflicts, late effects, polls, lookups, throttled, faults, by HTTP status
+GET  /_sim/knobs                                  run-time tunables: retryAfterSeconds, assignmentDelay, quotas, faults, lookupWhileAssigning
 PUT  /_sim/knobs                                  change some of them, e.g. {"faults":{"registerErrorRate":0.2}}
 POST /_sim/hold                                   hold register requests before they take effect
 POST /_sim/release                                let held register requests proceed
 GET  /_sim/certificates                           uploaded CA certificates, verified or not, with verification codes
 POST /_sim/certificates/{name}/verificationCode   the code to put in a proof-of-possession certificate's CN
 POST /_sim/certificates/{name}/verify             body: the verification certificate (PEM, or {"certificate": "..."})
+
+Per registration, "registers" counts the register PUTs that took effect at this server (started an
+operation), whatever the client saw: on time or late (faults.lateEffectRate, counted when the effect
+happens, even if the client had gone), with the answer lost (dropResponseRate) or unusable
+(registerBadBodyRate). Refused PUTs (401, 409203, 429, injected 5xx, dropped before taking effect) do
+not count, nor do records loaded from the config's "registrations" ("fromConfig": true).
+"registerTimes" lists when each counted registration took effect, to count them per time window.
 `
 
 // CertificateInfo describes an uploaded CA certificate.

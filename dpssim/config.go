@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/dps-batch/dps-batch/certs"
+	"github.com/dps-batch/dps-batch/dps"
 )
 
 // Defaults used when the corresponding Config field is zero.
@@ -87,7 +88,11 @@ const (
 //	  "retryAfterSeconds": 3,
 //	  "assignmentDelay": "500ms",
 //	  "quotas": {"registrationsPerMinute": 1000, "pollsPer10sPerDevice": 5},
-//	  "faults": {"seed": 1, "registerErrorRate": 0.05, "latency": "20ms"}
+//	  "faults": {"seed": 1, "registerErrorRate": 0.05, "latency": "20ms"},
+//	  "lookupWhileAssigning": "assigning",
+//	  "registrations": [
+//	    {"registrationId": "dev-1", "status": "assigned", "assignedHub": "hub-2.azure-devices.net"}
+//	  ]
 //	}
 //
 // File paths (file, certificateFile, signingCertificateFile) are relative to
@@ -121,6 +126,55 @@ type Config struct {
 	Quotas Quotas `json:"quotas"`
 	// Faults are the injected failures; the zero value injects none.
 	Faults Faults `json:"faults"`
+	// LookupWhileAssigning is what the status lookup shows while a
+	// device's operation runs: "assigning" ("" means this), "notFound" or
+	// "previous"; see Knobs.LookupWhileAssigning.
+	LookupWhileAssigning string `json:"lookupWhileAssigning,omitempty"`
+	// Registrations are registration records that exist when the server
+	// starts, as DPS keeps them for devices that registered before (say,
+	// yesterday). The status lookup returns them; they are not counted in
+	// Registers, which counts only registrations that took effect at this
+	// server. Empty means every device starts unregistered.
+	Registrations []ExistingRegistration `json:"registrations,omitempty"`
+}
+
+// ExistingRegistration is a registration record present when the server
+// starts (Config.Registrations).
+type ExistingRegistration struct {
+	// RegistrationID is the device's registration id (required; DPS rules).
+	RegistrationID string `json:"registrationId"`
+	// Status is "assigned", "failed" or "disabled" (required).
+	Status string `json:"status"`
+	// AssignedHub is the device's hub: required when assigned, and must be
+	// a linked hub; not allowed otherwise.
+	AssignedHub string `json:"assignedHub,omitempty"`
+	// DeviceID is the IoT Hub device id when assigned; "" means the
+	// registration id.
+	DeviceID string `json:"deviceId,omitempty"`
+	// Substatus is the assignment's substatus when assigned:
+	// initialAssignment ("" means this), deviceDataMigrated,
+	// deviceDataReset or reprovisionedToInitialAssignment.
+	Substatus string `json:"substatus,omitempty"`
+	// ErrorCode is the 6-digit code of a failed or disabled registration;
+	// 0 means 400207 for failed and 400209 for disabled.
+	ErrorCode int `json:"errorCode,omitempty"`
+	// ErrorMessage goes with ErrorCode; "" means a generic message.
+	ErrorMessage string `json:"errorMessage,omitempty"`
+	// CreatedDateTimeUTC is when the device first registered (JSON: RFC
+	// 3339, as DPS writes it); zero means when the server was created (New),
+	// or LastUpdatedDateTimeUTC if that is earlier.
+	CreatedDateTimeUTC time.Time `json:"createdDateTimeUtc,omitzero"`
+	// LastUpdatedDateTimeUTC is when the record last changed; zero means
+	// when the server was created, or CreatedDateTimeUTC if that is later.
+	// It must not be before the created time.
+	LastUpdatedDateTimeUTC time.Time `json:"lastUpdatedDateTimeUtc,omitzero"`
+	// ETag is the record's etag; "" means a fresh DPS-shaped one.
+	ETag string `json:"etag,omitempty"`
+	// Enrollment names the enrollment that admitted the device,
+	// "individual:<registrationId>" or "group:<enrollmentGroupId>"; ""
+	// means the device's individual enrollment if there is one, else
+	// unknown until it registers again.
+	Enrollment string `json:"enrollment,omitempty"`
 }
 
 // CustomAllocation configures the "custom" allocation policy, which stands in
@@ -270,6 +324,45 @@ type Faults struct {
 	// StayAssigningPolls makes the first N polls of every operation answer
 	// 202 "assigning" even when the assignment is done.
 	StayAssigningPolls int `json:"stayAssigningPolls"`
+
+	// LateEffectRate is the probability (0..1) that a register PUT takes
+	// effect late: LateEffectDelay after it arrived (after any Latency),
+	// whether or not its client is still connected by then. At that time it
+	// goes through exactly what a PUT on time does (409203 while an
+	// operation runs, the registration quota, a new operation); a client
+	// still connected LateAnswerDelay later gets the normal answer, one
+	// that has gone gets nothing. 0 means every PUT takes effect on arrival.
+	LateEffectRate float64 `json:"lateEffectRate"`
+	// LateEffectFirstPuts limits late effects to each device's first N
+	// register requests (authenticated PUTs, counted per registration id);
+	// 0 means any request may be late.
+	LateEffectFirstPuts int `json:"lateEffectFirstPuts"`
+	// LateEffectDelay is how long after arrival a late PUT takes effect
+	// (wall-clock time, not Server.Now); 0 means at once, though still
+	// detached from the client's connection.
+	LateEffectDelay Duration `json:"lateEffectDelay"`
+	// LateAnswerDelay is how long after taking effect a late PUT's answer is
+	// written; 0 means at once.
+	LateAnswerDelay Duration `json:"lateAnswerDelay"`
+
+	// LookupBare404Rate is the probability (0..1) that a registration status
+	// lookup answers 404 with a text/plain "Not Found" body and no DPS
+	// headers (no x-ms-request-id, no x-ms-error-code, no errorCode), as a
+	// proxy or gateway would. It is decided after LookupErrorRate. 0 means
+	// never.
+	LookupBare404Rate float64 `json:"lookupBare404Rate"`
+
+	// RegisterBadBodyRate is the probability (0..1) that a register PUT that
+	// took effect (an operation started, Registers counted it) gets an
+	// unusable 2xx answer of the RegisterBadBody kind. A correct client has
+	// to look the device up rather than register again. 0 means never.
+	RegisterBadBodyRate float64 `json:"registerBadBodyRate"`
+	// RegisterBadBody is the kind of unusable answer: "truncated" (half of
+	// the 202 JSON body, then the connection is closed), "noOperationId" (a
+	// 202 with status assigning and no operationId) or "syncAssigned" (the
+	// operation completes at once; a 200 with its final status and full
+	// registrationState but no operationId). "" means "truncated".
+	RegisterBadBody string `json:"registerBadBody"`
 }
 
 // Duration is a time.Duration that reads and writes JSON as a Go duration
@@ -364,6 +457,7 @@ func (c *Config) readFiles(dir string) error {
 	c.Certificates = append([]CACertificate(nil), c.Certificates...)
 	c.Individual = append([]IndividualEnrollment(nil), c.Individual...)
 	c.Groups = append([]EnrollmentGroup(nil), c.Groups...)
+	c.Registrations = append([]ExistingRegistration(nil), c.Registrations...)
 	// inline takes the content of *file into *content, refusing both.
 	inline := func(where, contentName, fileName string, content, file *string) error {
 		if *file == "" {
@@ -427,6 +521,7 @@ type instance struct {
 	individuals  map[string]*enrollment // by lower-case registration id
 	x509Groups   []*enrollment          // in config order
 	symKeyGroups []*enrollment          // in config order
+	existing     []ExistingRegistration // validated, defaults applied but times and etag
 	knobs        Knobs
 }
 
@@ -563,12 +658,93 @@ func compile(cfg Config) (*instance, error) {
 			in.symKeyGroups = append(in.symKeyGroups, e)
 		}
 	}
+	seen := map[string]bool{}
+	for i, r := range cfg.Registrations {
+		field := fmt.Sprintf("registrations[%d] (%s)", i, r.RegistrationID)
+		r, err := in.compileExisting(r)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", field, err)
+		}
+		key := strings.ToLower(r.RegistrationID)
+		if seen[key] {
+			return nil, fmt.Errorf("%s: registrationId is used twice (ids are case-insensitive)", field)
+		}
+		seen[key] = true
+		in.existing = append(in.existing, r)
+	}
 	k, err := knobsFromConfig(cfg)
 	if err != nil {
 		return nil, err
 	}
 	in.knobs = k
 	return in, nil
+}
+
+// compileExisting validates a pre-existing registration record and fills in
+// the defaults that do not depend on the time.
+func (in *instance) compileExisting(r ExistingRegistration) (ExistingRegistration, error) {
+	if err := checkRegistrationID(r.RegistrationID); err != nil {
+		return r, fmt.Errorf("registrationId: %w", err)
+	}
+	switch dps.Status(r.Status) {
+	case dps.StatusAssigned:
+		if r.AssignedHub == "" {
+			return r, fmt.Errorf("assignedHub is required when status is %q: one of the linked hubs %v", r.Status, in.hubs)
+		}
+		if !in.hubSet[r.AssignedHub] {
+			return r, fmt.Errorf("assignedHub %q is not one of the linked hubs %v", r.AssignedHub, in.hubs)
+		}
+		switch r.Substatus {
+		case "":
+			r.Substatus = dps.SubstatusInitialAssignment
+		case dps.SubstatusInitialAssignment, dps.SubstatusDeviceDataMigrated, dps.SubstatusDeviceDataReset, dps.SubstatusReprovisionedToInitialAssignment:
+		default:
+			return r, fmt.Errorf("substatus %q: want %q, %q, %q or %q", r.Substatus, dps.SubstatusInitialAssignment,
+				dps.SubstatusDeviceDataMigrated, dps.SubstatusDeviceDataReset, dps.SubstatusReprovisionedToInitialAssignment)
+		}
+		if r.DeviceID == "" {
+			r.DeviceID = r.RegistrationID
+		}
+		if r.ErrorCode != 0 || r.ErrorMessage != "" {
+			return r, fmt.Errorf("errorCode and errorMessage are for status %q or %q, not %q", dps.StatusFailed, dps.StatusDisabled, r.Status)
+		}
+	case dps.StatusFailed, dps.StatusDisabled:
+		if r.AssignedHub != "" || r.DeviceID != "" || r.Substatus != "" {
+			return r, fmt.Errorf("assignedHub, deviceId and substatus are for status %q, not %q", dps.StatusAssigned, r.Status)
+		}
+		if r.ErrorCode != 0 && (r.ErrorCode < 100000 || r.ErrorCode > 999999) {
+			return r, fmt.Errorf("errorCode %d: want a 6-digit DPS error code such as %d", r.ErrorCode, dps.CodeCustomAllocation)
+		}
+		if r.ErrorCode == 0 {
+			r.ErrorCode = dps.CodeCustomAllocation
+			if dps.Status(r.Status) == dps.StatusDisabled {
+				r.ErrorCode = codeEnrollmentDisabled
+			}
+		}
+		if r.ErrorMessage == "" {
+			r.ErrorMessage = "registration failed"
+			if dps.Status(r.Status) == dps.StatusDisabled {
+				r.ErrorMessage = "enrollment is disabled"
+			}
+		}
+	default:
+		return r, fmt.Errorf("status %q: want %q, %q or %q", r.Status, dps.StatusAssigned, dps.StatusFailed, dps.StatusDisabled)
+	}
+	if !r.CreatedDateTimeUTC.IsZero() && !r.LastUpdatedDateTimeUTC.IsZero() && r.LastUpdatedDateTimeUTC.Before(r.CreatedDateTimeUTC) {
+		return r, fmt.Errorf("lastUpdatedDateTimeUtc %s is before createdDateTimeUtc %s",
+			formatTime(r.LastUpdatedDateTimeUTC), formatTime(r.CreatedDateTimeUTC))
+	}
+	switch {
+	case r.Enrollment == "":
+		if in.individuals[strings.ToLower(r.RegistrationID)] != nil {
+			r.Enrollment = "individual:" + in.individuals[strings.ToLower(r.RegistrationID)].id
+		}
+	case strings.HasPrefix(r.Enrollment, "individual:") && len(r.Enrollment) > len("individual:"),
+		strings.HasPrefix(r.Enrollment, "group:") && len(r.Enrollment) > len("group:"):
+	default:
+		return r, fmt.Errorf("enrollment %q: want \"individual:<registrationId>\" or \"group:<enrollmentGroupId>\"", r.Enrollment)
+	}
+	return r, nil
 }
 
 func (in *instance) compileIndividual(ie IndividualEnrollment) (*enrollment, error) {
@@ -744,5 +920,10 @@ func knobsFromConfig(cfg Config) (Knobs, error) {
 	if cfg.RetryAfterSeconds != nil {
 		k.RetryAfterSeconds = *cfg.RetryAfterSeconds
 	}
-	return k, k.validate()
+	k.LookupWhileAssigning = cfg.LookupWhileAssigning
+	if err := k.validate(); err != nil {
+		return k, err
+	}
+	k.normalize()
+	return k, nil
 }

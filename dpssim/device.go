@@ -228,25 +228,83 @@ func (s *Server) register(c *call, att attested, body deviceRegistration, scope 
 		}
 	}
 	k = s.knobs.Load()
+	f := &k.Faults
+	badBody := ""
+	if f.RegisterBadBodyRate > 0 && draw(f.Seed, kindRegister, drawBadBody, c.regID, seq) < f.RegisterBadBodyRate {
+		badBody = f.badBodyMode()
+	}
+	eff := effectArgs{rec: rec, att: att, body: body, regID: c.regID, apiVersion: c.apiVersion, sync: badBody == BadBodySyncAssigned}
+	if f.LateEffectRate > 0 && (f.LateEffectFirstPuts == 0 || seq <= f.LateEffectFirstPuts) &&
+		draw(f.Seed, kindRegister, drawLateEffect, c.regID, seq) < f.LateEffectRate {
+		s.registerLate(c, eff, k, seq, badBody, scope)
+		return
+	}
+	res := s.takeEffect(eff)
+	if res.aerr != nil {
+		c.fail(res.aerr)
+		return
+	}
+	c.answerRegister(res, seq, badBody, scope)
+}
+
+// effectArgs is what a register PUT needs to take effect. It holds nothing
+// of the client's connection, so a late PUT can take effect after its
+// client has gone.
+type effectArgs struct {
+	rec        *registration
+	att        attested
+	body       deviceRegistration
+	regID      string
+	apiVersion string
+	sync       bool // complete the operation at once (BadBodySyncAssigned)
+	late       bool // a late effect (Faults.LateEffectRate)
+}
+
+// effectResult is a register PUT's outcome: an operation (with its final
+// state when sync), or the refusal to answer with; k are the knobs it was
+// decided under.
+type effectResult struct {
+	op    *operation
+	final *dps.DeviceRegistrationResult
+	aerr  *apiError
+	k     *Knobs
+}
+
+// takeEffect is the moment a register PUT takes effect: 409203 while the
+// device's current operation runs, 429 over the registration quota, else a
+// new operation, counted in Registers.
+func (s *Server) takeEffect(a effectArgs) effectResult {
+	k := s.knobs.Load()
 	now := s.now()
+	rec := a.rec
 	s.mu.Lock()
+	defer s.mu.Unlock()
+	if a.late {
+		rec.lateEffects++
+		s.stats.lateEffects.Add(1)
+	}
 	s.settle(rec, now)
 	if op := rec.current(); op != nil && !op.done {
-		s.mu.Unlock()
-		c.fail(&apiError{status: http.StatusConflict, code: dps.CodePreconditionFailed,
-			msg: fmt.Sprintf("Precondition failed: registration %q already has operation %s in progress", c.regID, op.id)})
-		return
+		s.stats.conflicts.Add(1)
+		return effectResult{k: k, aerr: &apiError{status: http.StatusConflict, code: dps.CodePreconditionFailed,
+			msg: fmt.Sprintf("Precondition failed: registration %q already has operation %s in progress", a.regID, op.id)}}
 	}
 	if res := s.regLim.Load().ReserveN(now, 1); !res.OK() || res.DelayFrom(now) > 0 {
 		wait := res.DelayFrom(now)
 		res.CancelAt(now)
-		s.mu.Unlock()
-		c.fail(&apiError{status: http.StatusTooManyRequests, code: dps.CodeThrottled, retryAfter: retryAfterSeconds(wait),
-			msg: fmt.Sprintf("registration rate exceeded: at most %d registrations per minute", k.Quotas.registrationsPerMinute())})
-		return
+		return effectResult{k: k, aerr: &apiError{status: http.StatusTooManyRequests, code: dps.CodeThrottled, retryAfter: retryAfterSeconds(wait),
+			msg: fmt.Sprintf("registration rate exceeded: at most %d registrations per minute", k.Quotas.registrationsPerMinute())}}
 	}
-	op := &operation{id: s.opPrefix + newUUID(), apiVersion: c.apiVersion, readyAt: now.Add(time.Duration(k.AssignmentDelay))}
-	op.out = s.decide(rec, att, c.regID, body.payload)
+	op := &operation{id: s.opPrefix + newUUID(), apiVersion: a.apiVersion, readyAt: now.Add(time.Duration(k.AssignmentDelay))}
+	if a.sync {
+		op.readyAt = now
+	}
+	op.out = s.decide(rec, a.att, a.regID, a.body.payload)
+	// The record as it was, for LookupPrevious while the new operation runs.
+	rec.prev = nil
+	if rec.status != "" && rec.status != dps.StatusAssigning {
+		rec.prev = rec.result()
+	}
 	if rec.created.IsZero() {
 		rec.created = now
 	}
@@ -259,11 +317,100 @@ func (s *Server) register(c *call, att attested, body deviceRegistration, scope 
 		rec.ops = append(rec.ops[:0], rec.ops[len(rec.ops)-maxOpsKept:]...)
 	}
 	rec.registers++
-	s.mu.Unlock()
+	rec.registerTimes = append(rec.registerTimes, now)
 	s.stats.registers.Add(1)
+	r := effectResult{op: op, k: k}
+	if a.sync {
+		s.settle(rec, now)
+		r.final = op.final
+	}
+	return r
+}
+
+// registerLate makes a register PUT take effect LateEffectDelay from now,
+// whether or not its client is still connected then, and answers
+// LateAnswerDelay after that if the client is still there. The effect is
+// abandoned only when the server is closed or shut down first.
+func (s *Server) registerLate(c *call, eff effectArgs, k *Knobs, seq int, badBody, scope string) {
+	effectDelay, answerDelay := time.Duration(k.Faults.LateEffectDelay), time.Duration(k.Faults.LateAnswerDelay)
+	life := lifeContext(c.r)
+	done := make(chan *effectResult, 1) // nil: abandoned
+	go func() {
+		t := time.NewTimer(effectDelay)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-life.Done():
+			done <- nil
+			return
+		}
+		eff.late = true
+		res := s.takeEffect(eff)
+		done <- &res
+	}()
+	// Giving up without an answer aborts the response, so that no empty
+	// 200 is written to a connection that is still open (server closing).
+	var res *effectResult
+	select {
+	case res = <-done:
+	case <-c.r.Context().Done():
+		// The client hung up or timed out (or the server is closing): the
+		// effect still happens unless the server closes first.
+		panic(http.ErrAbortHandler)
+	}
+	if res == nil {
+		// The server is closing: no effect, no answer.
+		panic(http.ErrAbortHandler)
+	}
+	if answerDelay > 0 {
+		t := time.NewTimer(answerDelay)
+		select {
+		case <-t.C:
+		case <-c.r.Context().Done():
+			t.Stop()
+			panic(http.ErrAbortHandler)
+		}
+	}
+	if res.aerr != nil {
+		c.fail(res.aerr)
+		return
+	}
+	c.answerRegister(*res, seq, badBody, scope)
+}
+
+// answerRegister answers a register PUT that took effect: normally 202 with
+// the operation id, or the unusable answer badBody names.
+func (c *call) answerRegister(res effectResult, seq int, badBody, scope string) {
+	k := res.k
 	c.maybeDropResponse(k, seq)
 	loc := "https://" + c.r.Host + "/" + url.PathEscape(scope) + "/registrations/" + url.PathEscape(c.regID) + "/register"
-	c.reply(http.StatusAccepted, dps.RegistrationOperationStatus{OperationID: op.id, Status: dps.StatusAssigning}, k.RetryAfterSeconds, loc)
+	accepted := dps.RegistrationOperationStatus{OperationID: res.op.id, Status: dps.StatusAssigning}
+	switch badBody {
+	case BadBodyTruncated:
+		c.s.stats.faults.Add(1)
+		b, _ := json.Marshal(accepted)
+		c.w.Header().Set("Location", loc)
+		// Announce the whole body, send half, and close: the client sees
+		// a short body it cannot parse.
+		c.w.Header().Set("Content-Length", strconv.Itoa(len(b)))
+		c.write(http.StatusAccepted, b[:len(b)/2], k.RetryAfterSeconds)
+		_ = http.NewResponseController(c.w).Flush()
+		c.log(http.StatusAccepted, 0)
+		panic(http.ErrAbortHandler)
+	case BadBodyNoOperationID:
+		c.s.stats.faults.Add(1)
+		c.reply(http.StatusAccepted, struct {
+			Status dps.Status `json:"status"`
+		}{dps.StatusAssigning}, k.RetryAfterSeconds, loc)
+	case BadBodySyncAssigned:
+		c.s.stats.faults.Add(1)
+		c.reply(http.StatusOK, struct {
+			Status            dps.Status                    `json:"status"`
+			RegistrationState *dps.DeviceRegistrationResult `json:"registrationState"`
+		}{res.final.Status, res.final}, -1, loc)
+	default:
+		c.reply(http.StatusAccepted, accepted, k.RetryAfterSeconds, loc)
+	}
 }
 
 // decide computes a new operation's outcome from the enrollment, the
@@ -403,6 +550,10 @@ func (s *Server) poll(c *call, opID string) {
 // unknown registration, and 404201 is the code DPS uses for "registration
 // not found"). Callers use this to tell "never registered, safe to register"
 // from "already assigned, do not register again" without a billable PUT.
+//
+// While the device's current operation runs, what the lookup shows is not
+// documented; Knobs.LookupWhileAssigning picks one of the possibilities.
+// Faults.LookupBare404Rate answers like a proxy instead.
 func (s *Server) lookup(c *call) {
 	k := s.knobs.Load()
 	s.mu.Lock()
@@ -413,19 +564,46 @@ func (s *Server) lookup(c *call) {
 	if !c.inject(k, seq, k.Faults.LookupErrorRate) {
 		return
 	}
+	if f := &k.Faults; f.LookupBare404Rate > 0 && draw(f.Seed, kindLookup, drawBare404, c.regID, seq) < f.LookupBare404Rate {
+		c.bare404()
+		return
+	}
 	now := s.now()
 	s.mu.Lock()
 	s.settle(rec, now)
-	if rec.status == "" {
-		s.mu.Unlock()
-		c.fail(&apiError{status: http.StatusNotFound, code: dps.CodeNotFound,
-			msg: fmt.Sprintf("registration %q not found: the device has not registered yet", c.regID)})
+	var res *dps.DeviceRegistrationResult
+	msg := fmt.Sprintf("registration %q not found: the device has not registered yet", c.regID)
+	if op := rec.current(); op != nil && !op.done {
+		switch k.LookupWhileAssigning {
+		case LookupNotFound:
+			msg = fmt.Sprintf("registration %q not found", c.regID)
+		case LookupPrevious:
+			res = rec.prev
+			msg = fmt.Sprintf("registration %q not found", c.regID)
+		default:
+			res = rec.result()
+		}
+	} else if rec.status != "" {
+		res = rec.result()
+	}
+	s.mu.Unlock()
+	if res == nil {
+		c.fail(&apiError{status: http.StatusNotFound, code: dps.CodeNotFound, msg: msg})
 		return
 	}
-	res := rec.result()
-	s.mu.Unlock()
 	c.maybeDropResponse(k, seq)
 	c.reply(http.StatusOK, res, -1, "")
+}
+
+// bare404 answers 404 the way a proxy or gateway in front of DPS would:
+// text/plain, none of DPS's headers, no DPS error body.
+func (c *call) bare404() {
+	c.s.stats.faults.Add(1)
+	c.w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	c.w.WriteHeader(http.StatusNotFound)
+	_, _ = io.WriteString(c.w, "Not Found\n")
+	c.s.stats.byStatus[http.StatusNotFound].Add(1)
+	c.log(http.StatusNotFound, 0)
 }
 
 // inject applies latency, dropped connections and 5xx errors to an

@@ -12,6 +12,17 @@
 // (5xx, dropped connections, latency, slow assignment), deterministically
 // for a given seed.
 //
+// It also produces, on demand, what DPS leaves undocumented, so that a
+// client's promise never to register a device twice can be tested: register
+// PUTs that take effect late, after their client gave up
+// (Faults.LateEffectRate); unusable 2xx answers to PUTs that took effect
+// (Faults.RegisterBadBodyRate); what the status lookup shows while an
+// operation runs (Knobs.LookupWhileAssigning); bare 404s from a proxy
+// (Faults.LookupBare404Rate); and records of devices that registered before
+// the server started (Config.Registrations). RegistrationInfo.Registers and
+// RegisterTimes count the registrations that took effect, whatever the
+// client saw.
+//
 // A Server is an http.Handler holding all state in memory. Serve it with
 // Start (or StartTLS), which mints a server CA and certificate for loopback,
 // or in-process with httptest:

@@ -23,6 +23,47 @@ type Knobs struct {
 	Quotas Quotas `json:"quotas"`
 	// Faults are the injected failures.
 	Faults Faults `json:"faults"`
+	// LookupWhileAssigning is what the registration status lookup shows
+	// while the device's current operation is still running, which DPS
+	// does not document: LookupAssigning (status assigning; "" means this),
+	// LookupNotFound (404 + 404201, whatever earlier record exists) or
+	// LookupPrevious (the last completed record unchanged; 404201 if none).
+	LookupWhileAssigning string `json:"lookupWhileAssigning"`
+}
+
+// Values of Knobs.LookupWhileAssigning.
+const (
+	// LookupAssigning shows the record with status assigning while its
+	// operation runs (the default).
+	LookupAssigning = "assigning"
+	// LookupNotFound answers 404 + 404201 while an operation runs, even for
+	// a device registered before.
+	LookupNotFound = "notFound"
+	// LookupPrevious shows the last completed registration record (status,
+	// hub, timestamps and etag as they were) while a new operation runs, and
+	// 404 + 404201 when there is none.
+	LookupPrevious = "previous"
+)
+
+// Values of Faults.RegisterBadBody.
+const (
+	// BadBodyTruncated sends half of the 202 JSON body, then closes the
+	// connection. The default when RegisterBadBodyRate is set.
+	BadBodyTruncated = "truncated"
+	// BadBodyNoOperationID sends a 202 whose JSON has status assigning but
+	// no operationId.
+	BadBodyNoOperationID = "noOperationId"
+	// BadBodySyncAssigned completes the operation at once and sends a 200
+	// with the final status and registrationState but no operationId.
+	BadBodySyncAssigned = "syncAssigned"
+)
+
+// normalize spells out the defaults of enumerated knobs, so that GET
+// /_sim/knobs shows the behaviour in effect.
+func (k *Knobs) normalize() {
+	if k.LookupWhileAssigning == "" {
+		k.LookupWhileAssigning = LookupAssigning
+	}
 }
 
 func (k Knobs) validate() error {
@@ -42,6 +83,9 @@ func (k Knobs) validate() error {
 		{"lookupErrorRate", f.LookupErrorRate},
 		{"dropConnectionRate", f.DropConnectionRate},
 		{"dropResponseRate", f.DropResponseRate},
+		{"lateEffectRate", f.LateEffectRate},
+		{"lookupBare404Rate", f.LookupBare404Rate},
+		{"registerBadBodyRate", f.RegisterBadBodyRate},
 	} {
 		if math.IsNaN(r.v) || r.v < 0 || r.v > 1 {
 			return fmt.Errorf("faults.%s %v: want a probability from 0 to 1", r.name, r.v)
@@ -53,7 +97,36 @@ func (k Knobs) validate() error {
 	if f.StayAssigningPolls < 0 {
 		return fmt.Errorf("faults.stayAssigningPolls %d: must not be negative", f.StayAssigningPolls)
 	}
+	if f.LateEffectFirstPuts < 0 {
+		return fmt.Errorf("faults.lateEffectFirstPuts %d: want 0 (no limit) or a positive number of register requests", f.LateEffectFirstPuts)
+	}
+	if f.LateEffectDelay < 0 {
+		return fmt.Errorf("faults.lateEffectDelay %s: must not be negative", time.Duration(f.LateEffectDelay))
+	}
+	if f.LateAnswerDelay < 0 {
+		return fmt.Errorf("faults.lateAnswerDelay %s: must not be negative", time.Duration(f.LateAnswerDelay))
+	}
+	switch f.RegisterBadBody {
+	case "", BadBodyTruncated, BadBodyNoOperationID, BadBodySyncAssigned:
+	default:
+		return fmt.Errorf("faults.registerBadBody %q: want %q, %q or %q (\"\" means %q)", f.RegisterBadBody,
+			BadBodyTruncated, BadBodyNoOperationID, BadBodySyncAssigned, BadBodyTruncated)
+	}
+	switch k.LookupWhileAssigning {
+	case "", LookupAssigning, LookupNotFound, LookupPrevious:
+	default:
+		return fmt.Errorf("lookupWhileAssigning %q: want %q, %q or %q (\"\" means %q)", k.LookupWhileAssigning,
+			LookupAssigning, LookupNotFound, LookupPrevious, LookupAssigning)
+	}
 	return nil
+}
+
+// badBodyMode resolves the "" = truncated rule.
+func (f *Faults) badBodyMode() string {
+	if f.RegisterBadBody == "" {
+		return BadBodyTruncated
+	}
+	return f.RegisterBadBody
 }
 
 // registrationsPerMinute resolves the 0 = default, negative = unlimited rule;
@@ -112,6 +185,9 @@ const (
 	drawError        = "error"
 	drawErrorStatus  = "error-status"
 	drawJitter       = "jitter"
+	drawLateEffect   = "late-effect"
+	drawBare404      = "bare-404"
+	drawBadBody      = "bad-body"
 )
 
 // draw returns a number in [0, 1) that depends only on the seed, the request

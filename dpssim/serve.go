@@ -71,8 +71,24 @@ type Running struct {
 	CAPool *x509.CertPool
 
 	srv  *http.Server
+	stop context.CancelFunc // ends the server's lifetime context
 	done chan struct{}
 	err  error
+}
+
+// lifeKey is the request context key under which Start stores a context
+// that ends when the server is closed or shut down. Detached work (late
+// register effects) stops with it rather than with the client's request.
+type lifeKey struct{}
+
+// lifeContext returns the serving server's lifetime context, or
+// context.Background() when the handler is served some other way (httptest):
+// detached work then ends on its own timer.
+func lifeContext(r *http.Request) context.Context {
+	if ctx, ok := r.Context().Value(lifeKey{}).(context.Context); ok {
+		return ctx
+	}
+	return context.Background()
 }
 
 // StartTLS serves s on addr ("127.0.0.1:0" picks a free port) with a new
@@ -117,12 +133,16 @@ func Start(s *Server, opts StartOptions) (*Running, error) {
 	if errLog == nil {
 		errLog = log.New(io.Discard, "", 0)
 	}
+	life, stop := context.WithCancel(context.Background())
 	srv := &http.Server{
 		Handler:           s,
 		TLSConfig:         s.TLSConfig(leaf.TLSCertificate()),
 		ReadHeaderTimeout: 30 * time.Second,
 		IdleTimeout:       2 * time.Minute,
 		ErrorLog:          errLog,
+		BaseContext: func(net.Listener) context.Context {
+			return context.WithValue(life, lifeKey{}, life)
+		},
 	}
 	pool := x509.NewCertPool()
 	pool.AddCert(ca.Cert)
@@ -133,12 +153,14 @@ func Start(s *Server, opts StartOptions) (*Running, error) {
 		CAPEM:  certs.CertPEM(ca.Cert),
 		CAPool: pool,
 		srv:    srv,
+		stop:   stop,
 		done:   make(chan struct{}),
 	}
 	go func() {
 		defer close(run.done)
 		if err := srv.ServeTLS(ln, "", ""); !errors.Is(err, http.ErrServerClosed) {
 			run.err = err
+			stop()
 		}
 	}()
 	return run, nil
@@ -170,16 +192,23 @@ func (r *Running) Err() error {
 }
 
 // Shutdown stops accepting connections and waits for requests in flight
-// (held register requests included) until ctx is done.
+// (held register requests and late ones still connected included) until
+// ctx is done. Late register effects still pending then (their clients
+// gone, or ctx done first) are abandoned.
 func (r *Running) Shutdown(ctx context.Context) error {
 	err := r.srv.Shutdown(ctx)
+	r.stop()
 	<-r.done
 	return err
 }
 
-// Close stops the server at once, closing every connection.
+// Close stops the server at once, closing every connection and abandoning
+// late register effects still pending.
 func (r *Running) Close() error {
+	// Connections first: handlers that see their context end must find
+	// them closed, not answer on them.
 	err := r.srv.Close()
+	r.stop()
 	<-r.done
 	return err
 }

@@ -90,6 +90,44 @@ func (s *Server) setup(in *instance) {
 	k := in.knobs
 	s.knobs.Store(&k)
 	s.regLim.Store(newRegLimiter(k.Quotas.registrationsPerMinute(), k.Quotas.RegistrationBurst))
+	s.loadExisting(in.existing, time.Now())
+}
+
+// loadExisting creates the registration records of Config.Registrations,
+// as of start (the default created and updated time). They count in the
+// hub load but not in Registers.
+func (s *Server) loadExisting(list []ExistingRegistration, start time.Time) {
+	for _, r := range list {
+		rec := s.record(r.RegistrationID)
+		rec.fromConfig = true
+		rec.status = dps.Status(r.Status)
+		rec.enrollment = r.Enrollment
+		rec.created, rec.updated = r.CreatedDateTimeUTC, r.LastUpdatedDateTimeUTC
+		// Defaults keep created <= updated.
+		if rec.created.IsZero() {
+			rec.created = start
+			if !rec.updated.IsZero() && rec.updated.Before(start) {
+				rec.created = rec.updated
+			}
+		}
+		if rec.updated.IsZero() {
+			rec.updated = start
+			if rec.created.After(start) {
+				rec.updated = rec.created
+			}
+		}
+		rec.etag = r.ETag
+		if rec.etag == "" {
+			rec.etag = newETag()
+		}
+		if rec.status == dps.StatusAssigned {
+			rec.hub, rec.lastHub, rec.deviceID, rec.substatus = r.AssignedHub, r.AssignedHub, r.DeviceID, r.Substatus
+			rec.countedHub = r.AssignedHub
+			s.hubLoad[r.AssignedHub]++
+		} else {
+			rec.errCode, rec.errMsg = r.ErrorCode, r.ErrorMessage
+		}
+	}
 }
 
 func (s *Server) now() time.Time {
@@ -138,6 +176,7 @@ func (s *Server) updateKnobs(change func(*Knobs)) error {
 	if err := k.validate(); err != nil {
 		return err
 	}
+	k.normalize()
 	old := s.knobs.Swap(&k)
 	if old.Quotas.registrationsPerMinute() != k.Quotas.registrationsPerMinute() || old.Quotas.RegistrationBurst != k.Quotas.RegistrationBurst {
 		s.regLim.Store(newRegLimiter(k.Quotas.registrationsPerMinute(), k.Quotas.RegistrationBurst))
@@ -193,10 +232,17 @@ type registration struct {
 	updated    time.Time
 	etag       string
 	countedHub string // hub whose hubLoad counts this device
+	fromConfig bool   // loaded from Config.Registrations
+
+	// prev is the last completed record, kept while a new operation runs
+	// (LookupPrevious); nil when there was none.
+	prev *dps.DeviceRegistrationResult
 
 	ops []*operation // most recent last, at most maxOpsKept
 
 	registers, registerRequests, polls, lookups int
+	lateEffects                                 int         // late register PUTs processed
+	registerTimes                               []time.Time // when each counted registration took effect
 	pollLog                                     []time.Time // accepted poll times, oldest first
 }
 
@@ -314,7 +360,8 @@ func (rec *registration) result() *dps.DeviceRegistrationResult {
 
 // RegistrationInfo is what the simulator knows about one registration id:
 // its state and how many requests of each kind it received. A record exists
-// once a device authenticated; Status is "" until its first operation.
+// once a device authenticated, or from the start for Config.Registrations;
+// Status is "" until its first operation.
 type RegistrationInfo struct {
 	// RegistrationID is the id as the device first sent it.
 	RegistrationID string `json:"registrationId"`
@@ -330,12 +377,25 @@ type RegistrationInfo struct {
 	// Enrollment is "individual:<registrationId>" or "group:<groupId>".
 	Enrollment  string `json:"enrollment,omitempty"`
 	OperationID string `json:"operationId,omitempty"`
-	// Registers counts register PUTs that started an operation: the
-	// number that matters for "registered twice".
+	// Registers counts register PUTs that took effect at this server (started
+	// an operation), whatever the client saw: on time or late, answered,
+	// dropped, or answered with an unusable body. Not counted: refused PUTs
+	// (401, 409203, 429, injected 5xx, dropped before taking effect) and
+	// records loaded from Config.Registrations. The number that matters for
+	// "registered twice".
 	Registers int `json:"registers"`
+	// RegisterTimes are the times (Server.Now) at which each counted
+	// registration took effect, oldest first: len(RegisterTimes) ==
+	// Registers. Tests count registrations per campaign window with it.
+	RegisterTimes []time.Time `json:"registerTimes,omitempty"`
 	// RegisterRequests counts every authenticated register PUT, including
 	// throttled, conflicting, faulted and malformed ones.
 	RegisterRequests int `json:"registerRequests"`
+	// LateEffects counts this device's late register PUTs
+	// (Faults.LateEffectRate) processed at their effect time, whatever the
+	// outcome and whether or not the client was still connected; 0 when
+	// none was late.
+	LateEffects int `json:"lateEffects,omitempty"`
 	// Polls counts authenticated operation-status GETs.
 	Polls int `json:"polls"`
 	// Lookups counts authenticated registration status lookups.
@@ -344,6 +404,10 @@ type RegistrationInfo struct {
 	// registration last changed.
 	CreatedUTC time.Time `json:"createdDateTimeUtc,omitzero"`
 	UpdatedUTC time.Time `json:"lastUpdatedDateTimeUtc,omitzero"`
+	// FromConfig says the record was loaded from Config.Registrations (the
+	// device registered before this server started); false for devices
+	// first seen by this server.
+	FromConfig bool `json:"fromConfig,omitempty"`
 }
 
 // Registrations returns every registration the simulator knows, sorted by
@@ -387,10 +451,15 @@ func (rec *registration) info() RegistrationInfo {
 		Enrollment:       rec.enrollment,
 		Registers:        rec.registers,
 		RegisterRequests: rec.registerRequests,
+		LateEffects:      rec.lateEffects,
 		Polls:            rec.polls,
 		Lookups:          rec.lookups,
 		CreatedUTC:       rec.created,
 		UpdatedUTC:       rec.updated,
+		FromConfig:       rec.fromConfig,
+	}
+	if len(rec.registerTimes) > 0 {
+		ri.RegisterTimes = append([]time.Time(nil), rec.registerTimes...)
 	}
 	if op := rec.current(); op != nil {
 		ri.OperationID = op.id
@@ -407,24 +476,38 @@ type Stats struct {
 	RegisterRequests int64 `json:"registerRequests"`
 	Polls            int64 `json:"polls"`
 	Lookups          int64 `json:"lookups"`
-	// Registers counts register PUTs that started an operation.
+	// Registers counts register PUTs that took effect (started an
+	// operation), on time or late, whatever the client saw; records from
+	// Config.Registrations are not counted.
 	Registers int64 `json:"registers"`
+	// Conflicts counts register PUTs refused with 409 + 409203 because the
+	// device's current operation was still running (counted when refused,
+	// also for late PUTs whose client had gone).
+	Conflicts int64 `json:"conflicts"`
+	// LateEffects counts late register PUTs (Faults.LateEffectRate) that
+	// reached their effect time and were processed, whatever the outcome
+	// (an operation, 409203 or 429) and whether or not the client was still
+	// connected.
+	LateEffects int64 `json:"lateEffects"`
 	// Throttled counts 429 answers.
 	Throttled int64 `json:"throttled"`
-	// Faults counts injected failures: 5xx answers and dropped connections.
+	// Faults counts injected failures: 5xx answers, dropped connections,
+	// bare 404 lookups and unusable register bodies.
 	Faults int64 `json:"faults"`
 	// Dropped counts connections closed without an answer.
 	Dropped int64 `json:"dropped"`
 	// ByStatus counts answers by HTTP status.
 	ByStatus map[int]int64 `json:"byStatus"`
-	// Registrations is how many registration ids have state; Assigned how
-	// many of them are assigned now.
+	// Registrations is how many registration ids have state (records from
+	// Config.Registrations included); Assigned how many of them are
+	// assigned now.
 	Registrations int `json:"registrations"`
 	Assigned      int `json:"assigned"`
 }
 
 type counters struct {
 	requests, registerRequests, polls, lookups, registers atomic.Int64
+	conflicts, lateEffects                                atomic.Int64
 	throttled, faults, dropped                            atomic.Int64
 	byStatus                                              [600]atomic.Int64
 }
@@ -439,6 +522,8 @@ func (s *Server) Stats() Stats {
 		Polls:            c.polls.Load(),
 		Lookups:          c.lookups.Load(),
 		Registers:        c.registers.Load(),
+		Conflicts:        c.conflicts.Load(),
+		LateEffects:      c.lateEffects.Load(),
 		Throttled:        c.throttled.Load(),
 		Faults:           c.faults.Load(),
 		Dropped:          c.dropped.Load(),

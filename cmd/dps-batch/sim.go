@@ -42,6 +42,14 @@ Proof of possession (verify a CA certificate, as in the DPS portal):
   dps-batch sim verify --config FILE --ca NAME --cert FILE  mark it verified in FILE
   (or POST the certificate to /_sim/certificates/{name}/verify on a running simulator)
 
+DPS leaves some behaviour undocumented; flags make each possibility testable:
+register PUTs that take effect late, even for a client that has given up
+(--late-effect-*), unusable 2xx register answers after the PUT took effect
+(--register-bad-body*), what the status lookup shows while an operation runs
+(--lookup-while-assigning) and bare 404s as from a proxy (--lookup-bare-404-rate).
+The config's "registrations" are devices that registered before the simulator
+started: the lookup finds them, /_sim/ does not count them as registers.
+
 Flags below that change quotas and faults override the config file.
 The first Ctrl-C (SIGINT/SIGTERM) stops the simulator cleanly.`
 
@@ -50,6 +58,8 @@ var simExamples = []string{
 dps-batch sim --config ./fleet/sim.json --listen 127.0.0.1:8443`,
 	`dps-batch sim --config sim.json --listen 127.0.0.1:0        # pick a free port; the URL is printed`,
 	`dps-batch sim --config sim.json --registrations-per-minute 200 --register-error-rate 0.05 --fault-seed 7`,
+	`# Register PUTs that take effect 40 s after they arrive, answered 1 s later if the client still waits:
+dps-batch sim --config sim.json --late-effect-rate 0.3 --late-effect-delay 40s --late-answer-delay 1s --lookup-while-assigning notFound`,
 	`# A curl session against it (the DPS REST calls, X.509 device dev-00001 of the fleet):
 curl -i -X PUT --cacert ./fleet/sim-ca.pem \
   --cert ./fleet/devices/dev-00001.pem --key ./fleet/devices/dev-00001.key \
@@ -86,6 +96,10 @@ type knobFlags struct {
 	seed                                    *int64
 	regErr, pollErr, lookupErr, drop, dropR *float64
 	latency, jitter, assignDelay            *time.Duration
+	lateRate, bare404, badBodyRate          *float64
+	lateFirstPuts                           *int
+	lateDelay, lateAnswer                   *time.Duration
+	lookupWhileAssigning, badBody           *string
 }
 
 func addKnobFlags(fs *flag.FlagSet) *knobFlags {
@@ -105,6 +119,16 @@ func addKnobFlags(fs *flag.FlagSet) *knobFlags {
 		dropR:         fs.Float64("drop-response-rate", 0, "`probability` (0..1) that a request takes effect but its response is lost"),
 		latency:       fs.Duration("latency", 0, "latency added to every device request, e.g. 50ms"),
 		jitter:        fs.Duration("latency-jitter", 0, "extra random latency, uniform in [0, jitter)"),
+		lateRate:      fs.Float64("late-effect-rate", 0, "`probability` (0..1) that a register PUT takes effect late (--late-effect-delay after it arrives), even if its client has gone by then"),
+		lateFirstPuts: fs.Int("late-effect-first-puts", 0, "only each device's first `N` register requests may be late (0 = any)"),
+		lateDelay:     fs.Duration("late-effect-delay", 0, "how long after arrival a late register PUT takes effect, e.g. 5s"),
+		lateAnswer:    fs.Duration("late-answer-delay", 0, "how long after taking effect a late register PUT is answered, if its client is still there"),
+		lookupWhileAssigning: fs.String("lookup-while-assigning", "", "`mode` of the status lookup while an operation runs: assigning (status assigning), notFound (404 + 404201) "+
+			"or previous (the last completed record, 404201 if none) (default: the config's, else assigning)"),
+		bare404:     fs.Float64("lookup-bare-404-rate", 0, "`probability` (0..1) that a status lookup answers a bare 404 (text/plain, no DPS error body or headers), as a proxy would"),
+		badBodyRate: fs.Float64("register-bad-body-rate", 0, "`probability` (0..1) that a register PUT takes effect but gets an unusable 2xx answer (see --register-bad-body)"),
+		badBody: fs.String("register-bad-body", "", "`kind` of unusable register answer: truncated (half the 202 body, then the connection closes), noOperationId (202 without operationId) "+
+			"or syncAssigned (200 with the final registrationState, no operationId) (default: the config's, else truncated)"),
 	}
 }
 
@@ -140,6 +164,22 @@ func (k *knobFlags) apply(cfg *dpssim.Config) {
 			cfg.Faults.Latency = dpssim.Duration(*k.latency)
 		case "latency-jitter":
 			cfg.Faults.LatencyJitter = dpssim.Duration(*k.jitter)
+		case "late-effect-rate":
+			cfg.Faults.LateEffectRate = *k.lateRate
+		case "late-effect-first-puts":
+			cfg.Faults.LateEffectFirstPuts = *k.lateFirstPuts
+		case "late-effect-delay":
+			cfg.Faults.LateEffectDelay = dpssim.Duration(*k.lateDelay)
+		case "late-answer-delay":
+			cfg.Faults.LateAnswerDelay = dpssim.Duration(*k.lateAnswer)
+		case "lookup-while-assigning":
+			cfg.LookupWhileAssigning = *k.lookupWhileAssigning
+		case "lookup-bare-404-rate":
+			cfg.Faults.LookupBare404Rate = *k.bare404
+		case "register-bad-body-rate":
+			cfg.Faults.RegisterBadBodyRate = *k.badBodyRate
+		case "register-bad-body":
+			cfg.Faults.RegisterBadBody = *k.badBody
 		}
 	})
 }
@@ -212,6 +252,9 @@ func runSimServe(ctx context.Context, e *env, args []string) error {
 	}
 	fmt.Fprintf(w, "  enrollments: %d individual, %d group; CA certificates: %d (%d verified)\n",
 		len(cfg.Individual), len(cfg.Groups), len(cfg.Certificates), verified)
+	if n := len(cfg.Registrations); n > 0 {
+		fmt.Fprintf(w, "  registered:  %d device(s) registered before this start (the config's registrations)\n", n)
+	}
 	fmt.Fprintf(w, "  hubs:        %s\n", strings.Join(sim.Hubs(), ", "))
 	fmt.Fprintf(w, "  inspect:     curl --cacert %s %s/_sim/stats\n", caPath, run.URL)
 	if *allowRemote && !dpssim.IsLoopback(host) {
@@ -235,8 +278,8 @@ func runSimServe(ctx context.Context, e *env, args []string) error {
 		_ = run.Close()
 	}
 	st := sim.Stats()
-	fmt.Fprintf(w, "DPS simulator stopped: %d register requests (%d operations), %d polls, %d lookups, %d throttled, %d faults; %d registrations, %d assigned\n",
-		st.RegisterRequests, st.Registers, st.Polls, st.Lookups, st.Throttled, st.Faults, st.Registrations, st.Assigned)
+	fmt.Fprintf(w, "DPS simulator stopped: %d register requests (%d operations), %d polls, %d lookups, %d throttled, %d conflicts, %d late effects, %d faults; %d registrations, %d assigned\n",
+		st.RegisterRequests, st.Registers, st.Polls, st.Lookups, st.Throttled, st.Conflicts, st.LateEffects, st.Faults, st.Registrations, st.Assigned)
 	return nil
 }
 

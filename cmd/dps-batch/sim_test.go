@@ -220,6 +220,14 @@ func TestSimUsageErrors(t *testing.T) {
 		{"bad config", []string{"sim", "--config", badConfig}, []string{"bad.json", "allocationPolicy"}},
 		{"missing config", []string{"sim", "--config", filepath.Join(f.dir, "absent.json")}, []string{"absent.json"}},
 		{"bad knob", []string{"sim", "--config", f.config, "--register-error-rate", "2"}, []string{"registerErrorRate"}},
+		{"bad late rate", []string{"sim", "--config", f.config, "--late-effect-rate", "1.5"}, []string{"faults.lateEffectRate", "0 to 1"}},
+		{"negative late first puts", []string{"sim", "--config", f.config, "--late-effect-first-puts", "-1"}, []string{"faults.lateEffectFirstPuts"}},
+		{"negative late delay", []string{"sim", "--config", f.config, "--late-effect-delay", "-1s"}, []string{"faults.lateEffectDelay"}},
+		{"negative answer delay", []string{"sim", "--config", f.config, "--late-answer-delay", "-1s"}, []string{"faults.lateAnswerDelay"}},
+		{"bad lookup mode", []string{"sim", "--config", f.config, "--lookup-while-assigning", "maybe"}, []string{"lookupWhileAssigning", `"assigning"`, `"notFound"`, `"previous"`}},
+		{"bad bare 404 rate", []string{"sim", "--config", f.config, "--lookup-bare-404-rate", "-1"}, []string{"faults.lookupBare404Rate"}},
+		{"bad bad-body rate", []string{"sim", "--config", f.config, "--register-bad-body-rate", "3"}, []string{"faults.registerBadBodyRate"}},
+		{"bad bad-body kind", []string{"sim", "--config", f.config, "--register-bad-body", "half"}, []string{"registerBadBody", `"truncated"`, `"noOperationId"`, `"syncAssigned"`}},
 		{"verification-code without ca", []string{"sim", "verification-code", "--config", f.config}, []string{"--ca is required"}},
 		{"verification-code unknown ca", []string{"sim", "verification-code", "--config", f.config, "--ca", "nope"}, []string{`"nope"`}},
 		{"verify without cert", []string{"sim", "verify", "--config", f.config, "--ca", "fleet-ca"}, []string{"--cert is required"}},
@@ -335,5 +343,87 @@ func TestWriteFleetSimConfig(t *testing.T) {
 	status, body := call(t, c, "PUT", srv.URL+"/0ne0000other/registrations/dev-00001/register?api-version=2021-10-01", `{}`)
 	if status != http.StatusAccepted {
 		t.Errorf("fleet device register = %d %s, want 202", status, body)
+	}
+}
+
+// TestSimAmbiguityFlags: the flags for what DPS leaves ambiguous reach the
+// knobs, and a config file's pre-existing registrations are served.
+func TestSimAmbiguityFlags(t *testing.T) {
+	f := newSimFleet(t)
+	data, err := os.ReadFile(f.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc map[string]any
+	if err := json.Unmarshal(data, &doc); err != nil {
+		t.Fatal(err)
+	}
+	doc["registrations"] = []any{map[string]any{"registrationId": "dev-00001", "status": "assigned", "assignedHub": "hub-2.azure-devices.net",
+		"createdDateTimeUtc": "2026-03-01T10:00:00Z", "etag": "IjEi"}}
+	if data, err = json.Marshal(doc); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(f.config, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	caFile := filepath.Join(f.dir, "server-ca.pem")
+	url, out, stop := startSimCmd(t, "--config", f.config, "--listen", "127.0.0.1:0", "--ca-out", caFile, "--fault-seed", "3",
+		"--late-effect-rate", "1", "--late-effect-first-puts", "1", "--late-effect-delay", "100ms", "--late-answer-delay", "10ms",
+		"--lookup-while-assigning", "previous", "--lookup-bare-404-rate", "0.25",
+		"--register-bad-body-rate", "1", "--register-bad-body", "syncAssigned")
+	if !strings.Contains(out.String(), "registered:  1 device") {
+		t.Errorf("start-up output does not report the pre-existing registration:\n%s", out)
+	}
+	client := x509Client(t, caFile, f.device.TLSCertificate())
+
+	status, body := call(t, client, "GET", url+"/_sim/knobs", "")
+	var k dpssim.Knobs
+	if status != http.StatusOK || json.Unmarshal(body, &k) != nil {
+		t.Fatalf("GET /_sim/knobs = %d %s", status, body)
+	}
+	want := dpssim.Faults{Seed: 3, LateEffectRate: 1, LateEffectFirstPuts: 1, LateEffectDelay: dpssim.Duration(100 * time.Millisecond),
+		LateAnswerDelay: dpssim.Duration(10 * time.Millisecond), LookupBare404Rate: 0.25, RegisterBadBodyRate: 1, RegisterBadBody: dpssim.BadBodySyncAssigned}
+	if k.Faults != want || k.LookupWhileAssigning != dpssim.LookupPrevious {
+		t.Errorf("knobs = %+v, want faults %+v and lookupWhileAssigning previous", k, want)
+	}
+	if status, body := call(t, client, "PUT", url+"/_sim/knobs", `{"faults":{"lookupBare404Rate":0}}`); status != http.StatusOK {
+		t.Fatalf("PUT /_sim/knobs = %d %s", status, body)
+	}
+
+	// The device registered "yesterday": the lookup shows its record, and
+	// it is not counted as registered here.
+	base := url + "/0ne0000test/registrations/dev-00001"
+	status, body = call(t, client, "POST", base+"?api-version=2021-10-01", `{"registrationId":"dev-00001"}`)
+	var rs dps.DeviceRegistrationResult
+	if status != http.StatusOK || json.Unmarshal(body, &rs) != nil || rs.AssignedHub != "hub-2.azure-devices.net" || rs.ETag != "IjEi" ||
+		rs.CreatedDateTimeUTC != "2026-03-01T10:00:00.0000000Z" || rs.Status != dps.StatusAssigned {
+		t.Errorf("lookup of a pre-existing registration = %d %s", status, body)
+	}
+	status, body = call(t, client, "GET", url+"/_sim/registrations/dev-00001", "")
+	var ri dpssim.RegistrationInfo
+	if status != http.StatusOK || json.Unmarshal(body, &ri) != nil || !ri.FromConfig || ri.Registers != 0 {
+		t.Errorf("/_sim/registrations/dev-00001 = %d %s, want fromConfig and 0 registers", status, body)
+	}
+
+	// The register PUT is late (first PUT) and answers 200 assigned with no
+	// operation id (syncAssigned).
+	start := time.Now()
+	status, body = call(t, client, "PUT", base+"/register?api-version=2021-10-01", `{"registrationId":"dev-00001"}`)
+	if status != http.StatusOK || strings.Contains(string(body), "operationId") || !strings.Contains(string(body), `"status":"assigned"`) {
+		t.Errorf("register = %d %s, want 200 assigned without operationId", status, body)
+	}
+	if took := time.Since(start); took < 100*time.Millisecond {
+		t.Errorf("register answered after %s, want at least the 100ms late effect delay", took)
+	}
+	status, body = call(t, client, "GET", url+"/_sim/stats", "")
+	var st dpssim.Stats
+	if status != http.StatusOK || json.Unmarshal(body, &st) != nil || st.Registers != 1 || st.LateEffects != 1 || st.Conflicts != 0 {
+		t.Errorf("/_sim/stats = %d %s, want 1 register, 1 late effect", status, body)
+	}
+	if code, stderr := stop(); code != exitOK {
+		t.Fatalf("exit %d, stderr %s", code, stderr)
+	}
+	if !strings.Contains(out.String(), "(1 operations), 0 polls, 1 lookups, 0 throttled, 0 conflicts, 1 late effects, 1 faults") {
+		t.Errorf("final summary lacks the late effect and conflict counts:\n%s", out)
 	}
 }
