@@ -162,6 +162,10 @@ type summaryJSON struct {
 	Outcomes   map[string]int `json:"outcomes"`
 	ByHub      map[string]int `json:"byHub"`
 	Registers  int            `json:"registers"`
+	Requests   int            `json:"registerRequests"`
+	Unanswered int            `json:"registersUnanswered"`
+	Conflicts  int            `json:"registerConflicts"`
+	Campaign   *campaignJSON  `json:"campaign,omitempty"`
 	Polls      int            `json:"polls"`
 	Lookups    int            `json:"lookups"`
 	Retries    int            `json:"retries"`
@@ -186,7 +190,8 @@ func printSummary(w io.Writer, p *provisionFlags, res *batch.Result, asJSON bool
 		out := summaryJSON{
 			Ledger: p.ledgerPath, Manifest: p.manifest, Devices: res.Plan.Devices,
 			Outcomes: map[string]int{}, ByHub: res.ByHub,
-			Registers: s.Registers, Polls: s.Polls, Lookups: s.Lookups, Retries: s.Retries, Throttled: s.Throttled,
+			Registers: s.Registers, Requests: s.RegisterRequests, Unanswered: s.Unanswered, Conflicts: s.Conflicts,
+			Campaign: newCampaignJSON(res), Polls: s.Polls, Lookups: s.Lookups, Retries: s.Retries, Throttled: s.Throttled,
 			ElapsedSec: s.Elapsed.Seconds(), PerSecond: s.Rate(), P50Sec: res.P50.Seconds(), P95Sec: res.P95.Seconds(),
 			Resumable: res.Resumable(), ReportCmd: report, PrevFailed: s.SkippedFailures, RunID: res.RunID,
 		}
@@ -225,8 +230,27 @@ func printSummary(w io.Writer, p *provisionFlags, res *batch.Result, asJSON bool
 		}
 		fmt.Fprintln(w)
 	}
-	fmt.Fprintf(w, "  requests: %d register (billable), %d poll, %d lookup; %d retries; %d throttled (429)\n",
-		s.Registers, s.Polls, s.Lookups, s.Retries, s.Throttled)
+	fmt.Fprintf(w, "  registrations accepted by DPS (billable): %d", s.Registers)
+	if s.Unanswered > 0 {
+		fmt.Fprintf(w, "; %d more unanswered (looked up, never sent again blindly)", s.Unanswered)
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintf(w, "  requests: %d register, %d poll, %d lookup; %d retries; %d throttled (429)",
+		s.RegisterRequests, s.Polls, s.Lookups, s.Retries, s.Throttled)
+	if s.Conflicts > 0 {
+		fmt.Fprintf(w, "; %d register answered 409203 (an operation was running: followed, not repeated)", s.Conflicts)
+	}
+	fmt.Fprintln(w)
+	if c := res.Campaign; c != nil {
+		switch {
+		case res.CampaignCompleted:
+			fmt.Fprintf(w, "  campaign #%d (%s) completed: every device of it reached a final state\n", c.ID, c.Kind)
+		case p.reprovision || p.retryFailed:
+			fmt.Fprintf(w, "  campaign #%d (%s) is unfinished: the same command continues it without registering any device twice\n", c.ID, c.Kind)
+		default:
+			fmt.Fprintf(w, "  note: campaign #%d (%s) is unfinished: run with %s to continue it\n", c.ID, c.Kind, campaignFlags(c.Kind))
+		}
+	}
 	if s.Done() > s.Outcomes[batch.OutcomeUnfinished] {
 		fmt.Fprintf(w, "  time per device (first request to final answer): p50 %s, p95 %s\n", res.P50.Round(time.Millisecond), res.P95.Round(time.Millisecond))
 	}
@@ -248,16 +272,31 @@ func resumeCommand(p *provisionFlags) string {
 		switch strings.TrimLeft(a, "-") {
 		case "dry-run":
 			continue
-		case "reprovision", "reprovision=true":
-			if p.reprovisionBefore == "" {
-				// Resume the same campaign: devices it already registered
-				// again are not registered a third time.
-				a = "--reprovision-before=" + p.reprovisionCutoff.Format(time.RFC3339Nano)
-			}
+		case "new-campaign", "new-campaign=true":
+			// The campaign this run started is the one to continue: starting
+			// yet another would register its devices again.
+			continue
 		}
 		parts = append(parts, shellQuote(a))
 	}
 	return strings.Join(parts, " ")
+}
+
+// campaignJSON is a campaign in --json output.
+type campaignJSON struct {
+	ID        int64     `json:"id"`
+	Kind      string    `json:"kind"`
+	StartedAt time.Time `json:"startedAt"`
+	Started   bool      `json:"startedByThisRun"`
+	Completed bool      `json:"completed"`
+}
+
+func newCampaignJSON(res *batch.Result) *campaignJSON {
+	c := res.Campaign
+	if c == nil {
+		return nil
+	}
+	return &campaignJSON{ID: c.ID, Kind: c.Kind, StartedAt: c.StartedAt, Started: res.CampaignStarted, Completed: res.CampaignCompleted}
 }
 
 // reportPath is where the summary suggests writing the report: next to the

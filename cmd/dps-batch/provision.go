@@ -41,8 +41,9 @@ type provisionFlags struct {
 	groupKeyFile, groupKeyEnv                                   string
 	workers, maxAttempts                                        int
 	rate, pollRate                                              float64
-	deviceTimeout, requestTimeout                               time.Duration
+	deviceTimeout, requestTimeout, settle                       time.Duration
 	retryFailed, reprovision, dryRun, verbose, quiet, jsonOut   bool
+	newCampaign                                                 bool
 	reprovisionBefore                                           string
 	reprovisionCutoff                                           time.Time
 
@@ -69,8 +70,10 @@ func (p *provisionFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&p.groupKeyFile, "group-key-file", "", "`file` holding the base64 group enrollment key, for rows with no credentials (device keys are derived from it)")
 	fs.StringVar(&p.groupKeyEnv, "group-key-env", "DPS_GROUP_KEY", "environment `variable` holding the base64 group key (used when --group-key-file is not given)")
 	fs.BoolVar(&p.retryFailed, "retry-failed", false, "register again devices that failed or were disabled in an earlier run")
-	fs.BoolVar(&p.reprovision, "reprovision", false, "register again devices that are already assigned (billable); devices this campaign already did are not registered twice when it is resumed (see --reprovision-before)")
-	fs.StringVar(&p.reprovisionBefore, "reprovision-before", "", "with --reprovision: only devices assigned before this `time` (RFC 3339, e.g. 2026-11-29T10:00:00Z); the resume hint of a --reprovision run sets it")
+	fs.BoolVar(&p.reprovision, "reprovision", false, "register again devices that are already assigned (billable), as a campaign recorded in the ledger: running the same command again continues it, and no device is registered twice by one campaign")
+	fs.BoolVar(&p.newCampaign, "new-campaign", false, "with --reprovision or --retry-failed: start a new campaign even though one is unfinished (the unfinished one is abandoned; its devices may be registered again)")
+	fs.DurationVar(&p.settle, "settle", batch.DefaultSettle, "how long a register request that got no usable answer may still take effect at DPS (`duration`): a lookup that finds nothing allows another register request only after it")
+	fs.StringVar(&p.reprovisionBefore, "reprovision-before", "", "with --reprovision: only devices assigned before this `time` (RFC 3339, e.g. 2026-11-29T10:00:00Z)")
 	fs.BoolVar(&p.dryRun, "dry-run", false, "validate the manifest and print the plan; send nothing, write nothing")
 	fs.BoolVar(&p.verbose, "v", false, "verbose: log every device's steps on stderr")
 	fs.BoolVar(&p.quiet, "quiet", false, "no progress display (the summary is still printed)")
@@ -115,12 +118,27 @@ func (p *provisionFlags) check() error {
 		}
 		p.reprovision = true
 		p.reprovisionCutoff = t
-	} else if p.reprovision {
-		// A reprovisioning campaign covers devices assigned before it began;
-		// the resume hint carries this time so a re-run does not start over.
-		p.reprovisionCutoff = time.Now().UTC().Truncate(time.Millisecond)
+	}
+	if p.newCampaign && !p.reprovision && !p.retryFailed {
+		return usagef("--reprovision --new-campaign", "--new-campaign starts a re-registration campaign: give it with --reprovision or --retry-failed")
+	}
+	if p.settle < 0 {
+		return usagef("--settle 30s", "--settle must not be negative, got %s", p.settle)
 	}
 	return nil
+}
+
+// policy is what the flags ask of devices that already reached a final state.
+func (p *provisionFlags) policy() batch.Policy {
+	return batch.Policy{RetryFailed: p.retryFailed, Reprovision: p.reprovision, ReprovisionBefore: p.reprovisionCutoff, NewCampaign: p.newCampaign}
+}
+
+// settleOption maps --settle 0 (no window) to the runner's "none" value.
+func settleOption(d time.Duration) time.Duration {
+	if d == 0 {
+		return -1
+	}
+	return d
 }
 
 // groupKey reads the group key from the file or environment variable; nil when neither is set.
@@ -187,14 +205,16 @@ func provision(ctx context.Context, e *env, p *provisionFlags) error {
 		Logger: logger,
 		Stats:  &batch.Stats{},
 		Options: batch.Options{
-			ManifestPath:  p.manifest,
-			Manifest:      manifests.Options{GroupKey: groupKey},
-			Workers:       p.workers,
-			RegisterRate:  p.rate,
-			PollRate:      p.pollRate,
-			MaxAttempts:   p.maxAttempts,
-			DeviceTimeout: p.deviceTimeout,
-			Policy:        batch.Policy{RetryFailed: p.retryFailed, Reprovision: p.reprovision, ReprovisionBefore: p.reprovisionCutoff},
+			ManifestPath:   p.manifest,
+			Manifest:       manifests.Options{GroupKey: groupKey},
+			Workers:        p.workers,
+			RegisterRate:   p.rate,
+			PollRate:       p.pollRate,
+			MaxAttempts:    p.maxAttempts,
+			DeviceTimeout:  p.deviceTimeout,
+			RequestTimeout: p.requestTimeout,
+			Settle:         settleOption(p.settle),
+			Policy:         p.policy(),
 		},
 	}
 	// Validate before touching the ledger: a bad manifest creates nothing.
@@ -215,6 +235,10 @@ func provision(ctx context.Context, e *env, p *provisionFlags) error {
 	prog.Stop()
 	if res != nil {
 		printSummary(e.stdout, p, res, p.jsonOut)
+	}
+	var ce *batch.CampaignError
+	if errors.As(err, &ce) {
+		return usagef(campaignHint(ce), "%v; nothing was sent", err)
 	}
 	if err != nil {
 		return err
@@ -269,7 +293,7 @@ func dryRun(ctx context.Context, e *env, p *provisionFlags, groupKey []byte) err
 		ManifestPath: p.manifest,
 		Manifest:     manifests.Options{GroupKey: groupKey},
 		RegisterRate: p.rate,
-		Policy:       batch.Policy{RetryFailed: p.retryFailed, Reprovision: p.reprovision, ReprovisionBefore: p.reprovisionCutoff},
+		Policy:       p.policy(),
 	}}
 	if err := validateManifest(ctx, e, p, r); err != nil {
 		return err
@@ -278,9 +302,17 @@ func dryRun(ctx context.Context, e *env, p *provisionFlags, groupKey []byte) err
 	if err != nil {
 		return err
 	}
+	var open *ledger.Campaign
 	if led != nil {
 		defer led.Close()
 		r.Ledger = led
+		if open, err = r.PlanCampaign(ctx); err != nil {
+			var ce *batch.CampaignError
+			if errors.As(err, &ce) {
+				return usagef(campaignHint(ce), "%v", err)
+			}
+			return err
+		}
 	}
 	plan, err := r.Plan(ctx, false)
 	if err != nil {
@@ -288,6 +320,16 @@ func dryRun(ctx context.Context, e *env, p *provisionFlags, groupKey []byte) err
 	}
 	w := e.stdout
 	fmt.Fprintf(w, "Dry run: manifest %s is valid (%d devices). Nothing was sent.\n", p.manifest, plan.Devices)
+	if kind := p.policy(); kind.Reprovision || kind.RetryFailed {
+		if open != nil && !p.newCampaign {
+			fmt.Fprintf(w, "  continues campaign #%d (%s, started %s): devices it already registered are skipped\n",
+				open.ID, open.Kind, open.StartedAt.Local().Format(time.DateTime))
+		} else {
+			fmt.Fprintf(w, "  starts a new re-registration campaign\n")
+		}
+	} else if open != nil {
+		fmt.Fprintf(w, "  note: campaign #%d (%s) is unfinished; run with the same flags to continue it\n", open.ID, open.Kind)
+	}
 	fmt.Fprintf(w, "  to register:            %d\n", plan.ByAction[batch.ActionRegister])
 	fmt.Fprintf(w, "  to poll (in progress):  %d\n", plan.ByAction[batch.ActionPoll])
 	fmt.Fprintf(w, "  to check first:         %d  (a request may have been sent before a crash; non-billable lookup)\n", plan.ByAction[batch.ActionLookup])
@@ -301,6 +343,23 @@ func dryRun(ctx context.Context, e *env, p *provisionFlags, groupKey []byte) err
 		fmt.Fprintf(w, "  estimated time at --rate %.0f/min: %s (plus about one Retry-After for the last devices)\n", p.rate, est.Round(time.Second))
 	}
 	return nil
+}
+
+// campaignHint says how to continue or replace an unfinished campaign.
+func campaignHint(ce *batch.CampaignError) string {
+	return fmt.Sprintf("run with the campaign's own flags (%s) to finish it first, or add --new-campaign to abandon it and start the %s campaign (devices it already registered may be registered again)",
+		campaignFlags(ce.Open.Kind), ce.Want)
+}
+
+// campaignFlags are the provision flags of a campaign kind.
+func campaignFlags(kind string) string {
+	switch kind {
+	case "reprovision":
+		return "--reprovision"
+	case "retry-failed":
+		return "--retry-failed"
+	}
+	return "--reprovision --retry-failed"
 }
 
 // openLedger opens (creating) the ledger, takes the run lock and checks the

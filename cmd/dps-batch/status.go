@@ -47,18 +47,23 @@ running the provision command again would do. The ledger is only read.`,
 	if err != nil {
 		return err
 	}
+	campaign, hasCampaign, err := led.LastCampaign(ctx)
+	if err != nil {
+		return err
+	}
 	if *asJSON {
 		out := struct {
-			Ledger   string         `json:"ledger"`
-			IDScope  string         `json:"idScope,omitempty"`
-			Endpoint string         `json:"endpoint,omitempty"`
-			Total    int            `json:"devices"`
-			ByState  map[string]int `json:"byState"`
-			ByHub    map[string]int `json:"byHub"`
-			Attempts int            `json:"registerRequests"`
-			Polls    int            `json:"pollRequests"`
-			LastRun  *runJSON       `json:"lastRun,omitempty"`
-			Resume   map[string]int `json:"resume"`
+			Ledger   string              `json:"ledger"`
+			IDScope  string              `json:"idScope,omitempty"`
+			Endpoint string              `json:"endpoint,omitempty"`
+			Total    int                 `json:"devices"`
+			ByState  map[string]int      `json:"byState"`
+			ByHub    map[string]int      `json:"byHub"`
+			Attempts int                 `json:"registerRequests"`
+			Polls    int                 `json:"pollRequests"`
+			LastRun  *runJSON            `json:"lastRun,omitempty"`
+			Campaign *statusCampaignJSON `json:"campaign,omitempty"`
+			Resume   map[string]int      `json:"resume"`
 		}{Ledger: *ledgerPath, IDScope: scope, Endpoint: endpoint, Total: counts.Total, ByState: map[string]int{},
 			ByHub: counts.ByHub, Attempts: counts.Attempts, Polls: counts.Polls, Resume: next}
 		for s, n := range counts.ByState {
@@ -68,6 +73,12 @@ running the provision command again would do. The ledger is only read.`,
 			out.LastRun = &runJSON{ID: run.ID, StartedAt: run.StartedAt, Command: run.Command, Outcome: run.Outcome, Options: run.Options}
 			if !run.FinishedAt.IsZero() {
 				out.LastRun.FinishedAt = &run.FinishedAt
+			}
+		}
+		if hasCampaign {
+			out.Campaign = &statusCampaignJSON{ID: campaign.ID, Kind: campaign.Kind, StartedAt: campaign.StartedAt, Open: campaign.Open(), Outcome: campaign.Outcome}
+			if !campaign.FinishedAt.IsZero() {
+				out.Campaign.FinishedAt = &campaign.FinishedAt
 			}
 		}
 		enc := json.NewEncoder(e.stdout)
@@ -96,7 +107,7 @@ running the provision command again would do. The ledger is only read.`,
 			fmt.Fprintf(w, "  %-40s %d\n", h, counts.ByHub[h])
 		}
 	}
-	fmt.Fprintf(w, "Requests so far: %d register (billable), %d poll/lookup\n", counts.Attempts, counts.Polls)
+	fmt.Fprintf(w, "Registrations DPS accepted or may have accepted (billable): %d; polls and lookups: %d\n", counts.Attempts, counts.Polls)
 	if hasRun {
 		end := "still running or killed"
 		if !run.FinishedAt.IsZero() {
@@ -104,9 +115,27 @@ running the provision command again would do. The ledger is only read.`,
 		}
 		fmt.Fprintf(w, "Last run #%d: started %s, %s\n", run.ID, run.StartedAt.Local().Format(time.DateTime), end)
 	}
+	if hasCampaign {
+		if campaign.Open() {
+			fmt.Fprintf(w, "Open campaign #%d (%s), started %s: unfinished; provision with %s continues it (no device is registered twice by it)\n",
+				campaign.ID, campaign.Kind, campaign.StartedAt.Local().Format(time.DateTime), campaignFlags(campaign.Kind))
+		} else {
+			fmt.Fprintf(w, "Last campaign #%d (%s): %s %s\n", campaign.ID, campaign.Kind, campaign.Outcome, campaign.FinishedAt.Local().Format(time.DateTime))
+		}
+	}
 	fmt.Fprintf(w, "Running provision again would: register %d, poll %d, check %d with a lookup first, skip %d (of which %d failed/disabled: --retry-failed registers them again)\n",
 		next["register"], next["poll"], next["lookup"], next["skip"], next["skipFailed"])
 	return nil
+}
+
+// statusCampaignJSON is the last campaign in status --json output.
+type statusCampaignJSON struct {
+	ID         int64      `json:"id"`
+	Kind       string     `json:"kind"`
+	StartedAt  time.Time  `json:"startedAt"`
+	FinishedAt *time.Time `json:"finishedAt,omitempty"`
+	Open       bool       `json:"open"`
+	Outcome    string     `json:"outcome,omitempty"`
 }
 
 // runJSON is a run in status --json output.
