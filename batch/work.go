@@ -37,6 +37,8 @@ type work struct {
 	asked      int           // polls+lookups sent for the current operation
 	opGone     bool          // a poll answered 404 for the recorded operation
 	putEnded   bool          // rec.PutAt is when this run's last PUT ended unanswered (not just its intent)
+	unanswered bool          // this run's last PUT is counted in Stats.unanswered until DPS shows what it did
+	doubted    bool          // a lookup's "nothing" took back the last PUT's billable count
 	waitSettle bool          // the last lookup found nothing yet: wait for the settle window
 	lastErr    error
 	lastErrMsg string // the last error's message, kept after later successes
@@ -99,13 +101,15 @@ func (w *work) run(ctx, runCtx context.Context, action Action, baseline bool) er
 
 // begin waits for the pacer before a request. It reports false when the
 // request must not be sent: the device's context ended, or a drain came
-// before the device sent anything in this run (it has not started, so it
-// is left for the next run).
-func (w *work) begin(ctx context.Context, p *Pacer) bool {
+// before a request that would start something new at DPS: the device's
+// first request in this run, or a register PUT (a stopping run starts no new
+// operation; one DPS is already working on is followed to its answer).
+func (w *work) begin(ctx context.Context, p *Pacer, register bool) bool {
+	fresh := w.started.IsZero() || register
 	wctx := ctx
-	if w.started.IsZero() && w.fresh != nil {
-		// A device that has sent nothing must not hold a drain while the
-		// fleet waits out a 429 pause.
+	if fresh && w.fresh != nil {
+		// Such a request must not hold a drain while the fleet waits out a
+		// 429 pause.
 		wctx = w.fresh
 	}
 	if err := p.Wait(wctx); err != nil {
@@ -114,13 +118,15 @@ func (w *work) begin(ctx context.Context, p *Pacer) bool {
 		w.stopped = true
 		return false
 	}
-	if w.started.IsZero() {
+	if fresh {
 		select {
 		case <-w.drain:
 			w.stopped = true
 			return false
 		default:
 		}
+	}
+	if w.started.IsZero() {
 		w.started = w.r.now()
 		w.deadline = time.AfterFunc(w.r.Options.DeviceTimeout, func() {
 			w.timedOut.Store(true)
@@ -202,7 +208,7 @@ func (w *work) noteError(err error, pacer *Pacer) {
 
 func (w *work) register(ctx context.Context) (step, error) {
 	w.backoff(ctx)
-	if !w.begin(ctx, w.r.registerPacer) {
+	if !w.begin(ctx, w.r.registerPacer, true) {
 		return stepRegister, nil // the loop sees the stop and gives up
 	}
 	// Record the intent before sending: if we die after the PUT, the next run
@@ -245,6 +251,7 @@ func (w *work) register(ctx context.Context) (step, error) {
 		a.status, a.result = op.Status, op.RegistrationState
 	case EvNoAnswer, EvFatal:
 		w.r.Stats.unanswered.Add(1)
+		w.unanswered = true
 		w.rec.PutAt = w.r.now()
 		w.putEnded = true
 	case EvInProgress:
@@ -269,7 +276,7 @@ func (w *work) pollWait(ctx context.Context) bool {
 	if err := sleep(ctx, d); err != nil {
 		return false
 	}
-	return w.begin(ctx, w.r.pollPacer)
+	return w.begin(ctx, w.r.pollPacer, false)
 }
 
 func (w *work) poll(ctx context.Context) (step, error) {
@@ -398,6 +405,7 @@ func (w *work) apply(ctx context.Context, ev Event, a answer) (step, error) {
 	if countsAsFailure(ev) {
 		w.failures++
 	}
+	w.settleBilling(ev, a)
 	switch t.Next {
 	case stateFromAnswer:
 		return stepDone, w.final(ctx, a.status, a.result, a.att)
@@ -420,6 +428,45 @@ func (w *work) apply(ctx context.Context, ev Event, a answer) (step, error) {
 		return stepStop, err
 	}
 	return t.Step, nil
+}
+
+// settleBilling updates what is known of a registering device's last PUT
+// once DPS shows what it did: accepted (a lookup shows an operation or a new
+// record; a 409203 after our unanswered PUT, most likely its operation), or
+// not (nothing after the settle window). The ledger's attempts and the run's
+// counts then follow what took effect at DPS, not what was sent.
+func (w *work) settleBilling(ev Event, a answer) {
+	if w.rec.State != ledger.StateRegistering {
+		return
+	}
+	resolve := func(accepted bool) {
+		if w.unanswered {
+			w.unanswered = false
+			w.r.Stats.unanswered.Add(-1)
+			if accepted {
+				w.r.Stats.registers.Add(1)
+			}
+		}
+	}
+	switch {
+	case ev == EvNothing:
+		// The PUT that made the device registering did not take effect.
+		w.rec.Attempts = max(w.rec.Attempts-1, 0)
+		resolve(false)
+		w.doubted = true
+	case a.kind == "lookup" && (ev == EvRunning || ev == EvFinal):
+		resolve(true)
+	case ev == EvInProgress:
+		if w.unanswered {
+			resolve(true)
+		} else if w.doubted {
+			// The operation a lookup did not show (DPS may hide running
+			// ones) was most likely that PUT's after all.
+			w.doubted = false
+			w.rec.Attempts++
+			w.r.Stats.registers.Add(1)
+		}
+	}
 }
 
 // fail records a permanent failure.
@@ -479,6 +526,8 @@ func (w *work) giveUp(ctx, runCtx context.Context) error {
 	switch {
 	case runCtx.Err() != nil:
 		why = "run interrupted"
+	case w.stopped && !w.started.IsZero():
+		why = "stopped before its next register request (the run was asked to stop)"
 	case w.timedOut.Load():
 		why = fmt.Sprintf("no final answer within --timeout-per-device %s", w.r.Options.DeviceTimeout)
 	case w.failures >= w.r.Options.MaxAttempts:

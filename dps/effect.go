@@ -80,14 +80,13 @@ func MayHaveTakenEffect(err error) Effect {
 // notSent reports whether err proves the request never reached DPS.
 func notSent(err error) bool {
 	var (
-		op     *net.OpError
-		verr   *tls.CertificateVerificationError
-		unkCA  x509.UnknownAuthorityError
-		host   x509.HostnameError
-		inval  x509.CertificateInvalidError
-		record tls.RecordHeaderError
-		dns    *net.DNSError
-		alert  tls.AlertError
+		op    *net.OpError
+		verr  *tls.CertificateVerificationError
+		unkCA x509.UnknownAuthorityError
+		host  x509.HostnameError
+		inval x509.CertificateInvalidError
+		dns   *net.DNSError
+		alert tls.AlertError
 	)
 	switch {
 	case errors.Is(err, ErrInvalidRequest), errors.Is(err, ErrInvalidConfig), errors.Is(err, ErrRedirectRefused):
@@ -100,8 +99,8 @@ func notSent(err error) bool {
 		// This client refused the server during the handshake, before
 		// sending the request.
 		return true
-	case errors.As(err, &record), errors.Is(err, http.ErrSchemeMismatch):
-		return true
+	// A TLS record error (or a plain-HTTP answer) may come after the
+	// request was written: not proof of anything.
 	case isRemoteAlert(err, &alert) && Classify(err) == Permanent:
 		// The server refused the device's certificate: DPS never saw an
 		// authenticated request.
