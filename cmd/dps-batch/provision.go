@@ -21,7 +21,12 @@ import (
 const provisionPurpose = `Provision every device of a manifest through DPS, concurrently and within DPS's
 quotas, recording each step in a SQLite ledger. Run the same command again after a
 crash, an interrupt or failures: finished devices are skipped, devices DPS is
-assigning are polled (not registered again), and nothing billable is repeated.
+assigning are polled (not registered again), and nothing billable is repeated: a
+register request whose answer was lost is followed by a status lookup, and sent
+again only when DPS shows nothing and --settle has passed.
+
+--reprovision and --retry-failed run a campaign recorded in the ledger: the same
+command continues it after any stop, and registers no device twice within it.
 
 The manifest is validated in full before anything is sent: every problem is listed
 with its row number, and the command exits 2 without contacting DPS.
