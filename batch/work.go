@@ -493,6 +493,7 @@ func (w *work) final(ctx context.Context, st dps.Status, rs *dps.DeviceRegistrat
 	w.rec.PutAt = time.Time{}
 	w.rec.Record = recordOf(rs)
 	w.rec.Substatus = rs.Substatus
+	w.rec.ReturnedPayload = ledger.KeptPayload(rs.Payload) // what DPS returned to flash: a JSON object ≤ 16 KB, else ""
 	w.rec.ErrorCode, w.rec.ErrorMessage, w.rec.Hint = rs.ErrorCode, rs.ErrorMessage, ""
 	w.rec.AssignedHub, w.rec.DeviceID = "", ""
 	outcome := OutcomeAssigned

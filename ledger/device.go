@@ -1,9 +1,11 @@
 package ledger
 
 import (
+	"bytes"
 	"context"
 	"database/sql"
 	"encoding/hex"
+	"encoding/json"
 	"fmt"
 	"strings"
 	"time"
@@ -91,6 +93,34 @@ type Device struct {
 	// answer, so that a lookup showing that same record is recognised as
 	// an old answer, not the answer to a newer register request.
 	Record Record
+	// ReturnedPayload is the custom allocation payload DPS returned with
+	// the last final answer (registrationState.payload): a compact JSON
+	// object of at most MaxReturnedPayload bytes, "" when DPS returned none.
+	// KeptPayload turns what DPS sent into this value.
+	ReturnedPayload string
+}
+
+// MaxReturnedPayload is the largest returned payload the ledger keeps, in
+// bytes. DPS answers are at most 96 KB; what a device needs flashed with
+// it is far smaller.
+const MaxReturnedPayload = 16 << 10
+
+// KeptPayload returns the value Device.ReturnedPayload keeps of the payload
+// DPS returned: the payload compacted, if it is a JSON object of at most
+// MaxReturnedPayload bytes once compacted; "" otherwise (no payload, not
+// JSON, not an object, too large).
+func KeptPayload(raw []byte) string {
+	if len(raw) == 0 || len(raw) > 8*MaxReturnedPayload {
+		return ""
+	}
+	var buf bytes.Buffer
+	if err := json.Compact(&buf, raw); err != nil {
+		return ""
+	}
+	if b := buf.Bytes(); len(b) == 0 || b[0] != '{' || len(b) > MaxReturnedPayload {
+		return ""
+	}
+	return buf.String()
 }
 
 // Record identifies one version of a device's registration record at DPS,
@@ -209,13 +239,14 @@ func idOrNull(id int64) any {
 const deviceColumns = `registration_id, state, operation_id, assigned_hub, device_id, substatus,
 	error_code, error_message, hint, http_status, request_id, attempts, polls, fingerprint,
 	first_attempt_at, finished_at, updated_at, run_id,
-	campaign_id, put_at, dps_etag, dps_updated, dps_created`
+	campaign_id, put_at, dps_etag, dps_updated, dps_created,
+	returned_payload`
 
 const deviceSQL = `SELECT ` + deviceColumns + ` FROM devices WHERE registration_id = ?`
 
 // upsertSQL writes a whole device row. updated_at is argument 17 (index 16).
 const upsertSQL = `INSERT INTO devices (` + deviceColumns + `)
-	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 	ON CONFLICT (registration_id) DO UPDATE SET
 		state = excluded.state, operation_id = excluded.operation_id,
 		assigned_hub = excluded.assigned_hub, device_id = excluded.device_id,
@@ -227,7 +258,8 @@ const upsertSQL = `INSERT INTO devices (` + deviceColumns + `)
 		finished_at = excluded.finished_at, updated_at = excluded.updated_at,
 		run_id = excluded.run_id, campaign_id = excluded.campaign_id,
 		put_at = excluded.put_at, dps_etag = excluded.dps_etag,
-		dps_updated = excluded.dps_updated, dps_created = excluded.dps_created
+		dps_updated = excluded.dps_updated, dps_created = excluded.dps_created,
+		returned_payload = excluded.returned_payload
 	RETURNING id`
 
 // updatedAtArg is the index of updated_at in the upsert arguments.
@@ -251,11 +283,15 @@ func deviceArgs(d Device) ([]any, error) {
 	if !ok {
 		return nil, fmt.Errorf("device %s: unknown state %q", d.RegistrationID, d.State)
 	}
+	if len(d.ReturnedPayload) > MaxReturnedPayload {
+		return nil, fmt.Errorf("device %s: returned payload of %d bytes, more than %d (use KeptPayload)", d.RegistrationID, len(d.ReturnedPayload), MaxReturnedPayload)
+	}
 	return []any{
 		d.RegistrationID, code, d.OperationID, d.AssignedHub, d.DeviceID, d.Substatus,
 		d.ErrorCode, d.ErrorMessage, d.Hint, d.HTTPStatus, packID(d.RequestID), d.Attempts, d.Polls, d.Fingerprint,
 		msOrNull(d.FirstAttemptAt), msOrNull(d.FinishedAt), nil, idOrNull(d.RunID),
 		d.CampaignID, msOrNull(d.PutAt), d.Record.ETag, d.Record.Updated, d.Record.Created,
+		d.ReturnedPayload,
 	}, nil
 }
 
@@ -293,7 +329,8 @@ func scanDevice(s rowScanner) (Device, error) {
 	err := s.Scan(&d.RegistrationID, &state, &d.OperationID, &d.AssignedHub, &d.DeviceID, &d.Substatus,
 		&d.ErrorCode, &d.ErrorMessage, &d.Hint, &d.HTTPStatus, &reqID, &d.Attempts, &d.Polls, &d.Fingerprint,
 		&first, &finished, &update, &run,
-		&d.CampaignID, &putAt, &d.Record.ETag, &d.Record.Updated, &d.Record.Created)
+		&d.CampaignID, &putAt, &d.Record.ETag, &d.Record.Updated, &d.Record.Created,
+		&d.ReturnedPayload)
 	if err != nil {
 		return Device{}, err
 	}

@@ -52,6 +52,9 @@ func TestPut_RoundTrip(t *testing.T) {
 				HTTPStatus: 200, RequestID: "f40da7ba-1234-4ff2-a121-7ea7a6b7f550",
 				Attempts: 3, Polls: 7, Fingerprint: "sha256:" + strings.Repeat("ab", 32),
 				FirstAttemptAt: first, FinishedAt: finished, RunID: run,
+				CampaignID: 0, PutAt: msUTC(first.Add(-time.Second)),
+				Record:          ledger.Record{ETag: `"0a00b1c2-0000-0d00-0000-65f1a2b30000"`, Updated: "2026-02-28T22:59:59.5Z", Created: "2026-02-28T22:59:59.1Z"},
+				ReturnedPayload: `{"line":3,"firmware":{"channel":"stable"},"note":"a, b \"quoted\" ü"}`,
 			},
 		},
 		{
@@ -169,6 +172,8 @@ func TestPut_Invalid(t *testing.T) {
 		{"OtherDevice", ok, []ledger.Attempt{{RegistrationID: "d-2", Kind: "poll"}}, "attempt is for device d-2", nil},
 		{"UnknownRun", ledger.Device{RegistrationID: "d-1", State: ledger.StatePending, RunID: 99}, nil, "write device d-1: unknown run id", ledger.ErrUnknownRun},
 		{"UnknownAttemptRun", ok, []ledger.Attempt{{Kind: "poll", RunID: 98}}, "log attempt of device d-1: unknown run id", ledger.ErrUnknownRun},
+		{"PayloadTooLarge", ledger.Device{RegistrationID: "d-1", State: ledger.StateAssigned,
+			ReturnedPayload: `{"x":"` + strings.Repeat("a", ledger.MaxReturnedPayload) + `"}`}, nil, "returned payload of 16392 bytes, more than 16384", nil},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			err := l.Put(ctx, tt.d, tt.log...)
@@ -390,5 +395,40 @@ func TestState_Final(t *testing.T) {
 	}
 	if got, want := len(ledger.States()), 7; got != want {
 		t.Errorf("len(States())=%d, want %d", got, want)
+	}
+}
+
+// TestKeptPayload: the ledger keeps what DPS returned only when it is a JSON
+// object of at most 16 KB, compacted; anything else is "".
+func TestKeptPayload(t *testing.T) {
+	big := `{"blob":"` + strings.Repeat("x", ledger.MaxReturnedPayload-11) + `"}` // exactly the limit
+	if len(big) != ledger.MaxReturnedPayload {
+		t.Fatalf("test payload is %d bytes, want %d", len(big), ledger.MaxReturnedPayload)
+	}
+	for _, tt := range []struct {
+		name, in, want string
+	}{
+		{"None", "", ""},
+		{"Object", `{"line":3}`, `{"line":3}`},
+		{"Compacted", "{ \"line\" : 3,\n  \"tags\": [ \"a\", \"b\" ] }", `{"line":3,"tags":["a","b"]}`},
+		{"LeadingSpace", "  \n{\"a\":1}", `{"a":1}`},
+		{"EmptyObject", `{}`, `{}`},
+		{"Null", `null`, ""},
+		{"Array", `[1,2]`, ""},
+		{"String", `"text"`, ""},
+		{"Number", `42`, ""},
+		{"NotJSON", `{"a":`, ""},
+		{"Trailing", `{"a":1} {"b":2}`, ""},
+		{"AtLimit", big, big},
+		{"OverLimit", `{"blob":"` + strings.Repeat("x", ledger.MaxReturnedPayload) + `"}`, ""},
+		{"LimitAfterCompacting", "{\"blob\":   \"" + strings.Repeat("x", ledger.MaxReturnedPayload-11) + "\"}", big},
+		{"HugeBody", `{"blob":"` + strings.Repeat("x", 96<<10) + `"}`, ""},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			got := ledger.KeptPayload([]byte(tt.in))
+			if got != tt.want {
+				t.Errorf("KeptPayload(%.60q)=%.60q, want %.60q", tt.in, got, tt.want)
+			}
+		})
 	}
 }

@@ -476,3 +476,50 @@ func fileBytes(tb testing.TB, path string) []byte {
 
 // itoa is strconv.Itoa, short for building messages.
 func itoa(i int) string { return strconv.Itoa(i) }
+
+// TestOpen_UpgradeFromSchema2: a ledger written before the returned payload
+// was kept (schema 2) is upgraded by the first writing open, keeping every
+// device, each with no returned payload; reading commands ask for that
+// upgrade instead of failing on a missing column.
+func TestOpen_UpgradeFromSchema2(t *testing.T) {
+	ctx := context.Background()
+	path := tempPath(t)
+	l := MustOpen(t, path, ledger.Options{})
+	run := MustStartRun(t, l)
+	MustPut(t, l, ledger.Device{RegistrationID: "d-1", State: ledger.StateAssigned, AssignedHub: "hub-a", DeviceID: "d-1", RunID: run,
+		Record: ledger.Record{ETag: "e1", Updated: "u1", Created: "c1"}})
+	MustClose(t, l)
+
+	// Make the file what dps-batch wrote before migration 0003.
+	db := rawDB(t, path)
+	for _, q := range []string{"ALTER TABLE devices DROP COLUMN returned_payload", "DELETE FROM migrations WHERE version = 3"} {
+		if _, err := db.Exec(q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	db.Close()
+
+	_, err := ledger.Open(ctx, path, ledger.Options{ReadOnly: true})
+	if err == nil || !strings.Contains(err.Error(), "schema version 2") || !strings.Contains(err.Error(), "run a writing command") {
+		t.Errorf("read-only Open of a schema-2 ledger err=%v, want the upgrade hint", err)
+	}
+
+	l = MustOpen(t, path, ledger.Options{})
+	d, ok, err := l.Device(ctx, "d-1")
+	if err != nil || !ok || d.AssignedHub != "hub-a" || d.Record.ETag != "e1" || d.ReturnedPayload != "" {
+		t.Fatalf("Device(d-1) after upgrade=%+v ok=%v err=%v, want the old row with no payload", d, ok, err)
+	}
+	d.ReturnedPayload = `{"line":3}`
+	MustPut(t, l, d)
+	MustClose(t, l)
+
+	r := MustOpen(t, path, ledger.Options{ReadOnly: true})
+	if d, _, err := r.Device(ctx, "d-1"); err != nil || d.ReturnedPayload != `{"line":3}` {
+		t.Errorf("Device(d-1) after upgrade and Put=%+v err=%v, want the payload", d, err)
+	}
+	db = rawDB(t, path)
+	var v int
+	if err := db.QueryRow("SELECT max(version) FROM migrations").Scan(&v); err != nil || v != 3 {
+		t.Errorf("schema version after upgrade=%d err=%v, want 3", v, err)
+	}
+}

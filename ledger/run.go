@@ -183,27 +183,57 @@ func (l *Ledger) LastRun(ctx context.Context) (r Run, ok bool, err error) {
 	if err := l.notClosed("read last run"); err != nil {
 		return Run{}, false, err
 	}
-	var (
-		started  int64
-		finished sql.NullInt64
-		opts     string
-		counts   string
-	)
-	err = l.rdb.QueryRowContext(ctx, "SELECT id, started_at, finished_at, command, outcome, options, counts FROM runs ORDER BY id DESC LIMIT 1").
-		Scan(&r.ID, &started, &finished, &r.Command, &r.Outcome, &opts, &counts)
-	switch {
-	case err == sql.ErrNoRows:
-		return Run{}, false, nil
-	case err != nil:
-		return Run{}, false, l.classify("read last run", err)
+	runs, err := l.runs(ctx, "read last run", 1)
+	if err != nil || len(runs) == 0 {
+		return Run{}, false, err
 	}
-	r.StartedAt = time.UnixMilli(started).UTC()
-	r.FinishedAt = timeOf(finished)
-	if err := json.Unmarshal([]byte(opts), &r.Options); err != nil {
-		return Run{}, false, fmt.Errorf("ledger %s: run %d: decode options: %w", l.path, r.ID, err)
+	return runs[0], true, nil
+}
+
+// Runs returns the most recently started runs, newest first: at most limit
+// of them, or all when limit is 0 or less. A run that was killed (or is still
+// running) has a zero FinishedAt and no outcome.
+func (l *Ledger) Runs(ctx context.Context, limit int) ([]Run, error) {
+	if err := l.notClosed("list runs"); err != nil {
+		return nil, err
 	}
-	if err := json.Unmarshal([]byte(counts), &r.Counts); err != nil {
-		return Run{}, false, fmt.Errorf("ledger %s: run %d: decode counts: %w", l.path, r.ID, err)
+	return l.runs(ctx, "list runs", limit)
+}
+
+// runs reads up to limit runs (all when limit <= 0), newest first.
+func (l *Ledger) runs(ctx context.Context, op string, limit int) ([]Run, error) {
+	if limit <= 0 {
+		limit = -1 // SQLite: no limit
 	}
-	return r, true, nil
+	rows, err := l.rdb.QueryContext(ctx, "SELECT id, started_at, finished_at, command, outcome, options, counts FROM runs ORDER BY id DESC LIMIT ?", limit)
+	if err != nil {
+		return nil, l.classify(op, err)
+	}
+	defer rows.Close()
+	var out []Run
+	for rows.Next() {
+		var (
+			r        Run
+			started  int64
+			finished sql.NullInt64
+			opts     string
+			counts   string
+		)
+		if err := rows.Scan(&r.ID, &started, &finished, &r.Command, &r.Outcome, &opts, &counts); err != nil {
+			return nil, l.classify(op, err)
+		}
+		r.StartedAt = time.UnixMilli(started).UTC()
+		r.FinishedAt = timeOf(finished)
+		if err := json.Unmarshal([]byte(opts), &r.Options); err != nil {
+			return nil, fmt.Errorf("ledger %s: run %d: decode options: %w", l.path, r.ID, err)
+		}
+		if err := json.Unmarshal([]byte(counts), &r.Counts); err != nil {
+			return nil, fmt.Errorf("ledger %s: run %d: decode counts: %w", l.path, r.ID, err)
+		}
+		out = append(out, r)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, l.classify(op, err)
+	}
+	return out, nil
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -131,5 +132,58 @@ func TestRuns(t *testing.T) {
 
 	if err := l.FinishRun(ctx, 999, "completed", nil); !errors.Is(err, ledger.ErrUnknownRun) {
 		t.Errorf("FinishRun(999) err=%v, want ErrUnknownRun", err)
+	}
+}
+
+// TestRunsListing: Runs lists the newest runs first, killed ones with no
+// finish time and no outcome, from a read-only ledger too.
+func TestRunsListing(t *testing.T) {
+	ctx := context.Background()
+	now := fixedNow
+	path := tempPath(t)
+	l := MustOpen(t, path, ledger.Options{Now: func() time.Time { return now }})
+	if runs, err := l.Runs(ctx, 10); err != nil || len(runs) != 0 {
+		t.Fatalf("Runs() of a new ledger=%v err=%v, want none", runs, err)
+	}
+	var want []ledger.Run
+	for i := 1; i <= 5; i++ {
+		id, err := l.StartRun(ctx, "provision", map[string]string{"run": strconv.Itoa(i)})
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := ledger.Run{ID: id, StartedAt: now, Command: "provision", Options: map[string]string{"run": strconv.Itoa(i)}, Counts: map[ledger.State]int{}}
+		now = now.Add(time.Minute)
+		if i != 3 && i != 5 { // runs 3 and 5 were killed (or 5 still runs)
+			r.FinishedAt, r.Outcome, r.Counts = now, "completed", map[ledger.State]int{ledger.StateAssigned: i, ledger.StateFailed: 1}
+			if err := l.FinishRun(ctx, id, r.Outcome, r.Counts); err != nil {
+				t.Fatal(err)
+			}
+		}
+		now = now.Add(time.Minute)
+		want = append([]ledger.Run{r}, want...) // newest first
+	}
+	ro := MustOpen(t, path, ledger.Options{ReadOnly: true})
+	for _, tt := range []struct {
+		limit int
+		want  []ledger.Run
+	}{
+		{1, want[:1]}, {3, want[:3]}, {5, want}, {50, want}, {0, want}, {-1, want},
+	} {
+		for name, led := range map[string]*ledger.Ledger{"ReadWrite": l, "ReadOnly": ro} {
+			got, err := led.Runs(ctx, tt.limit)
+			if err != nil {
+				t.Fatalf("%s Runs(%d): %v", name, tt.limit, err)
+			}
+			if !reflect.DeepEqual(got, tt.want) {
+				t.Errorf("%s Runs(%d)=\n%+v\nwant\n%+v", name, tt.limit, got, tt.want)
+			}
+		}
+	}
+	if last, ok, err := l.LastRun(ctx); err != nil || !ok || !reflect.DeepEqual(last, want[0]) {
+		t.Errorf("LastRun()=%+v ok=%v err=%v, want %+v", last, ok, err, want[0])
+	}
+	MustClose(t, l)
+	if _, err := l.Runs(ctx, 1); !errors.Is(err, ledger.ErrClosed) {
+		t.Errorf("Runs after Close err=%v, want ErrClosed", err)
 	}
 }
