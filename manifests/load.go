@@ -64,6 +64,16 @@ type Options struct {
 	// runner loads every device again to register it, and the signature
 	// checks were most of that cost. Every other check still runs.
 	SkipSignatureChecks bool
+	// Strict refuses columns the manifest format does not define: each
+	// is a header problem. When false (the default), they are extra
+	// columns: ignored, named in one warning of Validate's Summary, their
+	// values kept in Row.Extra. Used by OpenWith and Validate.
+	Strict bool
+	// Columns maps columns of other names onto the format's, ours to the
+	// header's: {"registration_id": "serial_number"} reads the column
+	// serial_number as registration_id. Nil maps none. Used by OpenWith
+	// and Validate.
+	Columns ColumnMap
 	// KeepX509 is how many usable X.509 devices Validate keeps, loaded, in
 	// Summary.X509 (the first ones of the file), for a caller that
 	// registers them right after and would otherwise load each one again:
@@ -156,8 +166,7 @@ func (r *Reader) Load(row Row, opts Options) (*Device, []Problem) {
 		dev.Kind = KindGroupKey
 		dev.SymmetricKey = dps.DeriveDeviceKeyBytes(opts.GroupKey, row.RegistrationID)
 	default:
-		l.add("", "", "row has no credentials",
-			"give cert_path and key_path (X.509) or symmetric_key; for a device of a symmetric-key enrollment group, give the group key (dps-batch --group-key-file FILE, or the DPS_GROUP_KEY environment variable)")
+		l.add("", "", "row has no credentials", noCredentialsHint)
 	}
 	if dev.SymmetricKey != nil {
 		dev.Fingerprint = keyFingerprint(dev.SymmetricKey)
@@ -167,6 +176,13 @@ func (r *Reader) Load(row Row, opts Options) (*Device, []Problem) {
 	}
 	return dev, l.problems
 }
+
+// noCredentialsHint is the fix for a row with no credentials and no group
+// key. Such rows are usually all the rows of a group fleet, so the group
+// key comes first.
+const noCredentialsHint = "for devices of a symmetric-key enrollment group, give the group key: " +
+	"dps-batch provision --group-key-file FILE, or the environment variable DPS_GROUP_KEY; " +
+	"otherwise give the row cert_path and key_path (X.509) or symmetric_key"
 
 // keyFingerprint identifies a symmetric key without revealing it: a
 // domain-separated SHA-256 truncated to 64 bits, enough to tell keys apart

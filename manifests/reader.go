@@ -14,6 +14,12 @@
 //	symmetric_key    individual-enrollment symmetric key, base64 (16 to 64 bytes decoded)
 //	payload          optional JSON object sent to custom allocation policies
 //
+// Other columns (an MES export's hub, batch or notes) are ignored, with
+// one warning in Validate's Summary, and their values are kept with each row
+// in [Row.Extra]; [Options.Strict] refuses them instead. [Options.Columns]
+// maps columns of other names onto these (serial_number as
+// registration_id).
+//
 // A row carries either X.509 credentials (cert_path and key_path) or a
 // symmetric_key. A row with neither belongs to a symmetric-key enrollment
 // group: its key is derived from the group key given in [Options.GroupKey].
@@ -37,12 +43,15 @@ package manifests
 import (
 	"bufio"
 	"bytes"
+	"encoding/binary"
 	"encoding/csv"
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 
@@ -85,6 +94,10 @@ type Row struct {
 	SymmetricKey string `csv:"symmetric_key"`
 	// Payload is the custom allocation payload text; empty for none.
 	Payload string `csv:"payload"`
+	// Extra holds the values of the row's extra columns: those the
+	// manifest format does not define, kept when Options.Strict is off.
+	// Empty when the header has none.
+	Extra Extra `csv:"-"`
 }
 
 // Reader streams the rows of a manifest. Next must be called from one
@@ -98,13 +111,28 @@ type Reader struct {
 	err     error // sticky fatal error from Next
 	row     Row   // decoding target, reused
 
+	extra      []int     // indexes of the extra columns in a record
+	extraNames string    // their names, packed for Extra
+	extraList  []string  // their names
+	warnings   []Problem // about the header, for Validate's Summary
+	packBuf    []byte    // reused to pack a row's extra values
+
 	cache loadCache
 }
 
-// Open opens the manifest at path and checks its header. Relative paths in
-// the manifest resolve against the manifest's folder. Header problems are
-// returned, all of them, as a *HeaderError.
-func Open(path string) (*Reader, error) {
+// Open opens the manifest at path and checks its header, with the default
+// header options: unknown columns are extra columns, no column is mapped.
+// It is OpenWith(path, Options{}).
+func Open(path string) (*Reader, error) { return OpenWith(path, Options{}) }
+
+// OpenWith opens the manifest at path and checks its header, with
+// opts.Strict and opts.Columns (other options apply to Load). Relative
+// paths in the manifest resolve against the manifest's folder. Header
+// problems are returned, all of them, as a *HeaderError.
+func OpenWith(path string, opts Options) (*Reader, error) {
+	if err := opts.Columns.check(); err != nil {
+		return nil, fmt.Errorf("open manifest %s: column mapping: %w", path, err)
+	}
 	f, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("open manifest: %w", err)
@@ -120,7 +148,7 @@ func Open(path string) (*Reader, error) {
 	if abs, err := filepath.Abs(dir); err == nil {
 		dir = abs
 	}
-	r, err := newReader(f, dir, path)
+	r, err := newReader(f, dir, path, opts)
 	if err != nil {
 		f.Close()
 		return nil, err
@@ -131,12 +159,22 @@ func Open(path string) (*Reader, error) {
 
 // NewReader reads a manifest from rd and checks its header; header problems
 // are returned as a *HeaderError. Relative paths in the manifest resolve
-// against baseDir ("" means the current directory).
+// against baseDir ("" means the current directory). It is
+// NewReaderWith(rd, baseDir, Options{}).
 func NewReader(rd io.Reader, baseDir string) (*Reader, error) {
-	return newReader(rd, baseDir, "")
+	return newReader(rd, baseDir, "", Options{})
 }
 
-func newReader(rd io.Reader, baseDir, path string) (*Reader, error) {
+// NewReaderWith is NewReader with the header options opts.Strict and
+// opts.Columns.
+func NewReaderWith(rd io.Reader, baseDir string, opts Options) (*Reader, error) {
+	if err := opts.Columns.check(); err != nil {
+		return nil, fmt.Errorf("read manifest: column mapping: %w", err)
+	}
+	return newReader(rd, baseDir, "", opts)
+}
+
+func newReader(rd io.Reader, baseDir, path string, opts Options) (*Reader, error) {
 	br := bufio.NewReaderSize(&lineLimitReader{r: rd, max: MaxLineLength}, 64<<10)
 	// A BOM is common in files saved by spreadsheet programs.
 	if b, _ := br.Peek(3); bytes.Equal(b, []byte("\uFEFF")) {
@@ -163,10 +201,16 @@ func newReader(rd io.Reader, baseDir, path string) (*Reader, error) {
 		return nil, r.wrap(err)
 	}
 	line, _ := cr.FieldPos(0)
-	columns, problems := checkHeader(header, line)
-	if len(problems) > 0 {
-		return nil, &HeaderError{Path: path, Problems: problems}
+	h := checkHeader(header, line, opts)
+	if len(h.problems) > 0 {
+		return nil, &HeaderError{Path: path, Problems: h.problems}
 	}
+	columns := h.columns
+	r.extra, r.warnings = h.extra, h.warnings
+	for _, i := range h.extra {
+		r.extraList = append(r.extraList, columns[i])
+	}
+	r.extraNames = packStrings(nil, r.extraList)
 	r.src = &recordSource{csv: cr, width: len(columns), idColumn: indexOf(columns, colRegistrationID)}
 	r.dec, err = csvutil.NewDecoder(r.src, columns...)
 	if err != nil {
@@ -188,6 +232,9 @@ func (r *Reader) Next() (Row, error) {
 	err := r.dec.Decode(&r.row) // into the Reader: no allocation per row
 	if err == nil {
 		r.row.Line = r.src.line
+		if len(r.extra) > 0 {
+			r.row.Extra = r.extraValues(r.dec.Record())
+		}
 		return r.row, nil
 	}
 	var p *Problem
@@ -199,6 +246,26 @@ func (r *Reader) Next() (Row, error) {
 	}
 	r.err = err
 	return Row{}, err
+}
+
+// ExtraColumns returns the names of the header's extra columns (those the
+// manifest format does not define), in header order; nil when there are
+// none. Each Row carries their values in Row.Extra.
+func (r *Reader) ExtraColumns() []string { return slices.Clone(r.extraList) }
+
+// extraValues packs the record's values of the extra columns.
+func (r *Reader) extraValues(rec []string) Extra {
+	buf := r.packBuf[:0]
+	for _, i := range r.extra {
+		v := ""
+		if i < len(rec) {
+			v = rec[i]
+		}
+		buf = binary.AppendUvarint(buf, uint64(len(v)))
+		buf = append(buf, v...)
+	}
+	r.packBuf = buf
+	return Extra{names: r.extraNames, values: string(buf)}
 }
 
 // Close closes the manifest file opened by Open. It does nothing for a
@@ -230,33 +297,60 @@ func (r *Reader) wrap(err error) error {
 	return fmt.Errorf("read manifest %s: %w", r.path, err)
 }
 
-// checkHeader normalises the header names (trimmed, lower case) and reports
-// every problem with them: empty, unknown or duplicate names, a missing
-// registration_id, and column sets that cannot describe a device.
-func checkHeader(header []string, line int) ([]string, []Problem) {
-	columns := make([]string, len(header))
-	var problems []Problem
+// headerInfo is what checkHeader makes of a header line.
+type headerInfo struct {
+	columns  []string  // the column names as the decoder sees them: trimmed, lower case, mapped
+	extra    []int     // indexes of the columns the format does not define
+	problems []Problem // errors: the manifest cannot be read
+	warnings []Problem // worth telling, not stopping
+}
+
+// checkHeader normalises the header names (trimmed, lower case, mapped by
+// opts.Columns) and reports every problem with them: empty, duplicate or
+// (with opts.Strict) unknown names, mappings whose column is absent or
+// clashes with one of ours, a missing registration_id, and column sets
+// that cannot describe a device. Without opts.Strict, unknown columns are
+// extra columns, named in one warning.
+func checkHeader(names []string, line int, opts Options) headerInfo {
+	h := headerInfo{columns: make([]string, len(names))}
 	add := func(col, msg, hint string) {
-		problems = append(problems, Problem{Line: line, Column: col, Message: msg, Hint: hint})
+		h.problems = append(h.problems, Problem{Line: line, Column: col, Message: msg, Hint: hint})
 	}
+	ours := make(map[string]string, len(opts.Columns)) // the header's name → ours
+	for o, t := range opts.Columns {
+		ours[t] = o
+	}
+	mapped := make(map[string]bool, len(opts.Columns)) // mapped names found in the header
 	known := 0
-	seen := make(map[string]int, len(header))
-	for i, h := range header {
-		name := strings.ToLower(strings.TrimSpace(h))
-		columns[i] = name
+	seen := make(map[string]int, len(names))
+	for i, raw := range names {
+		name := strings.ToLower(strings.TrimSpace(raw))
+		if o, ok := ours[name]; ok && name != "" {
+			mapped[name] = true
+			name = o
+		} else if t, ok := opts.Columns[name]; ok && t != name {
+			add(name, fmt.Sprintf("column is in the header, and --column %s=%s maps %s to it too", name, t, t),
+				fmt.Sprintf("drop --column %s=%s, or remove or rename one of the two columns", name, t))
+			h.columns[i] = name
+			continue
+		}
+		h.columns[i] = name
 		switch {
 		case name == "":
 			add("", fmt.Sprintf("column %d has no name", i+1),
 				"name every column, or remove the stray comma; columns: "+strings.Join(knownColumns, ","))
 			continue
-		case indexOf(knownColumns, name) < 0:
-			hint := "known columns: " + strings.Join(knownColumns, ", ")
+		case indexOf(knownColumns, name) >= 0:
+			known++
+		case opts.Strict:
+			hint := "known columns: " + strings.Join(knownColumns, ", ") +
+				"; map it with --column OURS=" + name + ", or leave out --strict to ignore it"
 			if s := suggest(name); s != "" {
 				hint = fmt.Sprintf("did you mean %q? ", s) + hint
 			}
 			add(name, "unknown column", hint)
 		default:
-			known++
+			h.extra = append(h.extra, i)
 		}
 		if first, ok := seen[name]; ok {
 			add(name, fmt.Sprintf("column appears twice (columns %d and %d)", first+1, i+1), "keep one of them")
@@ -264,15 +358,36 @@ func checkHeader(header []string, line int) ([]string, []Problem) {
 			seen[name] = i
 		}
 	}
-	if known == 0 && len(header) > 0 {
+	for _, o := range slices.Sorted(maps.Keys(opts.Columns)) {
+		if t := opts.Columns[o]; !mapped[t] && t != o {
+			add(t, fmt.Sprintf("--column %s=%s: the header has no column %s", o, t, t),
+				"the header's columns are: "+strings.Join(headerNames(names), ", "))
+		}
+	}
+	if known == 0 && len(names) > 0 {
 		// Probably a data row where the header should be.
 		add("", "the first line is not a header",
 			"add a header line naming the columns, e.g. registration_id,cert_path,key_path")
-		return columns, problems
+		h.extra = nil
+		return h
+	}
+	var extraNames []string
+	for _, i := range h.extra {
+		extraNames = append(extraNames, h.columns[i])
 	}
 	has := func(c string) bool { _, ok := seen[c]; return ok }
 	if !has(colRegistrationID) {
-		add(colRegistrationID, "required column is missing", "add a registration_id column")
+		hint := "add a registration_id column"
+		if len(extraNames) > 0 {
+			name := "NAME"
+			for _, e := range extraNames {
+				if suggest(e) == colRegistrationID {
+					name = e
+				}
+			}
+			hint += fmt.Sprintf(", or map one of yours to it: --column registration_id=%s (columns not used: %s)", name, strings.Join(extraNames, ", "))
+		}
+		add(colRegistrationID, "required column is missing", hint)
 	}
 	if has(colCertPath) != has(colKeyPath) {
 		missing, present := colKeyPath, colCertPath
@@ -284,7 +399,34 @@ func checkHeader(header []string, line int) ([]string, []Problem) {
 	if has(colChainPath) && !has(colCertPath) {
 		add(colCertPath, "column is missing", "chain_path only makes sense with cert_path and key_path")
 	}
-	return columns, problems
+	if len(extraNames) > 0 {
+		hint := "--strict refuses unknown columns; --column OURS=YOURS maps one of yours to ours (" + strings.Join(knownColumns, ", ") + ")"
+		for _, e := range extraNames {
+			if s := suggest(e); s != "" && !has(s) {
+				hint = fmt.Sprintf("did you mean %q for %s? ", s, e) + hint
+				break
+			}
+		}
+		word := "column"
+		if len(extraNames) > 1 {
+			word = "columns"
+		}
+		h.warnings = append(h.warnings, Problem{Line: line, Severity: SeverityWarning,
+			Message: fmt.Sprintf("unknown %s ignored: %s", word, strings.Join(extraNames, ", ")), Hint: hint})
+	}
+	return h
+}
+
+// headerNames returns the header's non-empty names, trimmed and in lower
+// case.
+func headerNames(names []string) []string {
+	var out []string
+	for _, s := range names {
+		if s = strings.ToLower(strings.TrimSpace(s)); s != "" {
+			out = append(out, s)
+		}
+	}
+	return out
 }
 
 // suggest returns the known column closest to name, if it is close.

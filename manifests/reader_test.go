@@ -14,6 +14,7 @@ func TestHeader(t *testing.T) {
 	tests := []struct {
 		name     string
 		input    string
+		opts     Options
 		want     []want // every header problem, in order; nil: header is fine
 		wantHint string // hint substring of the first problem, if set
 	}{
@@ -31,21 +32,41 @@ func TestHeader(t *testing.T) {
 			want: []want{{colCertPath, "column is missing"}, {colCertPath, "column is missing"}}},
 		{name: "missing registration_id", input: "symmetric_key\n",
 			want: []want{{colRegistrationID, "required column is missing"}}},
-		{name: "unknown and misspelt columns", input: "regstration_id,cert_path,key_path,notes\n",
+		{name: "unknown and misspelt columns, strict", input: "regstration_id,cert_path,key_path,notes\n", opts: Options{Strict: true},
 			want:     []want{{"regstration_id", "unknown column"}, {"notes", "unknown column"}, {colRegistrationID, "required column is missing"}},
 			wantHint: `did you mean "registration_id"?`},
+		{name: "unknown and misspelt columns", input: "regstration_id,cert_path,key_path,notes\n",
+			want:     []want{{colRegistrationID, "required column is missing"}},
+			wantHint: "--column registration_id=regstration_id (columns not used: regstration_id, notes)"},
+		{name: "unknown columns ignored", input: "registration_id,symmetric_key,hub\n"},
+		{name: "unknown column, strict", input: "registration_id,symmetric_key,hub\n", opts: Options{Strict: true},
+			want: []want{{"hub", "unknown column"}}, wantHint: "leave out --strict"},
+		{name: "mapped column", input: "serial_number,symmetric_key,hub\n",
+			opts: Options{Columns: ColumnMap{colRegistrationID: "serial_number"}}},
+		{name: "mapped column, strict", input: "Serial_Number,Key\n",
+			opts: Options{Strict: true, Columns: ColumnMap{colRegistrationID: "serial_number", colSymmetricKey: "key"}}},
+		{name: "mapped column absent", input: "registration_id,symmetric_key\n",
+			opts: Options{Columns: ColumnMap{colPayload: "config"}},
+			want: []want{{"config", "the header has no column config"}}, wantHint: "registration_id, symmetric_key"},
+		{name: "mapped onto a column the header has", input: "registration_id,serial_number\n",
+			opts: Options{Columns: ColumnMap{colRegistrationID: "serial_number"}},
+			want: []want{{colRegistrationID, "--column registration_id=serial_number maps serial_number to it too"}}},
+		{name: "duplicate unknown column", input: "registration_id,note,note\n",
+			want: []want{{"note", "column appears twice (columns 2 and 3)"}}},
 		{name: "duplicate column", input: "registration_id,symmetric_key,Registration_ID\n",
 			want: []want{{colRegistrationID, "column appears twice (columns 1 and 3)"}}},
 		{name: "empty column name", input: "registration_id,,symmetric_key\n",
 			want: []want{{"", "column 2 has no name"}}},
-		{name: "data instead of header", input: "dev-1,devices/dev-1.pem,devices/dev-1.key\n",
+		{name: "data instead of header, strict", input: "dev-1,devices/dev-1.pem,devices/dev-1.key\n", opts: Options{Strict: true},
 			want: []want{{"dev-1", "unknown column"}, {"devices/dev-1.pem", "unknown column"}, {"devices/dev-1.key", "unknown column"}, {"", "the first line is not a header"}}},
+		{name: "data instead of header", input: "dev-1,devices/dev-1.pem,devices/dev-1.key\n",
+			want: []want{{"", "the first line is not a header"}}},
 		{name: "bad quoting", input: "registration_id,\"cert_path\n",
 			want: []want{{"", "malformed CSV"}}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			r, err := NewReader(strings.NewReader(tt.input), "")
+			r, err := NewReaderWith(strings.NewReader(tt.input), "", tt.opts)
 			if tt.want == nil {
 				if err != nil {
 					t.Fatalf("NewReader: %v", err)

@@ -31,12 +31,28 @@ type Summary struct {
 	TruncatedErrors int
 	// TruncatedWarnings counts the warnings left out of Warnings.
 	TruncatedWarnings int
+	// ErrorGroups lists every error once, with all the rows it was found
+	// on (see Group), sorted by first line: what to show a user. It holds
+	// at most maxProblems distinct errors; OtherErrors counts the errors
+	// of further distinct kinds.
+	ErrorGroups []Group
+	OtherErrors int
+	// WarningGroups and OtherWarnings are the same for warnings.
+	WarningGroups []Group
+	OtherWarnings int
+	// ExtraColumns names the header's columns that the manifest format
+	// does not define, in header order (Options.Strict off): they were
+	// ignored, and each Row carries their values in Row.Extra. A warning
+	// on line 1 names them.
+	ExtraColumns []string
 	// X509 holds, by line, the first usable X.509 devices (at most
 	// Options.KeepX509 of them, fewer when rows repeat an id), with the
 	// rows they were loaded from: a snapshot of their files at validation.
 	// It is filled whether or not the manifest has errors. It holds private
 	// keys: never print, log or encode it.
 	X509 map[int]Kept `json:"-"`
+
+	errs, warns grouper // build ErrorGroups and WarningGroups
 }
 
 // Kept is a device Validate loaded and kept, with the row it came from.
@@ -51,8 +67,11 @@ func (s *Summary) OK() bool { return len(s.Errors) == 0 && s.TruncatedErrors == 
 // Validate reads the whole manifest at path, loads every row (reading and
 // parsing its files) and detects duplicate registration ids. Row problems go
 // into the Summary, at most maxProblems errors and maxProblems warnings (0 or
-// less: no limit), the rest counted. The error is non-nil only when the
-// manifest cannot be read, its header is bad (*HeaderError), or ctx ends.
+// less: no limit), the rest counted; grouped (ErrorGroups, WarningGroups),
+// every occurrence of at most maxProblems distinct problems is counted. The
+// header is read with opts.Strict and opts.Columns. The error is non-nil
+// only when the manifest cannot be read, its header is bad (*HeaderError),
+// or ctx ends.
 //
 // Memory stays flat in the number of rows except for duplicate detection,
 // which keeps one 64-bit seeded hash per id (8 bytes per row, in fixed-size
@@ -61,13 +80,17 @@ func (s *Summary) OK() bool { return len(s.Errors) == 0 && s.TruncatedErrors == 
 // the exact ids with those hashes and reports each row that repeats an
 // earlier id, so a hash collision never yields a false duplicate.
 func Validate(ctx context.Context, path string, opts Options, maxProblems int) (*Summary, error) {
-	r, err := Open(path)
+	r, err := OpenWith(path, opts)
 	if err != nil {
 		return nil, err
 	}
 	defer r.Close()
 
-	s := &Summary{ByKind: make(map[Kind]int)}
+	s := &Summary{ByKind: make(map[Kind]int), ExtraColumns: r.ExtraColumns()}
+	s.errs.max, s.warns.max = maxProblems, maxProblems
+	for _, p := range r.warnings {
+		s.add(p, maxProblems)
+	}
 	ids := idHashes{seed: maphash.MakeSeed()}
 	loads := newParallelLoader(r, opts)
 	for {
@@ -114,11 +137,14 @@ func Validate(ctx context.Context, path string, opts Options, maxProblems int) (
 	byLine := func(a, b Problem) int { return cmp.Compare(a.Line, b.Line) }
 	slices.SortStableFunc(s.Errors, byLine)
 	slices.SortStableFunc(s.Warnings, byLine)
+	s.ErrorGroups, s.OtherErrors = s.errs.sorted(), s.errs.other
+	s.WarningGroups, s.OtherWarnings = s.warns.sorted(), s.warns.other
 	return s, nil
 }
 
 func (s *Summary) add(p Problem, max int) {
 	if p.Severity == SeverityWarning {
+		s.warns.add(p)
 		if max > 0 && len(s.Warnings) >= max {
 			s.TruncatedWarnings++
 			return
@@ -126,6 +152,7 @@ func (s *Summary) add(p Problem, max int) {
 		s.Warnings = append(s.Warnings, p)
 		return
 	}
+	s.errs.add(p)
 	if max > 0 && len(s.Errors) >= max {
 		s.TruncatedErrors++
 		return
@@ -137,7 +164,7 @@ func (s *Summary) add(p Problem, max int) {
 // whose hash is in repeated, and reports every row that repeats an earlier
 // id. Such rows no longer count in ByKind.
 func (s *Summary) addDuplicates(ctx context.Context, path string, opts Options, seed maphash.Seed, repeated map[uint64]struct{}, maxProblems int) error {
-	r, err := Open(path)
+	r, err := OpenWith(path, opts)
 	if err != nil {
 		return err
 	}

@@ -280,7 +280,7 @@ func TestValidateDuplicatesExact(t *testing.T) {
 
 func TestValidateErrors(t *testing.T) {
 	dir := t.TempDir()
-	bad := writeManifest(t, dir, "bad.csv", "registration_id,cert_pth")
+	bad := writeManifest(t, dir, "bad.csv", "registration_id,key_path")
 	good := writeManifest(t, dir, "good.csv", "registration_id,symmetric_key", "d-1,MDEyMzQ1Njc4OWFiY2RlZg==")
 	canceled, cancel := context.WithCancel(context.Background())
 	cancel()
