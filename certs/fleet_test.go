@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/csv"
 	"errors"
 	"fmt"
@@ -274,4 +275,111 @@ func TestFleetIDWidth(t *testing.T) {
 			}
 		})
 	}
+}
+
+// TestGenerateSymmetricFleets: a group fleet is a 0600 group key file and a
+// manifest of ids; an individual fleet is a 0600 manifest of ids and keys;
+// keys are random, 32 bytes, and the same as the Fleet's.
+func TestGenerateSymmetricFleets(t *testing.T) {
+	t.Run("group", func(t *testing.T) {
+		dir := filepath.Join(t.TempDir(), "sensors")
+		fl, err := GenerateFleet(context.Background(), FleetOptions{Dir: dir, Count: 3, Prefix: "sensor-", Attestation: AttestationSymmetricGroup})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fl.Attestation != AttestationSymmetricGroup || fl.Root != nil || fl.GroupCA != nil || fl.DeviceKeys != nil || fl.RootCertPath != "" {
+			t.Errorf("fleet = %+v, want a symmetric group fleet without CAs", fl)
+		}
+		if got, want := fl.GroupKeyPath, filepath.Join(dir, "group.key"); got != want {
+			t.Errorf("GroupKeyPath = %q, want %q", got, want)
+		}
+		checkMode(t, fl.GroupKeyPath, 0o600)
+		data, err := os.ReadFile(fl.GroupKeyPath)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !strings.HasSuffix(string(data), "\n") || strings.Count(string(data), "\n") != 1 {
+			t.Errorf("group.key = %d bytes, want base64 on one line", len(data))
+		}
+		key, err := base64.StdEncoding.DecodeString(strings.TrimSpace(string(data)))
+		if err != nil || len(key) != SymmetricKeySize || !bytes.Equal(key, fl.GroupKey) {
+			t.Errorf("group.key holds %d bytes (%v), want the fleet's %d-byte key", len(key), err, SymmetricKeySize)
+		}
+		rows := readManifest(t, fl.ManifestPath)
+		want := "registration_id\nsensor-00001\nsensor-00002\nsensor-00003\n"
+		if got := joinRows(rows); got != want {
+			t.Errorf("manifest:\n%s\nwant:\n%s", got, want)
+		}
+		if _, err := os.Stat(filepath.Join(dir, "ca")); err == nil {
+			t.Errorf("a symmetric fleet has a ca folder")
+		}
+
+		// Again: refused without --force, before anything changes.
+		_, err = GenerateFleet(context.Background(), FleetOptions{Dir: dir, Count: 3, Attestation: AttestationSymmetricGroup})
+		if !errors.Is(err, ErrExists) {
+			t.Errorf("second fleet: %v, want ErrExists", err)
+		}
+		if again, _ := os.ReadFile(fl.GroupKeyPath); !bytes.Equal(again, data) {
+			t.Errorf("a refused fleet changed group.key")
+		}
+		fl2, err := GenerateFleet(context.Background(), FleetOptions{Dir: dir, Count: 3, Attestation: AttestationSymmetricGroup, Force: true})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if bytes.Equal(fl2.GroupKey, fl.GroupKey) {
+			t.Errorf("--force kept the old group key")
+		}
+		checkMode(t, fl2.GroupKeyPath, 0o600)
+	})
+	t.Run("individual", func(t *testing.T) {
+		dir := t.TempDir()
+		fl, err := GenerateFleet(context.Background(), FleetOptions{Dir: dir, Count: 4, Attestation: AttestationSymmetricIndividual})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if fl.GroupKeyPath != "" || fl.GroupKey != nil || len(fl.DeviceKeys) != 4 {
+			t.Fatalf("fleet: group key path %q, %d device keys; want none and 4", fl.GroupKeyPath, len(fl.DeviceKeys))
+		}
+		checkMode(t, fl.ManifestPath, 0o600)
+		rows := readManifest(t, fl.ManifestPath)
+		if len(rows) != 5 || strings.Join(rows[0], ",") != "registration_id,symmetric_key" {
+			t.Fatalf("manifest rows = %q", rows)
+		}
+		seen := map[string]bool{}
+		for i, row := range rows[1:] {
+			key, err := base64.StdEncoding.DecodeString(row[1])
+			if row[0] != fl.RegistrationIDs[i] || err != nil || !bytes.Equal(key, fl.DeviceKeys[i]) || len(key) != SymmetricKeySize {
+				t.Errorf("row %d: %s with a %d-byte key (%v), want %s with the fleet's key", i, row[0], len(key), err, fl.RegistrationIDs[i])
+			}
+			if seen[row[1]] {
+				t.Errorf("row %d repeats a key", i)
+			}
+			seen[row[1]] = true
+		}
+	})
+	t.Run("unknown", func(t *testing.T) {
+		_, err := GenerateFleet(context.Background(), FleetOptions{Dir: t.TempDir(), Count: 1, Attestation: "tpm"})
+		if err == nil || !strings.Contains(err.Error(), `unknown attestation "tpm"`) {
+			t.Errorf("err = %v, want unknown attestation", err)
+		}
+	})
+}
+
+func checkMode(t *testing.T, path string, want os.FileMode) {
+	t.Helper()
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := fi.Mode().Perm(); got != want {
+		t.Errorf("%s mode = %04o, want %04o", path, got, want)
+	}
+}
+
+func joinRows(rows [][]string) string {
+	var b strings.Builder
+	for _, r := range rows {
+		b.WriteString(strings.Join(r, ",") + "\n")
+	}
+	return b.String()
 }
