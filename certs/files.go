@@ -4,6 +4,7 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -168,4 +169,18 @@ func writeTemp(f file) (string, error) {
 		return "", fmt.Errorf("write %s: %w", f.path, err)
 	}
 	return name, nil
+}
+
+// WriteSecretFile writes data to path with mode 0600 (owner only),
+// atomically, refusing to replace an existing file unless force is set: for
+// files that hold keys, such as a simulator configuration with symmetric
+// keys or derived device keys.
+func WriteSecretFile(path string, data []byte, force bool) error {
+	return writeFiles(force, file{path, data, keyFileMode})
+}
+
+// WriteSecretStream is WriteSecretFile for content streamed by fill, so a
+// large file is never held in memory. path's directory must exist.
+func WriteSecretStream(path string, force bool, fill func(io.Writer) error) error {
+	return writeStream(path, keyFileMode, force, fill)
 }

@@ -5,6 +5,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
@@ -173,5 +174,39 @@ func TestWriteWhereDirIsAFile(t *testing.T) {
 	_, err := WriteCA(filepath.Join(notDir, "ca"), mustRoot(t, Options{}), "root", false)
 	if err == nil || !strings.Contains(err.Error(), filepath.Join(notDir, "ca", "root")) {
 		t.Errorf("err = %v, want a write error naming the file", err)
+	}
+}
+
+func TestWriteSecretFile(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "secret.json")
+	if err := WriteSecretFile(path, []byte("one"), false); err != nil {
+		t.Fatal(err)
+	}
+	if err := WriteSecretFile(path, []byte("two"), false); !errors.Is(err, ErrExists) {
+		t.Errorf("second write without force: %v, want ErrExists", err)
+	}
+	if err := WriteSecretStream(path, true, func(w io.Writer) error { _, err := io.WriteString(w, "three"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	fi, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := fi.Mode().Perm(); got != 0o600 {
+		t.Errorf("mode = %04o, want 0600", got)
+	}
+	if b, _ := os.ReadFile(path); string(b) != "three" {
+		t.Errorf("content = %q, want three", b)
+	}
+	failing := errors.New("fill failed")
+	if err := WriteSecretStream(path, true, func(io.Writer) error { return failing }); !errors.Is(err, failing) {
+		t.Errorf("failed fill: %v", err)
+	}
+	if b, _ := os.ReadFile(path); string(b) != "three" {
+		t.Errorf("a failed fill changed the file: %q", b)
+	}
+	if entries, _ := os.ReadDir(dir); len(entries) != 1 {
+		t.Errorf("%d files in the folder, want 1 (no temporary file left)", len(entries))
 	}
 }
