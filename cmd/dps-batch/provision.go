@@ -49,6 +49,8 @@ type provisionFlags struct {
 	deviceTimeout, requestTimeout, settle                       time.Duration
 	retryFailed, reprovision, dryRun, verbose, quiet, jsonOut   bool
 	newCampaign                                                 bool
+	strict                                                      bool                // --strict: refuse unknown manifest columns
+	columns                                                     manifests.ColumnMap // --column OURS=YOURS
 	reprovisionBefore                                           string
 	reprovisionCutoff                                           time.Time
 
@@ -83,6 +85,7 @@ func (p *provisionFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&p.verbose, "v", false, "verbose: log every device's steps on stderr")
 	fs.BoolVar(&p.quiet, "quiet", false, "no progress display (the summary is still printed)")
 	fs.BoolVar(&p.jsonOut, "json", false, "print the summary as JSON on stdout")
+	addManifestFlags(fs, &p.strict, &p.columns)
 }
 
 func (p *provisionFlags) check() error {
@@ -211,7 +214,7 @@ func provision(ctx context.Context, e *env, p *provisionFlags) error {
 		Stats:  &batch.Stats{},
 		Options: batch.Options{
 			ManifestPath:   p.manifest,
-			Manifest:       manifests.Options{GroupKey: groupKey},
+			Manifest:       manifests.Options{GroupKey: groupKey, Strict: p.strict, Columns: p.columns},
 			Workers:        p.workers,
 			RegisterRate:   p.rate,
 			PollRate:       p.pollRate,
@@ -296,7 +299,7 @@ func validateManifest(ctx context.Context, e *env, p *provisionFlags, r *batch.R
 func dryRun(ctx context.Context, e *env, p *provisionFlags, groupKey []byte) error {
 	r := &batch.Runner{Options: batch.Options{
 		ManifestPath: p.manifest,
-		Manifest:     manifests.Options{GroupKey: groupKey},
+		Manifest:     manifests.Options{GroupKey: groupKey, Strict: p.strict, Columns: p.columns},
 		RegisterRate: p.rate,
 		Policy:       p.policy(),
 	}}
@@ -430,20 +433,27 @@ func newLogger(w io.Writer, verbose bool) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
 }
 
+// printProblems lists the manifest's errors, each distinct problem once
+// with the rows it was found on, then its warnings.
 func printProblems(w io.Writer, manifest string, s *manifests.Summary) {
 	fmt.Fprintf(w, "Manifest %s has %d problem(s); nothing was sent:\n", manifest, len(s.Errors)+s.TruncatedErrors)
-	for _, p := range s.Errors {
-		fmt.Fprintf(w, "  %s\n", p.Error())
-	}
-	if s.TruncatedErrors > 0 {
-		fmt.Fprintf(w, "  ... and %d more\n", s.TruncatedErrors)
-	}
+	printGroups(w, "  ", s.ErrorGroups, s.OtherErrors)
 	printWarnings(w, s)
 	fmt.Fprintf(w, "Fix the rows above and run the same command again.\n")
 }
 
+// printWarnings lists the manifest's warnings, each distinct one once.
 func printWarnings(w io.Writer, s *manifests.Summary) {
-	for _, p := range s.Warnings {
-		fmt.Fprintf(w, "  warning: %s\n", p.Error())
+	printGroups(w, "  warning: ", s.WarningGroups, s.OtherWarnings)
+}
+
+// printGroups prints one line per distinct problem (rows 2-201 (200 rows):
+// ...), then how many problems of further kinds were not listed.
+func printGroups(w io.Writer, prefix string, groups []manifests.Group, other int) {
+	for _, g := range groups {
+		fmt.Fprintf(w, "%s%s\n", prefix, g)
+	}
+	if other > 0 {
+		fmt.Fprintf(w, "%s... and %d more of other kinds, not listed\n", prefix, other)
 	}
 }
