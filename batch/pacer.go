@@ -30,6 +30,7 @@ type Pacer struct {
 	pausedUntil time.Time
 	lastCut     time.Time
 	throttles   int
+	busy        time.Duration // time a request waited its turn's token or pause
 }
 
 // decrease is the factor applied to the rate on a throttle.
@@ -68,6 +69,12 @@ func (p *Pacer) Wait(ctx context.Context) error {
 		return ctx.Err()
 	}
 	defer func() { <-p.turn }()
+	start := p.now()
+	defer func() {
+		p.mu.Lock()
+		p.busy += p.now().Sub(start)
+		p.mu.Unlock()
+	}()
 	for {
 		p.mu.Lock()
 		pause := p.pausedUntil.Sub(p.now())
@@ -151,6 +158,15 @@ func (p *Pacer) Rate() float64 {
 		return 0
 	}
 	return float64(p.current) * 60
+}
+
+// Busy returns how long requests have waited for this pacer (its tokens or
+// a throttle pause), one waiter at a time: close to the run's duration when
+// the pacer's rate is what limits the run.
+func (p *Pacer) Busy() time.Duration {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.busy
 }
 
 // Throttles returns how many 429s the pacer was told about.

@@ -72,6 +72,10 @@ type Options struct {
 
 	Policy          // --retry-failed, --reprovision
 	MaxProblems int // validation problems to collect; 0 = 200
+	// FuseDevices is how many devices must fail the same way, with nothing
+	// accepted, before the run stops as systemic (SystemicError); 0 means
+	// DefaultFuseDevices, negative never stops.
+	FuseDevices int
 }
 
 func (o *Options) setDefaults() {
@@ -127,8 +131,18 @@ type Runner struct {
 
 	registerPacer *Pacer
 	pollPacer     *Pacer
+	fuse          *fuse
+	slotWait      time.Duration // dispatch waited for a free worker
 	runID         int64
 	validated     bool // Validate passed; Run need not read every file again
+
+	halted   chan struct{} // closed by halt
+	haltOnce sync.Once
+	haltMu   sync.Mutex
+	haltErr  error // why the run was halted
+
+	warnMu sync.Mutex
+	warned map[string]int // warnings per kind, for warnRepeated
 
 	loadedMu sync.Mutex
 	loaded   map[int]manifests.Kept // X.509 devices Validate loaded, by line; taken by dispatch
@@ -168,6 +182,19 @@ type Result struct {
 	// CampaignStarted: this run started Campaign. CampaignCompleted: this
 	// run finished it (every device of it reached a final state).
 	CampaignStarted, CampaignCompleted bool
+	// Bound names what limited the run's speed ("--rate 900/min",
+	// "--poll-rate 1800/min", "--workers 100", "DPS throttling (429)")
+	// when one was waited on for most of the run; "" otherwise.
+	Bound string
+	// Counts are the ledger's devices per state when the run ended: what
+	// is left for the next run, in the words status and report use.
+	Counts map[ledger.State]int
+}
+
+// Left is the number of devices the next run has work for.
+func (r *Result) Left() int {
+	c := r.Counts
+	return c[ledger.StatePending] + c[ledger.StateRegistering] + c[ledger.StateAssigning] + c[ledger.StateRetryable]
 }
 
 // CampaignError means the run asked for a campaign while another one, of a
@@ -232,6 +259,56 @@ func (r *Runner) now() time.Time {
 		return r.Now()
 	}
 	return time.Now()
+}
+
+// halt stops the run as a drain does (no new device, no new register
+// request; requests in flight complete and are recorded) and makes Run
+// return err, the first one given.
+func (r *Runner) halt(err error) {
+	r.haltMu.Lock()
+	if r.haltErr == nil {
+		r.haltErr = err
+	}
+	r.haltMu.Unlock()
+	r.haltOnce.Do(func() { close(r.halted) })
+}
+
+func (r *Runner) haltError() error {
+	r.haltMu.Lock()
+	defer r.haltMu.Unlock()
+	return r.haltErr
+}
+
+// warnsPerKind is how many warnings of one kind a run prints; the rest are
+// counted and summed up once at the end (every device's detail is in the
+// ledger and the report).
+const warnsPerKind = 3
+
+// warnRepeated logs a warning unless warnsPerKind of the same kind were
+// logged already in this run.
+func (r *Runner) warnRepeated(kind, msg string, args ...any) {
+	r.warnMu.Lock()
+	if r.warned == nil {
+		r.warned = map[string]int{}
+	}
+	r.warned[kind]++
+	n := r.warned[kind]
+	r.warnMu.Unlock()
+	if n <= warnsPerKind {
+		r.log().Warn(msg, args...)
+	}
+}
+
+// flushWarnings logs how many warnings were held back, once per kind.
+func (r *Runner) flushWarnings() {
+	r.warnMu.Lock()
+	defer r.warnMu.Unlock()
+	for kind, n := range r.warned {
+		if n > warnsPerKind {
+			r.log().Warn("more devices failed the same way; the report lists each one", "count", n-warnsPerKind, "like", kind)
+		}
+	}
+	r.warned = nil
 }
 
 func (r *Runner) log() *slog.Logger {
@@ -404,6 +481,16 @@ func (r *Runner) Run(ctx context.Context, drain <-chan struct{}) (*Result, error
 	stopPlan()
 	r.registerPacer = NewPacer(r.Options.RegisterRate)
 	r.pollPacer = NewPacer(r.Options.PollRate)
+	r.fuse = nil
+	if need := r.Options.FuseDevices; need >= 0 {
+		if need == 0 {
+			need = DefaultFuseDevices
+		}
+		// A run of a handful of devices ends quickly anyway.
+		if need = min(need, plan.Work()); need >= 2 {
+			r.fuse = newFuse(need)
+		}
+	}
 	r.Stats.total.Store(int64(plan.Work()))
 	r.Stats.started.Store(r.now().UnixNano())
 
@@ -428,11 +515,38 @@ func (r *Runner) Run(ctx context.Context, drain <-chan struct{}) (*Result, error
 	}
 	res.Campaign = open
 
-	stopped, err := r.dispatch(ctx, drain)
-	res.Stopped = stopped || ctx.Err() != nil
+	// The run stops dispatching when the user asks (drain) or when a device
+	// halts it (a systemic or fatal error): either way in-flight requests
+	// complete and are recorded, so a stop creates no doubt about what a
+	// request did at DPS.
+	r.halted = make(chan struct{})
+	r.haltOnce = sync.Once{}
+	r.haltErr = nil
+	stop := make(chan struct{})
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	go func() {
+		select {
+		case <-drain:
+		case <-r.halted:
+		case <-watchCtx.Done():
+			return
+		}
+		r.Stats.stopping.Store(true)
+		close(stop)
+	}()
+	stopped, err := r.dispatch(ctx, stop)
+	stopWatch()
+	r.flushWarnings()
+	if err == nil {
+		err = r.haltError()
+	}
+	var se *SystemicError
+	systemic := errors.As(err, &se)
+	res.Stopped = stopped || ctx.Err() != nil || systemic
 	res.Snapshot = r.Stats.Snapshot()
 	res.ByHub = r.Stats.ByHub()
 	res.P50, res.P95 = r.Stats.Percentile(0.50), r.Stats.Percentile(0.95)
+	res.Bound = r.bound(res.Snapshot.Elapsed)
 	if err == nil && r.Options.Policy.Campaign != 0 && !res.Resumable() {
 		// Every device of the campaign reached a final state in it.
 		if err = r.Ledger.FinishCampaign(context.WithoutCancel(ctx), open.ID, ledger.CampaignCompleted); err == nil {
@@ -440,23 +554,90 @@ func (r *Runner) Run(ctx context.Context, drain <-chan struct{}) (*Result, error
 		}
 	}
 
-	outcome := "completed"
-	switch {
-	case err != nil:
-		outcome = "error: " + err.Error()
-	case ctx.Err() != nil:
-		outcome = "interrupted"
-	case res.Stopped:
-		outcome = "stopped"
+	if se != nil {
+		if rerr := r.releaseSystemic(context.WithoutCancel(ctx), se); rerr != nil {
+			err = rerr
+		}
 	}
 	counts := map[ledger.State]int{}
 	if c, cerr := r.Ledger.Counts(context.WithoutCancel(ctx)); cerr == nil {
 		counts = c.ByState
 	}
+	res.Counts = counts
+	left := counts[ledger.StatePending] + counts[ledger.StateRegistering] + counts[ledger.StateAssigning] + counts[ledger.StateRetryable]
+	outcome := "completed"
+	switch {
+	case se != nil:
+		outcome = "stopped early: " + se.Error()
+	case err != nil:
+		outcome = "error: " + err.Error()
+	case ctx.Err() != nil:
+		outcome = fmt.Sprintf("interrupted; %d devices left", left)
+	case res.Stopped:
+		outcome = fmt.Sprintf("stopped; %d devices left", left)
+	case res.Resumable():
+		outcome = fmt.Sprintf("unfinished; %d devices left", left)
+	}
 	if ferr := r.Ledger.FinishRun(context.WithoutCancel(ctx), runID, outcome, counts); ferr != nil && err == nil {
 		err = ferr
 	}
 	return res, err
+}
+
+// bound names the limiter the run waited on for most of elapsed, if any.
+func (r *Runner) bound(elapsed time.Duration) string {
+	if elapsed <= 0 {
+		return ""
+	}
+	type limiter struct {
+		name string
+		busy time.Duration
+	}
+	regName := fmt.Sprintf("--rate %.0f/min", r.Options.RegisterRate)
+	if r.registerPacer.Throttles() > 0 {
+		regName = "DPS throttling (429) on registrations"
+	}
+	pollName := fmt.Sprintf("--poll-rate %.0f/min", r.Options.PollRate)
+	if r.pollPacer.Throttles() > 0 {
+		pollName = "DPS throttling (429) on polls"
+	}
+	// In this order: a slow pacer also keeps the workers busy, so the
+	// workers limit the run only when neither pacer does.
+	for _, l := range []limiter{
+		{regName, r.registerPacer.Busy()},
+		{pollName, r.pollPacer.Busy()},
+		{fmt.Sprintf("--workers %d", r.Options.Workers), r.slotWait},
+	} {
+		if l.busy >= elapsed/2 {
+			return l.name
+		}
+	}
+	return ""
+}
+
+// releaseSystemic makes the devices a systemic failure stopped retryable
+// again: they failed because of the run's configuration, not their own, so
+// the same command retries them once it is fixed.
+func (r *Runner) releaseSystemic(ctx context.Context, se *SystemicError) error {
+	var release []ledger.Device
+	err := r.Ledger.Each(ctx, []ledger.State{ledger.StateFailed}, func(d ledger.Device) error {
+		if d.RunID == r.runID && r.fuse.failedWith(d.RegistrationID) {
+			release = append(release, d)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	for _, d := range release {
+		d.State = ledger.StateRetryable
+		d.FinishedAt = time.Time{}
+		d.Hint = "not retried: the run stopped because every device failed this way (" + se.Signature + "); fix the cause and run the same command again"
+		if err := r.Ledger.Put(ctx, d); err != nil {
+			return fmt.Errorf("record device %s in ledger: %w", d.RegistrationID, err)
+		}
+	}
+	return nil
 }
 
 // stoppedEarly turns an error from validation or planning into a stopped
@@ -506,6 +687,7 @@ loop:
 			break
 		}
 		for _, row := range rows {
+			waitStart := time.Now()
 			select {
 			case <-drain:
 				stopped = true
@@ -514,6 +696,7 @@ loop:
 				break loop
 			case slots <- struct{}{}:
 			}
+			r.slotWait += time.Since(waitStart)
 			b, found := briefs[row.RegistrationID]
 			g.Go(func() error {
 				defer func() { <-slots }()

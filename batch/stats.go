@@ -41,6 +41,7 @@ type Stats struct {
 	retries          atomic.Int64
 	throttled        atomic.Int64
 	skipFailed       atomic.Int64 // skipped devices whose ledger state is failed or disabled
+	stopping         atomic.Bool  // the run was asked to stop (drain): no estimate of the end
 
 	mu        sync.Mutex
 	latencies []time.Duration // per finished device: first request to final answer
@@ -68,6 +69,9 @@ type Snapshot struct {
 	Throttled int // 429 answers
 	// SkippedFailures counts skipped devices that are failed or disabled in the ledger.
 	SkippedFailures int
+	// Stopping is true once the run was asked to stop: in-flight devices
+	// finish, no new one starts, and there is no time left to estimate.
+	Stopping bool
 }
 
 // Done is the number of devices this run has finished working on.
@@ -83,8 +87,12 @@ func (s Snapshot) Rate() float64 {
 	return float64(s.Done()) / s.Elapsed.Seconds()
 }
 
-// ETA estimates the time left at the rate so far; 0 when unknown.
+// ETA estimates the time left at the rate so far; 0 when unknown or when
+// the run is stopping.
 func (s Snapshot) ETA() time.Duration {
+	if s.Stopping {
+		return 0
+	}
 	r := s.Rate()
 	left := s.Total - s.Done()
 	if r <= 0 || left <= 0 {
@@ -107,6 +115,7 @@ func (st *Stats) Snapshot() Snapshot {
 		Retries:          int(st.retries.Load()),
 		Throttled:        int(st.throttled.Load()),
 		SkippedFailures:  int(st.skipFailed.Load()),
+		Stopping:         st.stopping.Load(),
 	}
 	if ns := st.started.Load(); ns != 0 {
 		s.Elapsed = time.Since(time.Unix(0, ns))

@@ -406,6 +406,16 @@ func (w *work) apply(ctx context.Context, ev Event, a answer) (step, error) {
 		w.failures++
 	}
 	w.settleBilling(ev, a)
+	var trip *SystemicError
+	switch {
+	case a.err == nil:
+		w.r.fuse.succeeded()
+	case ev == EvNothing || ev == EvNothingYet || ev == EvLost, a.kind != "register" && httpStatus(a.err) == http.StatusNotFound:
+		// A poll or lookup DPS answered with "not found": about this
+		// device's operation or registration, not about the run's setup.
+	default:
+		trip = w.r.fuse.failure(w.rec.RegistrationID, a.err, t.Next == ledger.StateFailed)
+	}
 	switch t.Next {
 	case stateFromAnswer:
 		return stepDone, w.final(ctx, a.status, a.result, a.att)
@@ -414,18 +424,30 @@ func (w *work) apply(ctx context.Context, ev Event, a answer) (step, error) {
 			w.rec.ErrorMessage = fmt.Sprintf("DPS accepted operation %s, then no longer knew it, and shows no registration for the device", w.rec.OperationID)
 			w.rec.Hint = "check the registration in DPS (it may have been deleted); --retry-failed registers the device again (billable)"
 		}
-		return stepDone, w.fail(ctx, a.kind, a.att)
+		if err := w.fail(ctx, a.kind, a.att); err != nil {
+			return stepStop, err
+		}
+		if trip != nil {
+			w.r.halt(trip)
+		}
+		return stepDone, nil
 	}
 	w.rec.State = t.Next
 	if err := w.put(ctx, a.att); err != nil {
 		return stepStop, err
 	}
+	if trip != nil {
+		w.r.halt(trip)
+	}
 	if t.Step == stepStop {
+		// Every device would hit this error: the run halts; this device's
+		// state is recorded, the others' requests in flight complete.
 		err := a.err
 		if h := dps.Hint(err); h != "" {
 			err = fmt.Errorf("%w\nhint: %s", err, h)
 		}
-		return stepStop, err
+		w.r.halt(err)
+		return stepStop, nil
 	}
 	return t.Step, nil
 }
@@ -477,7 +499,8 @@ func (w *work) fail(ctx context.Context, kind string, att ledger.Attempt) error 
 	if err := w.put(ctx, att); err != nil {
 		return err
 	}
-	w.r.log().Warn("device failed", "device", w.rec.RegistrationID, "op", kind, "status", w.rec.HTTPStatus,
+	w.r.warnRepeated(fmt.Sprintf("%s %d %d %s", kind, w.rec.HTTPStatus, w.rec.ErrorCode, w.rec.Hint), "device failed",
+		"device", w.rec.RegistrationID, "op", kind, "status", w.rec.HTTPStatus,
 		"code", w.rec.ErrorCode, "request_id", w.rec.RequestID, "error", w.rec.ErrorMessage, "hint", w.rec.Hint)
 	w.r.Stats.finish(OutcomeFailed, w.elapsed(), "")
 	return nil

@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"github.com/dps-batch/dps-batch/batch"
 	"os"
 	"path/filepath"
 	"strings"
@@ -105,6 +106,7 @@ func runDemo(ctx context.Context, e *env, args []string) error {
 		groupKeyFile: groupKeyFile,
 		workers:      *workers, rate: *rate, pollRate: *rate * 3, maxAttempts: 6,
 		deviceTimeout: 2 * time.Minute, requestTimeout: 30 * time.Second, verbose: *verbose,
+		settle: batch.DefaultSettle, failFast: batch.DefaultFuseDevices,
 		resumeHint: "dps-batch demo --dir " + shellQuote(*dir),
 	}
 	provErr := provision(ctx, e, p)

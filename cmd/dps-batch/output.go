@@ -3,6 +3,7 @@ package main
 import (
 	"crypto/tls"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -17,6 +18,7 @@ import (
 
 	"github.com/dps-batch/dps-batch/batch"
 	"github.com/dps-batch/dps-batch/dps"
+	"github.com/dps-batch/dps-batch/ledger"
 )
 
 // newDPSClient builds the DPS client from the flags; the --ca-file bundle is
@@ -81,7 +83,7 @@ func newProgress(w io.Writer, quiet bool) *progress {
 			progressbar.OptionSetWriter(w),
 			progressbar.OptionSetDescription("provisioning"),
 			progressbar.OptionShowCount(),
-			progressbar.OptionSetWidth(30),
+			progressbar.OptionSetWidth(16),
 			progressbar.OptionThrottle(100*time.Millisecond),
 			progressbar.OptionClearOnFinish(),
 		)
@@ -144,14 +146,32 @@ func (p *progress) Stop() {
 	p.done = nil
 }
 
+// progressLine is the live status, short enough for an 80-column terminal
+// next to the bar: counts that are zero are left out.
 func progressLine(s batch.Snapshot) string {
-	eta := "-"
-	if d := s.ETA(); d > 0 {
-		eta = d.Round(time.Second).String()
+	parts := []string{fmt.Sprintf("%d assigned", s.Outcomes[batch.OutcomeAssigned])}
+	for _, c := range []struct {
+		n    int
+		name string
+	}{
+		{s.Outcomes[batch.OutcomeFailed], "failed"},
+		{s.Outcomes[batch.OutcomeDisabled], "disabled"},
+		{s.Outcomes[batch.OutcomeUnfinished], "left"},
+		{s.InFlight, "in flight"},
+		{s.Throttled, "429s"},
+	} {
+		if c.n > 0 {
+			parts = append(parts, fmt.Sprintf("%d %s", c.n, c.name))
+		}
 	}
-	return fmt.Sprintf("assigned=%d failed=%d disabled=%d unfinished=%d in-flight=%d %.1f/s eta %s throttled=%d",
-		s.Outcomes[batch.OutcomeAssigned], s.Outcomes[batch.OutcomeFailed], s.Outcomes[batch.OutcomeDisabled],
-		s.Outcomes[batch.OutcomeUnfinished], s.InFlight, s.Rate(), eta, s.Throttled)
+	parts = append(parts, fmt.Sprintf("%.1f/s", s.Rate()))
+	switch d := s.ETA(); {
+	case s.Stopping:
+		parts = append(parts, "stopping")
+	case d > 0:
+		parts = append(parts, "eta "+d.Round(time.Second).String())
+	}
+	return strings.Join(parts, ", ")
 }
 
 // summaryJSON is the --json form of the summary.
@@ -166,6 +186,10 @@ type summaryJSON struct {
 	Unanswered int            `json:"registersUnanswered"`
 	Conflicts  int            `json:"registerConflicts"`
 	Campaign   *campaignJSON  `json:"campaign,omitempty"`
+	Left       int            `json:"left"`
+	States     map[string]int `json:"ledgerStates"`
+	BoundBy    string         `json:"boundBy,omitempty"`
+	Error      string         `json:"error,omitempty"`
 	Polls      int            `json:"polls"`
 	Lookups    int            `json:"lookups"`
 	Retries    int            `json:"retries"`
@@ -191,12 +215,15 @@ func printSummary(w io.Writer, p *provisionFlags, res *batch.Result, asJSON bool
 			Ledger: p.ledgerPath, Manifest: p.manifest, Devices: res.Plan.Devices,
 			Outcomes: map[string]int{}, ByHub: res.ByHub,
 			Registers: s.Registers, Requests: s.RegisterRequests, Unanswered: s.Unanswered, Conflicts: s.Conflicts,
-			Campaign: newCampaignJSON(res), Polls: s.Polls, Lookups: s.Lookups, Retries: s.Retries, Throttled: s.Throttled,
+			Campaign: newCampaignJSON(res), Left: res.Left(), States: map[string]int{}, BoundBy: res.Bound, Polls: s.Polls, Lookups: s.Lookups, Retries: s.Retries, Throttled: s.Throttled,
 			ElapsedSec: s.Elapsed.Seconds(), PerSecond: s.Rate(), P50Sec: res.P50.Seconds(), P95Sec: res.P95.Seconds(),
 			Resumable: res.Resumable(), ReportCmd: report, PrevFailed: s.SkippedFailures, RunID: res.RunID,
 		}
 		for o := batch.OutcomeAssigned; o <= batch.OutcomeChanged; o++ {
 			out.Outcomes[o.String()] = s.Outcomes[o]
+		}
+		for st, n := range res.Counts {
+			out.States[string(st)] = n
 		}
 		if res.Resumable() {
 			out.ResumeCmd = resume
@@ -206,15 +233,20 @@ func printSummary(w io.Writer, p *provisionFlags, res *batch.Result, asJSON bool
 		_ = enc.Encode(out)
 		return
 	}
-	fmt.Fprintf(w, "\n%d devices in the manifest; this run worked on %d in %s (%.1f devices/s)\n",
+	fmt.Fprintf(w, "\n%d devices in the manifest; this run worked on %d in %s (%.1f devices/s)",
 		res.Plan.Devices, s.Done(), s.Elapsed.Round(time.Millisecond), s.Rate())
-	fmt.Fprintf(w, "  assigned %d  disabled %d  failed %d  unfinished %d  skipped %d",
+	if res.Bound != "" {
+		fmt.Fprintf(w, ", limited by %s", res.Bound)
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintf(w, "  this run: assigned %d  disabled %d  failed %d  skipped %d",
 		s.Outcomes[batch.OutcomeAssigned], s.Outcomes[batch.OutcomeDisabled], s.Outcomes[batch.OutcomeFailed],
-		s.Outcomes[batch.OutcomeUnfinished], s.Outcomes[batch.OutcomeSkipped])
+		s.Outcomes[batch.OutcomeSkipped])
 	if n := s.Outcomes[batch.OutcomeChanged]; n > 0 {
 		fmt.Fprintf(w, "  credentials-changed %d", n)
 	}
 	fmt.Fprintln(w)
+	printLeft(w, res)
 	if s.SkippedFailures > 0 {
 		fmt.Fprintf(w, "  %d device(s) failed or were disabled in an earlier run and were skipped (--retry-failed registers them again)\n", s.SkippedFailures)
 	}
@@ -280,6 +312,76 @@ func resumeCommand(p *provisionFlags) string {
 		parts = append(parts, shellQuote(a))
 	}
 	return strings.Join(parts, " ")
+}
+
+// printLeft says what the next run has to do, in the ledger's state names
+// (the words status and report use).
+func printLeft(w io.Writer, res *batch.Result) {
+	left := res.Left()
+	if left == 0 {
+		return
+	}
+	var parts []string
+	for _, st := range []ledger.State{ledger.StatePending, ledger.StateRegistering, ledger.StateAssigning, ledger.StateRetryable} {
+		if n := res.Counts[st]; n > 0 {
+			parts = append(parts, fmt.Sprintf("%s %d", st, n))
+		}
+	}
+	fmt.Fprintf(w, "  left for the next run: %d (%s)\n", left, strings.Join(parts, ", "))
+}
+
+// stoppedOnError reports a run that stopped on an error: the error and what
+// to fix first, then what the ledger holds and what to run next. There is
+// no speed to report, and "the same command" is offered only when it can
+// succeed.
+func stoppedOnError(e *env, p *provisionFlags, res *batch.Result, err error) error {
+	var se *batch.SystemicError
+	systemic := errors.As(err, &se)
+	if systemic {
+		fmt.Fprintf(e.stderr, "dps-batch provision: %v\nhint: %s\n", se, se.Hint)
+	} else {
+		fmt.Fprintf(e.stderr, "dps-batch provision: %v\n", err)
+	}
+	s := res.Snapshot
+	w := e.stdout
+	if p.jsonOut {
+		out := map[string]any{"ledger": p.ledgerPath, "manifest": p.manifest, "error": err.Error(), "left": res.Left(),
+			"registers": s.Registers, "registerRequests": s.RegisterRequests, "registersUnanswered": s.Unanswered, "runId": res.RunID}
+		states := map[string]int{}
+		for st, n := range res.Counts {
+			states[string(st)] = n
+		}
+		out["ledgerStates"] = states
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		_ = enc.Encode(out)
+	} else {
+		fmt.Fprintf(w, "\nStopped on an error; %d devices in the manifest.\n", res.Plan.Devices)
+		fmt.Fprintf(w, "  this run: assigned %d  disabled %d  failed %d\n",
+			s.Outcomes[batch.OutcomeAssigned], s.Outcomes[batch.OutcomeDisabled], s.Outcomes[batch.OutcomeFailed])
+		printLeft(w, res)
+		fmt.Fprintf(w, "  registrations accepted by DPS (billable): %d", s.Registers)
+		if s.Unanswered > 0 {
+			fmt.Fprintf(w, "; %d more unanswered (the next run looks them up first)", s.Unanswered)
+		}
+		fmt.Fprintln(w)
+		fmt.Fprintf(w, "Ledger: %s (consistent: nothing is lost)\n", p.ledgerPath)
+		if systemic {
+			if se.Refused && s.Registers == 0 && s.Unanswered == 0 {
+				fmt.Fprintln(w, "Nothing billable was sent: every request was refused before DPS accepted it.")
+			}
+			fmt.Fprintf(w, "Fix the cause above, then run the same command again: the devices stopped this way are retryable.\n")
+			if s.Registers == 0 && s.Unanswered == 0 {
+				fmt.Fprintf(w, "If --endpoint or --id-scope was wrong, add --rebind to the corrected command (DPS accepted nothing recorded in this ledger).\n")
+			}
+		} else {
+			fmt.Fprintf(w, "Fix the cause above, then run provision again with this ledger: devices in progress are looked up or polled, never registered twice.\n")
+		}
+	}
+	if systemic {
+		return &exitError{code: exitSystemic}
+	}
+	return &exitError{code: exitInternal}
 }
 
 // campaignJSON is a campaign in --json output.

@@ -48,7 +48,8 @@ type provisionFlags struct {
 	rate, pollRate                                              float64
 	deviceTimeout, requestTimeout, settle                       time.Duration
 	retryFailed, reprovision, dryRun, verbose, quiet, jsonOut   bool
-	newCampaign                                                 bool
+	newCampaign, rebind                                         bool
+	failFast                                                    int
 	strict                                                      bool                // --strict: refuse unknown manifest columns
 	columns                                                     manifests.ColumnMap // --column OURS=YOURS
 	reprovisionBefore                                           string
@@ -70,7 +71,7 @@ func (p *provisionFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&p.x509TLS, "x509-tls", "1.2", "highest TLS `version` X.509 devices offer: 1.2 (the only one DPS supports today) or 1.3 (the device certificate travels encrypted, where the server supports 1.3)")
 	fs.IntVar(&p.workers, "workers", batch.DefaultWorkers, "devices in flight at once (`N`)")
 	fs.Float64Var(&p.rate, "rate", batch.DefaultRegisterRate, "register requests per minute for the whole fleet (`N/min`); DPS allows 1,000/min per instance; -1 = unlimited")
-	fs.Float64Var(&p.pollRate, "poll-rate", batch.DefaultPollRate, "status polls and lookups per minute for the whole fleet (`N/min`); -1 = unlimited")
+	fs.Float64Var(&p.pollRate, "poll-rate", 0, "status polls and lookups per minute for the whole fleet (`N/min`); default: twice --rate, at least 1,800; -1 = unlimited")
 	fs.IntVar(&p.maxAttempts, "max-attempts", batch.DefaultMaxAttempts, "failed requests per device per run before leaving it for the next run (`N`)")
 	fs.DurationVar(&p.deviceTimeout, "timeout-per-device", batch.DefaultDeviceTimeout, "time one device may take in one run before it is left for the next run (`duration`)")
 	fs.DurationVar(&p.requestTimeout, "request-timeout", 30*time.Second, "timeout of one HTTP request (`duration`)")
@@ -79,6 +80,8 @@ func (p *provisionFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&p.retryFailed, "retry-failed", false, "register again devices that failed or were disabled in an earlier run")
 	fs.BoolVar(&p.reprovision, "reprovision", false, "register again devices that are already assigned (billable), as a campaign recorded in the ledger: running the same command again continues it, and no device is registered twice by one campaign")
 	fs.BoolVar(&p.newCampaign, "new-campaign", false, "with --reprovision or --retry-failed: start a new campaign even though one is unfinished (the unfinished one is abandoned; its devices may be registered again)")
+	fs.IntVar(&p.failFast, "fail-fast", batch.DefaultFuseDevices, "stop the run when the first `N` devices all fail the same way (wrong endpoint, ID scope, CA or group key) and none succeeds; 0 = never")
+	fs.BoolVar(&p.rebind, "rebind", false, "bind the ledger to this --endpoint and --id-scope although it was made with others; allowed only while DPS has accepted nothing recorded in it")
 	fs.DurationVar(&p.settle, "settle", batch.DefaultSettle, "how long a register request that got no usable answer may still take effect at DPS (`duration`): a lookup that finds nothing allows another register request only after it")
 	fs.StringVar(&p.reprovisionBefore, "reprovision-before", "", "with --reprovision: only devices assigned before this `time` (RFC 3339, e.g. 2026-11-29T10:00:00Z)")
 	fs.BoolVar(&p.dryRun, "dry-run", false, "validate the manifest and print the plan; send nothing, write nothing")
@@ -104,7 +107,7 @@ func (p *provisionFlags) check() error {
 	if p.rate == 0 || p.rate < -1 {
 		return usagef("--rate 900 (per minute), or --rate -1 for no limit", "--rate must be a positive number of registrations per minute, got %v", p.rate)
 	}
-	if p.pollRate == 0 || p.pollRate < -1 {
+	if p.pollRate < -1 || (p.pollRate < 0 && p.pollRate != -1) {
 		return usagef("--poll-rate 1800 (per minute), or --poll-rate -1 for no limit", "--poll-rate must be a positive number of polls per minute, got %v", p.pollRate)
 	}
 	if p.maxAttempts < 1 {
@@ -133,12 +136,33 @@ func (p *provisionFlags) check() error {
 	if p.settle < 0 {
 		return usagef("--settle 30s", "--settle must not be negative, got %s", p.settle)
 	}
+	if p.failFast < 0 {
+		return usagef("--fail-fast 10", "--fail-fast must be 0 (never) or a number of devices, got %d", p.failFast)
+	}
+	if p.pollRate == 0 {
+		// Each device needs about one poll per registration: polls must
+		// keep up with the registrations --rate allows.
+		p.pollRate = batch.DefaultPollRate
+		if p.rate < 0 {
+			p.pollRate = -1
+		} else if 2*p.rate > p.pollRate {
+			p.pollRate = 2 * p.rate
+		}
+	}
 	return nil
 }
 
 // policy is what the flags ask of devices that already reached a final state.
 func (p *provisionFlags) policy() batch.Policy {
 	return batch.Policy{RetryFailed: p.retryFailed, Reprovision: p.reprovision, ReprovisionBefore: p.reprovisionCutoff, NewCampaign: p.newCampaign}
+}
+
+// fuseOption maps --fail-fast 0 (never) to the runner's "never" value.
+func fuseOption(n int) int {
+	if n == 0 {
+		return -1
+	}
+	return n
 }
 
 // settleOption maps --settle 0 (no window) to the runner's "none" value.
@@ -223,6 +247,7 @@ func provision(ctx context.Context, e *env, p *provisionFlags) error {
 			RequestTimeout: p.requestTimeout,
 			Settle:         settleOption(p.settle),
 			Policy:         p.policy(),
+			FuseDevices:    fuseOption(p.failFast),
 		},
 	}
 	// Validate before touching the ledger: a bad manifest creates nothing.
@@ -230,7 +255,7 @@ func provision(ctx context.Context, e *env, p *provisionFlags) error {
 		return err
 	}
 
-	led, err := openLedger(ctx, p.ledgerPath, p.idScope, p.endpoint)
+	led, err := openLedger(ctx, p.ledgerPath, p.idScope, p.endpoint, p.rebind)
 	if err != nil {
 		return err
 	}
@@ -241,12 +266,16 @@ func provision(ctx context.Context, e *env, p *provisionFlags) error {
 	res, err := r.Run(ctx, e.drain)
 	stopNotice()
 	prog.Stop()
-	if res != nil {
-		printSummary(e.stdout, p, res, p.jsonOut)
-	}
 	var ce *batch.CampaignError
 	if errors.As(err, &ce) {
 		return usagef(campaignHint(ce), "%v; nothing was sent", err)
+	}
+	if err != nil && res != nil {
+		// The error comes first; the summary says what was recorded.
+		return stoppedOnError(e, p, res, err)
+	}
+	if res != nil {
+		printSummary(e.stdout, p, res, p.jsonOut)
 	}
 	if err != nil {
 		return err
@@ -301,6 +330,8 @@ func dryRun(ctx context.Context, e *env, p *provisionFlags, groupKey []byte) err
 		ManifestPath: p.manifest,
 		Manifest:     manifests.Options{GroupKey: groupKey, Strict: p.strict, Columns: p.columns},
 		RegisterRate: p.rate,
+		PollRate:     p.pollRate,
+		Workers:      p.workers,
 		Policy:       p.policy(),
 	}}
 	if err := validateManifest(ctx, e, p, r); err != nil {
@@ -346,11 +377,54 @@ func dryRun(ctx context.Context, e *env, p *provisionFlags, groupKey []byte) err
 		fmt.Fprintf(w, "  credentials changed:    %d  (assigned; use --reprovision to register them again)\n", n)
 	}
 	fmt.Fprintf(w, "  billable registrations: %d\n", plan.Billable())
-	if p.rate > 0 && plan.Billable() > 0 {
-		est := time.Duration(float64(plan.Billable()) / p.rate * float64(time.Minute))
-		fmt.Fprintf(w, "  estimated time at --rate %.0f/min: %s (plus about one Retry-After for the last devices)\n", p.rate, est.Round(time.Second))
-	}
+	printEstimate(w, p, plan)
 	return nil
+}
+
+// assumedPerDevice is how long one device takes from its register request
+// to its final answer at DPS: the Retry-After DPS sends (3 s) before the
+// first poll, which usually finds the assignment done.
+const assumedPerDevice = 3 * time.Second
+
+// printEstimate estimates the run's duration from every limiter: register
+// requests at --rate, polls and lookups (about one per device) at
+// --poll-rate, and devices in flight at --workers, each taking about
+// assumedPerDevice. The slowest one bounds the run.
+func printEstimate(w io.Writer, p *provisionFlags, plan *batch.Plan) {
+	work := plan.Work()
+	if work == 0 {
+		return
+	}
+	perMinute := func(n int, rate float64) time.Duration {
+		if rate <= 0 {
+			return 0
+		}
+		return time.Duration(float64(n) / rate * float64(time.Minute))
+	}
+	workers := p.workers
+	if workers <= 0 {
+		workers = batch.DefaultWorkers
+	}
+	limits := []struct {
+		name string
+		d    time.Duration
+	}{
+		{fmt.Sprintf("--rate %.0f/min (%d registrations)", p.rate, plan.Billable()), perMinute(plan.Billable(), p.rate)},
+		{fmt.Sprintf("--poll-rate %.0f/min (about %d polls and lookups)", p.pollRate, work), perMinute(work, p.pollRate)},
+		{fmt.Sprintf("--workers %d (about %s per device at DPS)", workers, assumedPerDevice), time.Duration(float64(work) / float64(workers) * float64(assumedPerDevice))},
+	}
+	slowest := 0
+	for i, l := range limits {
+		if l.d > limits[slowest].d {
+			slowest = i
+		}
+	}
+	fmt.Fprintf(w, "  estimated time: %s, limited by %s\n", limits[slowest].d.Round(time.Second), limits[slowest].name)
+	for i, l := range limits {
+		if i != slowest && l.d > 0 {
+			fmt.Fprintf(w, "    (%s alone: %s)\n", l.name, l.d.Round(time.Second))
+		}
+	}
 }
 
 // campaignHint says how to continue or replace an unfinished campaign.
@@ -372,7 +446,7 @@ func campaignFlags(kind string) string {
 
 // openLedger opens (creating) the ledger, takes the run lock and checks the
 // ledger belongs to this ID scope and endpoint.
-func openLedger(ctx context.Context, path, idScope, endpoint string) (*ledger.Ledger, error) {
+func openLedger(ctx context.Context, path, idScope, endpoint string, rebind bool) (*ledger.Ledger, error) {
 	led, err := ledger.Open(ctx, path, ledger.Options{})
 	if err != nil {
 		return nil, err
@@ -390,6 +464,19 @@ func openLedger(ctx context.Context, path, idScope, endpoint string) (*ledger.Le
 		return nil, err
 	}
 	if err := led.Bind(ctx, idScope, endpoint); err != nil {
+		var be *ledger.BindingError
+		if errors.As(err, &be) {
+			if rebind {
+				err = led.Rebind(ctx, idScope, endpoint)
+				if err == nil {
+					return led, nil
+				}
+			} else if n, aerr := led.Accepted(ctx); aerr == nil && n == 0 {
+				led.Close()
+				return nil, usagef("add --rebind to bind it to this endpoint and ID scope, or name a new --ledger file",
+					"%v; DPS never accepted anything recorded in it, so binding it to this DPS instance (or starting a fresh ledger) loses nothing", err)
+			}
+		}
 		led.Close()
 		return nil, &exitError{code: exitUsage, err: err}
 	}

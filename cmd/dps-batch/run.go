@@ -20,6 +20,7 @@ const (
 	exitDeviceFails = 3   // the run finished but some devices failed, were disabled or gave up
 	exitResumable   = 4   // the run stopped with work left; run the same command again to resume
 	exitBusy        = 5   // the ledger is in use by another run; nothing was sent; try again when it ends
+	exitSystemic    = 6   // stopped early: the first devices all failed the same way (endpoint, ID scope, CA, group key); fix it and run again
 	exitInterrupted = 130 // stopped by a second interrupt; the ledger is consistent, re-run to resume
 )
 
