@@ -59,6 +59,21 @@ fuzz: ## Run every fuzz target (go test -list '^Fuzz') for FUZZTIME each (defaul
 		done; \
 	done
 
+.PHONY: install
+install: ## go install ./cmd/dps-batch (puts dps-batch on your PATH, in $(shell go env GOPATH)/bin)
+	CGO_ENABLED=0 $(GO) install -trimpath -ldflags '$(LDFLAGS)' ./cmd/dps-batch
+
+CROSS := windows/amd64 darwin/arm64 linux/arm64 linux/amd64
+
+.PHONY: cross
+cross: ## Cross-compile the static binary for windows/amd64, darwin/arm64, linux/arm64 and linux/amd64 into bin/
+	@set -e; for t in $(CROSS); do \
+		os=$${t%/*}; arch=$${t#*/}; ext=; [ $$os = windows ] && ext=.exe; \
+		echo "== $$os/$$arch"; \
+		CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/dps-batch-$$os-$$arch$$ext ./cmd/dps-batch; \
+		CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build ./...; \
+	done
+
 .PHONY: clean
 clean: ## Remove build output
 	rm -rf bin
