@@ -4,6 +4,7 @@
 package report
 
 import (
+	"bytes"
 	"context"
 	"encoding/csv"
 	"encoding/json"
@@ -29,19 +30,59 @@ const (
 // Row is one device in a report. The column names are part of the
 // command-line contract; add columns only at the end.
 type Row struct {
-	RegistrationID string `csv:"registration_id" json:"registration_id"`
-	Status         string `csv:"status" json:"status"`
-	AssignedHub    string `csv:"assigned_hub" json:"assigned_hub,omitempty"`
-	DeviceID       string `csv:"device_id" json:"device_id,omitempty"`
-	Substatus      string `csv:"substatus" json:"substatus,omitempty"`
-	OperationID    string `csv:"operation_id" json:"operation_id,omitempty"`
-	ErrorCode      int    `csv:"error_code,omitempty" json:"error_code,omitempty"`
-	ErrorMessage   string `csv:"error_message" json:"error_message,omitempty"`
-	Hint           string `csv:"hint" json:"hint,omitempty"`
-	Attempts       int    `csv:"attempts" json:"attempts"`
-	FirstAttemptAt string `csv:"first_attempt_at" json:"first_attempt_at,omitempty"`
-	FinishedAt     string `csv:"finished_at" json:"finished_at,omitempty"`
-	RequestID      string `csv:"request_id" json:"request_id,omitempty"`
+	RegistrationID string  `csv:"registration_id" json:"registration_id"`
+	Status         string  `csv:"status" json:"status"`
+	AssignedHub    string  `csv:"assigned_hub" json:"assigned_hub,omitempty"`
+	DeviceID       string  `csv:"device_id" json:"device_id,omitempty"`
+	Substatus      string  `csv:"substatus" json:"substatus,omitempty"`
+	OperationID    string  `csv:"operation_id" json:"operation_id,omitempty"`
+	ErrorCode      int     `csv:"error_code,omitempty" json:"error_code,omitempty"`
+	ErrorMessage   string  `csv:"error_message" json:"error_message,omitempty"`
+	Hint           string  `csv:"hint" json:"hint,omitempty"`
+	Attempts       int     `csv:"attempts" json:"attempts"`
+	FirstAttemptAt string  `csv:"first_attempt_at" json:"first_attempt_at,omitempty"`
+	FinishedAt     string  `csv:"finished_at" json:"finished_at,omitempty"`
+	RequestID      string  `csv:"request_id" json:"request_id,omitempty"`
+	Payload        Payload `csv:"payload" json:"payload,omitempty"`
+}
+
+// Payload is the custom allocation payload DPS returned, a JSON object kept
+// as text: a CSV report holds the text, a JSON lines report the object.
+type Payload string
+
+// MarshalText returns the JSON text, for CSV.
+func (p Payload) MarshalText() ([]byte, error) { return []byte(p), nil }
+
+// MarshalJSON returns the object itself (null when there is none).
+func (p Payload) MarshalJSON() ([]byte, error) {
+	if p == "" {
+		return []byte("null"), nil
+	}
+	return []byte(p), nil
+}
+
+// UnmarshalJSON keeps the JSON value as text (null as "").
+func (p *Payload) UnmarshalJSON(b []byte) error {
+	if string(b) == "null" {
+		*p = ""
+		return nil
+	}
+	var buf bytes.Buffer
+	if err := json.Compact(&buf, b); err != nil {
+		return err
+	}
+	*p = Payload(buf.String())
+	return nil
+}
+
+// payloadOf returns the ledger's returned payload as a Payload, or "" when
+// it is not valid JSON (the ledger only stores JSON objects, so only a
+// damaged or hand-edited file has one that is not).
+func payloadOf(s string) Payload {
+	if s == "" || !json.Valid([]byte(s)) {
+		return ""
+	}
+	return Payload(s)
 }
 
 // FromDevice converts a ledger row to a report row (times in UTC, RFC 3339).
@@ -60,6 +101,7 @@ func FromDevice(d ledger.Device) Row {
 		FirstAttemptAt: formatTime(d.FirstAttemptAt),
 		FinishedAt:     formatTime(d.FinishedAt),
 		RequestID:      d.RequestID,
+		Payload:        payloadOf(d.ReturnedPayload),
 	}
 }
 

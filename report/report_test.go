@@ -32,7 +32,7 @@ func fixedLedger(t *testing.T) *ledger.Ledger {
 	devices := []ledger.Device{
 		{RegistrationID: "dev-00001", State: ledger.StateAssigned, OperationID: "4.abc.1", AssignedHub: "hub-1.azure-devices.net",
 			DeviceID: "dev-00001", Substatus: "initialAssignment", HTTPStatus: 200, RequestID: "9f0e4a52-0000-4000-8000-000000000001",
-			Attempts: 1, FirstAttemptAt: t0, FinishedAt: t1},
+			Attempts: 1, FirstAttemptAt: t0, FinishedAt: t1, ReturnedPayload: `{"line":3,"firmware":"v1.2, \"stable\""}`},
 		{RegistrationID: "dev-00002", State: ledger.StateFailed, HTTPStatus: 401, ErrorCode: 401002, ErrorMessage: "Invalid certificate.",
 			Hint: "certificate chain not accepted, with a comma", RequestID: "9f0e4a52-0000-4000-8000-000000000002", Attempts: 1,
 			FirstAttemptAt: t0, FinishedAt: t1},
@@ -93,7 +93,7 @@ func TestEmptyReportHasHeader(t *testing.T) {
 	if err != nil || n != 0 {
 		t.Fatalf("Write = %d, %v", n, err)
 	}
-	if want := "registration_id,status,assigned_hub,device_id,substatus,operation_id,error_code,error_message,hint,attempts,first_attempt_at,finished_at,request_id\n"; buf.String() != want {
+	if want := "registration_id,status,assigned_hub,device_id,substatus,operation_id,error_code,error_message,hint,attempts,first_attempt_at,finished_at,request_id,payload\n"; buf.String() != want {
 		t.Errorf("empty report = %q, want header %q", buf.String(), want)
 	}
 }

@@ -7,6 +7,8 @@ import (
 	"fmt"
 	"os"
 	"slices"
+	"strings"
+	"text/tabwriter"
 	"time"
 
 	"github.com/dps-batch/dps-batch/batch"
@@ -15,22 +17,31 @@ import (
 
 func runStatus(ctx context.Context, e *env, args []string) error {
 	fs := newFlagSet(e, "status", `Show what a ledger holds: devices by state and by hub, the last run, and what
-running the provision command again would do. The ledger is only read.`,
+running the provision command again would do. The ledger is only read.
+--runs N shows the run history instead: the last N runs, newest first.`,
 		"dps-batch status --ledger devices.ledger",
-		"dps-batch status --ledger devices.ledger --json")
+		"dps-batch status --ledger devices.ledger --json",
+		"dps-batch status --ledger devices.ledger --runs 10")
 	ledgerPath := fs.String("ledger", "", "ledger `file` to read; required")
 	asJSON := fs.Bool("json", false, "print as JSON")
+	runs := fs.Int("runs", 0, "show the last `N` runs instead (command, start, end, outcome, device counts)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if err := requireFlag(fs, "ledger", *ledgerPath, "dps-batch status --ledger devices.ledger"); err != nil {
 		return err
 	}
+	if *runs < 0 {
+		return usagef("dps-batch status --ledger devices.ledger --runs 10", "--runs must be a positive number of runs, not %d", *runs)
+	}
 	led, err := openForReading(ctx, *ledgerPath, "dps-batch status --ledger devices.ledger")
 	if err != nil {
 		return err
 	}
 	defer led.Close()
+	if *runs > 0 {
+		return printRuns(ctx, e, led, *ledgerPath, *runs, *asJSON)
+	}
 	counts, err := led.Counts(ctx)
 	if err != nil {
 		return err
@@ -115,6 +126,9 @@ running the provision command again would do. The ledger is only read.`,
 		}
 		fmt.Fprintf(w, "Last run #%d: started %s, %s\n", run.ID, run.StartedAt.Local().Format(time.DateTime), end)
 	}
+	if hasRun {
+		fmt.Fprintln(w, "Run history: add --runs 10 to list the last 10 runs")
+	}
 	if hasCampaign {
 		if campaign.Open() {
 			fmt.Fprintf(w, "Open campaign #%d (%s), started %s: unfinished; provision with %s continues it (no device is registered twice by it)\n",
@@ -126,6 +140,82 @@ running the provision command again would do. The ledger is only read.`,
 	fmt.Fprintf(w, "Running provision again would: register %d, poll %d, check %d with a lookup first, skip %d (of which %d failed/disabled: --retry-failed registers them again)\n",
 		next["register"], next["poll"], next["lookup"], next["skip"], next["skipFailed"])
 	return nil
+}
+
+// runEntryJSON is a run in status --runs --json output.
+type runEntryJSON struct {
+	runJSON
+	// Unfinished is true when the run recorded no end: it was killed (or
+	// the machine stopped), or it is still running.
+	Unfinished bool           `json:"unfinished,omitempty"`
+	Counts     map[string]int `json:"counts,omitempty"`
+}
+
+// printRuns is status --runs: the last n runs, newest first.
+func printRuns(ctx context.Context, e *env, led *ledger.Ledger, path string, n int, asJSON bool) error {
+	runs, err := led.Runs(ctx, n)
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		out := struct {
+			Ledger string         `json:"ledger"`
+			Runs   []runEntryJSON `json:"runs"`
+		}{Ledger: path, Runs: []runEntryJSON{}}
+		for _, r := range runs {
+			j := runEntryJSON{runJSON: runJSON{ID: r.ID, StartedAt: r.StartedAt, Command: r.Command, Outcome: r.Outcome, Options: r.Options}}
+			if r.FinishedAt.IsZero() {
+				j.Unfinished = true
+			} else {
+				j.FinishedAt = &r.FinishedAt
+			}
+			for s, c := range r.Counts {
+				if j.Counts == nil {
+					j.Counts = map[string]int{}
+				}
+				j.Counts[string(s)] = c
+			}
+			out.Runs = append(out.Runs, j)
+		}
+		enc := json.NewEncoder(e.stdout)
+		enc.SetIndent("", "  ")
+		return enc.Encode(out)
+	}
+	w := e.stdout
+	switch {
+	case len(runs) == 0:
+		fmt.Fprintf(w, "Ledger %s: no runs yet\n", path)
+		return nil
+	case len(runs) < n:
+		fmt.Fprintf(w, "Ledger %s: all %d run(s), newest first\n", path, len(runs))
+	default:
+		fmt.Fprintf(w, "Ledger %s: the last %d run(s), newest first\n", path, len(runs))
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "  run\tcommand\tstarted\tfinished\toutcome\tdevices")
+	for _, r := range runs {
+		end, outcome := "killed / still running", "-"
+		if !r.FinishedAt.IsZero() {
+			end, outcome = r.FinishedAt.Local().Format(time.DateTime), r.Outcome
+		}
+		fmt.Fprintf(tw, "  #%d\t%s\t%s\t%s\t%s\t%s\n", r.ID, r.Command, r.StartedAt.Local().Format(time.DateTime), end, outcome, runCounts(r.Counts))
+	}
+	return tw.Flush()
+}
+
+// runCounts formats a run's device counts in lifecycle order, e.g.
+// "assigned 40, failed 2"; "-" when none were recorded.
+func runCounts(counts map[ledger.State]int) string {
+	var parts []string
+	for _, s := range allStates {
+		if n := counts[s]; n > 0 {
+			parts = append(parts, fmt.Sprintf("%s %d", s, n))
+		}
+	}
+	if len(parts) == 0 {
+		return "-"
+	}
+	return strings.Join(parts, ", ")
 }
 
 // statusCampaignJSON is the last campaign in status --json output.
