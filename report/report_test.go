@@ -3,9 +3,11 @@ package report
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"flag"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -103,5 +105,48 @@ func TestParseFormat(t *testing.T) {
 		if _, err := ParseFormat(in); (err == nil) != ok {
 			t.Errorf("ParseFormat(%q) error = %v, want ok=%v", in, err, ok)
 		}
+	}
+}
+
+// TestPayloadColumn: a returned payload is a JSON object in JSON lines and
+// its text in CSV; a stored value that is not JSON (a damaged or
+// hand-edited ledger) is left out rather than breaking the report.
+func TestPayloadColumn(t *testing.T) {
+	ctx := context.Background()
+	led, err := ledger.Open(ctx, filepath.Join(t.TempDir(), "p.ledger"), ledger.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer led.Close()
+	for id, p := range map[string]string{"p-1": `{"a":[1,2],"b":"x,y"}`, "p-2": `{"a":`, "p-3": ""} {
+		if err := led.Put(ctx, ledger.Device{RegistrationID: id, State: ledger.StateAssigned, ReturnedPayload: p}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var jl, cv bytes.Buffer
+	if _, err := Write(ctx, led, &jl, JSONLines, nil); err != nil {
+		t.Fatalf("jsonl: %v", err)
+	}
+	if _, err := Write(ctx, led, &cv, CSV, nil); err != nil {
+		t.Fatalf("csv: %v", err)
+	}
+	wantJL := `{"registration_id":"p-1","status":"assigned","attempts":0,"payload":{"a":[1,2],"b":"x,y"}}
+{"registration_id":"p-2","status":"assigned","attempts":0}
+{"registration_id":"p-3","status":"assigned","attempts":0}
+`
+	if jl.String() != wantJL {
+		t.Errorf("jsonl =\n%s\nwant\n%s", jl.String(), wantJL)
+	}
+	if !strings.Contains(cv.String(), "\np-1,assigned,,,,,,,,0,,,,\"{\"\"a\"\":[1,2],\"\"b\"\":\"\"x,y\"\"}\"\np-2,assigned,,,,,,,,0,,,,\n") {
+		t.Errorf("csv =\n%s", cv.String())
+	}
+
+	// A per-device file's payload reads back as the same object.
+	var f DeviceFile
+	if err := json.Unmarshal([]byte(`{"registrationId":"p-1","status":"assigned","payload":{ "a": [1, 2], "b": "x,y" }}`), &f); err != nil {
+		t.Fatal(err)
+	}
+	if f.Payload != `{"a":[1,2],"b":"x,y"}` {
+		t.Errorf("DeviceFile.Payload = %q", f.Payload)
 	}
 }
