@@ -320,6 +320,10 @@ func checkHeader(names []string, line int, opts Options) headerInfo {
 	for o, t := range opts.Columns {
 		ours[t] = o
 	}
+	present := make(map[string]bool, len(names))
+	for _, n := range headerNames(names) {
+		present[n] = true
+	}
 	mapped := make(map[string]bool, len(opts.Columns)) // mapped names found in the header
 	known := 0
 	seen := make(map[string]int, len(names))
@@ -328,7 +332,7 @@ func checkHeader(names []string, line int, opts Options) headerInfo {
 		if o, ok := ours[name]; ok && name != "" {
 			mapped[name] = true
 			name = o
-		} else if t, ok := opts.Columns[name]; ok && t != name {
+		} else if t, ok := opts.Columns[name]; ok && t != name && present[t] {
 			add(name, fmt.Sprintf("column is in the header, and --column %s=%s maps %s to it too", name, t, t),
 				fmt.Sprintf("drop --column %s=%s, or remove or rename one of the two columns", name, t))
 			h.columns[i] = name
@@ -360,7 +364,7 @@ func checkHeader(names []string, line int, opts Options) headerInfo {
 	}
 	for _, o := range slices.Sorted(maps.Keys(opts.Columns)) {
 		if t := opts.Columns[o]; !mapped[t] && t != o {
-			add(t, fmt.Sprintf("--column %s=%s: the header has no column %s", o, t, t),
+			add("", fmt.Sprintf("--column %s=%s: the header has no column %s", o, t, t),
 				"the header's columns are: "+strings.Join(headerNames(names), ", "))
 		}
 	}
