@@ -1,17 +1,23 @@
 package main
 
 import (
+	"bytes"
 	"context"
+	"encoding/base64"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"time"
 
 	"github.com/dps-batch/dps-batch/certs"
+	"github.com/dps-batch/dps-batch/dpssim"
 )
 
 // certsVerb is one "dps-batch certs" subcommand.
@@ -27,12 +33,15 @@ func certsVerbs() []certsVerb {
 		{"intermediate", "Create an intermediate CA signed by a CA", runCertsIntermediate},
 		{"device", "Create a device certificate whose CN is the registration id", runCertsDevice},
 		{"verification", "Create a proof-of-possession certificate for a DPS verification code", runCertsVerification},
-		{"fleet", "Create a root, an intermediate, N devices, a manifest and a simulator config", runCertsFleet},
+		{"fleet", "Create a test fleet of N devices (X.509 or symmetric keys), its manifest and a simulator config", runCertsFleet},
 	}
 }
 
 // testCertsWarning goes to stderr after anything is generated.
 const testCertsWarning = "warning: these are TEST certificates for development and the local simulator; do not use them in production"
+
+// testKeysWarning goes to stderr after a symmetric-key fleet is generated.
+const testKeysWarning = "warning: these are TEST keys for development and the local simulator; do not use them in production"
 
 // runCerts dispatches "dps-batch certs <verb>".
 func runCerts(ctx context.Context, e *env, args []string) error {
@@ -54,9 +63,11 @@ func runCerts(ctx context.Context, e *env, args []string) error {
 
 func printCertsUsage(w io.Writer) {
 	fmt.Fprintf(w, `Generate a test PKI for DPS X.509 attestation: CAs, device certificates,
-proof-of-possession certificates and whole fleets with a manifest. Keys are
-written as unencrypted PKCS#8 PEM with mode 0600. These certificates are for
-tests, demos and the local simulator, not for production.
+proof-of-possession certificates and whole fleets with a manifest; fleets may
+also be of symmetric-key devices (an enrollment group, or individual
+enrollments). Keys are written as unencrypted PKCS#8 PEM (or base64) with mode
+0600. These certificates and keys are for tests, demos and the local
+simulator, not for production.
 
 Usage:
   dps-batch certs <subcommand> [flags]
@@ -72,6 +83,9 @@ Run "dps-batch certs <subcommand> --help" for its flags.
 Examples:
   # a fleet of 1000 devices for the local simulator
   dps-batch certs fleet --count 1000 --out ./fleet
+
+  # 200 devices of a symmetric-key enrollment group (group key in ./sensors/group.key)
+  dps-batch certs fleet --attestation symmetric-group --count 200 --prefix sensor- --out ./sensors
 
   # a root, an intermediate and one device, step by step
   dps-batch certs root --cn "My Test Root" --out ./pki
@@ -318,28 +332,48 @@ func runCertsVerification(_ context.Context, e *env, args []string) error {
 // defaultIDScope is the placeholder ID scope for simulator configurations.
 const defaultIDScope = "0ne00000000"
 
+const certsFleetPurpose = `Create a fleet of test devices, its manifest and a simulator configuration.
+
+--attestation x509 (the default): devices for an X.509 enrollment group
+  DIR/ca/root.pem, root.key                 the root CA
+  DIR/ca/intermediate.pem, intermediate.key the CA devices are issued by (--chain intermediate)
+  DIR/devices/ID.pem, ID.key                one certificate (leaf only) and key per device
+  DIR/manifest.csv                          registration_id,cert_path,key_path,chain_path (paths relative to DIR)
+  DIR/sim.json                              a simulator configuration with one enrollment group for the fleet's CA
+
+--attestation symmetric-group: devices of a symmetric-key enrollment group
+  DIR/group.key                             a random 32-byte group key, base64 on one line (mode 0600)
+  DIR/manifest.csv                          registration_id (rows without credentials: keys derive from the group key)
+  DIR/sim.json                              the enrollment group with that key (mode 0600)
+  Provision with --group-key-file DIR/group.key; "dps-batch keys derive" writes the
+  per-device keys to flash.
+
+--attestation symmetric-individual: devices with individual enrollments
+  DIR/manifest.csv                          registration_id,symmetric_key: a random 32-byte key per device (mode 0600)
+  DIR/sim.json                              one individual enrollment per device, with its key (mode 0600)
+
+Registration ids are PREFIX + index zero-padded to at least 5 digits (dev-00001).
+The manifest is written last: a fleet directory with a manifest is complete.
+Keys are never printed.`
+
 func runCertsFleet(ctx context.Context, e *env, args []string) error {
-	fs := newFlagSet(e, "certs fleet",
-		"Create a fleet of test devices for X.509 group enrollment:\n"+
-			"  DIR/ca/root.pem, root.key                 the root CA\n"+
-			"  DIR/ca/intermediate.pem, intermediate.key the CA devices are issued by (--chain intermediate)\n"+
-			"  DIR/devices/ID.pem, ID.key                one certificate (leaf only) and key per device\n"+
-			"  DIR/manifest.csv                          registration_id,cert_path,key_path,chain_path (paths relative to DIR)\n"+
-			"  DIR/sim.json                              a simulator configuration with one enrollment group for the fleet's CA\n"+
-			"Registration ids are PREFIX + index zero-padded to at least 5 digits (dev-00001).\n"+
-			"The manifest is written last: a fleet directory with a manifest is complete.",
+	fs := newFlagSet(e, "certs fleet", certsFleetPurpose,
 		`dps-batch certs fleet --count 1000 --out ./fleet`,
 		`dps-batch certs fleet --count 100000 --prefix sensor- --chain root --out ./big-fleet --force`,
+		`dps-batch certs fleet --attestation symmetric-group --count 200 --prefix sensor- --out ./sensors`,
 		"# then serve it with the local simulator and provision it\n"+
-			"dps-batch certs fleet --count 100 --out ./fleet --id-scope 0ne00000000\n"+
-			"dps-batch sim --help")
+			"dps-batch certs fleet --attestation symmetric-group --count 100 --out ./sensors --id-scope 0ne00000000\n"+
+			"dps-batch sim --config ./sensors/sim.json --listen 127.0.0.1:8443 --ca-out ./sensors/sim-ca.pem &\n"+
+			"dps-batch provision --manifest ./sensors/manifest.csv --id-scope 0ne00000000 --group-key-file ./sensors/group.key \\\n"+
+			"    --endpoint https://127.0.0.1:8443 --ca-file ./sensors/sim-ca.pem")
 	count := fs.Int("count", 0, "`number` of devices; required, at least 1")
 	out := fs.String("out", "", "output `directory` (created if needed); required")
 	prefix := fs.String("prefix", "dev-", "registration id `prefix`")
-	chain := fs.String("chain", certs.ChainIntermediate, "`issuer` of the devices: intermediate (root > intermediate > device) or root (root > device)")
+	attestation := fs.String("attestation", certs.AttestationX509, "how the devices attest (`kind`): x509 (certificates under a test CA), symmetric-group (keys derived from one enrollment group key) or symmetric-individual (a random key per device)")
+	chain := fs.String("chain", certs.ChainIntermediate, "x509: `issuer` of the devices: intermediate (root > intermediate > device) or root (root > device)")
 	idScope := fs.String("id-scope", defaultIDScope, "DPS ID `scope` written to the simulator configuration")
-	workers := fs.Int("workers", 0, "`number` of devices generated at once; 0 means one per CPU")
-	kf := addKeyFlags(fs, 0, "validity `duration` of every certificate (Go syntax: h, m, s); 0 means 43800h for CAs and 8760h for devices")
+	workers := fs.Int("workers", 0, "x509: `number` of devices generated at once; 0 means one per CPU")
+	kf := addKeyFlags(fs, 0, "x509: validity `duration` of every certificate (Go syntax: h, m, s); 0 means 43800h for CAs and 8760h for devices")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
@@ -359,6 +393,26 @@ func runCertsFleet(ctx context.Context, e *env, args []string) error {
 	if err := certs.ValidateRegistrationID(*prefix + "00001"); err != nil {
 		return usagef("dps-batch certs fleet --help", "--prefix %q makes invalid registration ids: %s", *prefix, err)
 	}
+	if !slices.Contains(certs.Attestations, *attestation) {
+		return usagef("dps-batch certs fleet --attestation symmetric-group --count 100 --out ./sensors",
+			"--attestation %q: want %s", *attestation, strings.Join(certs.Attestations, ", "))
+	}
+	symmetric := *attestation != certs.AttestationX509
+	if symmetric {
+		// Flags that shape certificates mean nothing here: say so rather
+		// than ignore them.
+		var certFlags []string
+		fs.Visit(func(f *flag.Flag) {
+			switch f.Name {
+			case "chain", "key-type", "validity", "workers":
+				certFlags = append(certFlags, "--"+f.Name)
+			}
+		})
+		if len(certFlags) > 0 {
+			return usagef("leave out "+strings.Join(certFlags, " ")+", or use --attestation x509",
+				"%s: only for --attestation x509 (a %s fleet has no certificates)", strings.Join(certFlags, ", "), *attestation)
+		}
+	}
 	if *chain != certs.ChainRoot && *chain != certs.ChainIntermediate {
 		return usagef("dps-batch certs fleet --help", "--chain %q: want intermediate or root", *chain)
 	}
@@ -368,6 +422,14 @@ func runCertsFleet(ctx context.Context, e *env, args []string) error {
 	opts, err := kf.options("fleet")
 	if err != nil {
 		return err
+	}
+	simPath := filepath.Join(*out, "sim.json")
+	if symmetric && !kf.force {
+		// The configuration holds the fleet's keys: without it the fleet
+		// cannot be served, so refuse before anything is written.
+		if _, err := os.Lstat(simPath); err == nil {
+			return usagef("add --force to replace the existing files, or choose another --out", "%s already exists (use --force to overwrite)", simPath)
+		}
 	}
 
 	// The first interrupt stops generation: device files are written whole,
@@ -384,15 +446,16 @@ func runCertsFleet(ctx context.Context, e *env, args []string) error {
 
 	start := time.Now()
 	fleet, err := certs.GenerateFleet(ctx, certs.FleetOptions{
-		Dir:      *out,
-		Count:    *count,
-		Prefix:   *prefix,
-		Chain:    *chain,
-		KeyType:  opts.KeyType,
-		Validity: opts.Validity,
-		Force:    kf.force,
-		Workers:  *workers,
-		Progress: fleetProgress(e.stderr, *count),
+		Dir:         *out,
+		Count:       *count,
+		Prefix:      *prefix,
+		Attestation: *attestation,
+		Chain:       *chain,
+		KeyType:     opts.KeyType,
+		Validity:    opts.Validity,
+		Force:       kf.force,
+		Workers:     *workers,
+		Progress:    fleetProgress(e.stderr, *count),
 	})
 	if err != nil {
 		if errors.Is(err, context.Canceled) {
@@ -401,6 +464,9 @@ func runCertsFleet(ctx context.Context, e *env, args []string) error {
 		return writeErr(err)
 	}
 	elapsed := time.Since(start)
+	if symmetric {
+		return printSymmetricFleet(e, fleet, *idScope, simPath, kf.force, elapsed)
+	}
 
 	w := e.stdout
 	fmt.Fprintf(w, "fleet of %d devices in %s (%s, %.0f devices/s)\n", len(fleet.RegistrationIDs), fleet.Dir,
@@ -413,7 +479,7 @@ func runCertsFleet(ctx context.Context, e *env, args []string) error {
 	fmt.Fprintf(w, "  devices:         %s (%s ... %s)\n", filepath.Join(fleet.Dir, "devices"),
 		fleet.RegistrationIDs[0], fleet.RegistrationIDs[len(fleet.RegistrationIDs)-1])
 	fmt.Fprintf(w, "  manifest:        %s\n", fleet.ManifestPath)
-	simPath, err := writeFleetSimConfig(fleet.Dir, *idScope, certs.CertPEM(fleet.GroupCA.Cert), kf.force)
+	simPath, err = writeFleetSimConfig(fleet.Dir, *idScope, certs.CertPEM(fleet.GroupCA.Cert), kf.force)
 	if err != nil {
 		// The certificates are complete and usable without it.
 		fmt.Fprintf(e.stderr, "warning: simulator configuration not written: %s\n", err)
@@ -422,6 +488,88 @@ func runCertsFleet(ctx context.Context, e *env, args []string) error {
 	}
 	fmt.Fprintln(e.stderr, testCertsWarning)
 	return nil
+}
+
+// printSymmetricFleet writes the simulator configuration of a symmetric-key
+// fleet (it holds the keys: mode 0600) and says what was made and how to
+// use it. No key is printed.
+func printSymmetricFleet(e *env, fleet *certs.Fleet, idScope, simPath string, force bool, elapsed time.Duration) error {
+	if err := writeSymmetricSimConfig(simPath, symmetricFleetSimConfig(idScope, fleet), force); err != nil {
+		return writeErr(fmt.Errorf("the fleet is written but not its simulator configuration: %w", err))
+	}
+	ids := fleet.RegistrationIDs
+	w := e.stdout
+	kind := "an enrollment group"
+	if fleet.Attestation == certs.AttestationSymmetricIndividual {
+		kind = "individual enrollments"
+	}
+	fmt.Fprintf(w, "fleet of %d symmetric-key devices (%s) in %s (%s)\n", len(ids), kind, fleet.Dir, elapsed.Round(time.Millisecond))
+	if fleet.GroupKeyPath != "" {
+		fmt.Fprintf(w, "  group key:       %s (base64, mode 0600: the enrollment group's primary key)\n", fleet.GroupKeyPath)
+		fmt.Fprintf(w, "  devices:         %s ... %s (keys derived from the group key: dps-batch keys derive)\n", ids[0], ids[len(ids)-1])
+		fmt.Fprintf(w, "  manifest:        %s\n", fleet.ManifestPath)
+	} else {
+		fmt.Fprintf(w, "  devices:         %s ... %s (a random key each)\n", ids[0], ids[len(ids)-1])
+		fmt.Fprintf(w, "  manifest:        %s (with the keys: mode 0600)\n", fleet.ManifestPath)
+	}
+	fmt.Fprintf(w, "  simulator:       %s (ID scope %s; with the keys: mode 0600)\n", simPath, idScope)
+	caFile := filepath.Join(fleet.Dir, "sim-ca.pem")
+	groupKey := ""
+	if fleet.GroupKeyPath != "" {
+		groupKey = " --group-key-file " + shellQuote(fleet.GroupKeyPath)
+	}
+	fmt.Fprintf(w, "Serve and provision it:\n  dps-batch sim --config %s --listen 127.0.0.1:8443 --ca-out %s &\n"+
+		"  dps-batch provision --manifest %s --id-scope %s%s --endpoint https://127.0.0.1:8443 --ca-file %s\n",
+		shellQuote(simPath), shellQuote(caFile), shellQuote(fleet.ManifestPath), idScope, groupKey, shellQuote(caFile))
+	fmt.Fprintln(e.stderr, testKeysWarning)
+	return nil
+}
+
+// symmetricFleetSimConfig is the simulator configuration of a symmetric-key
+// fleet: the ID scope, the default hubs and quotas (spelled out, as for an
+// X.509 fleet), and one enrollment group with the fleet's group key or one
+// individual enrollment per device with its key.
+func symmetricFleetSimConfig(idScope string, fleet *certs.Fleet) dpssim.Config {
+	retry := dpssim.DefaultRetryAfterSeconds
+	cfg := dpssim.Config{
+		IDScope:           idScope,
+		Hubs:              append([]string(nil), dpssim.DefaultHubs...),
+		Allocation:        dpssim.AllocationHashed,
+		Certificates:      []dpssim.CACertificate{},
+		Individual:        []dpssim.IndividualEnrollment{},
+		Groups:            []dpssim.EnrollmentGroup{},
+		RetryAfterSeconds: &retry,
+		Quotas:            dpssim.Quotas{RegistrationsPerMinute: dpssim.DefaultRegistrationsPerMinute, PollsPer10sPerDevice: dpssim.DefaultPollsPer10sPerDevice},
+	}
+	if fleet.GroupKey != nil {
+		cfg.Groups = append(cfg.Groups, dpssim.EnrollmentGroup{
+			EnrollmentGroupID: dpssim.FleetGroupID,
+			Attestation:       dpssim.Attestation{SymmetricKey: &dpssim.SymmetricKeyAttestation{PrimaryKey: base64.StdEncoding.EncodeToString(fleet.GroupKey)}},
+		})
+	}
+	for i, key := range fleet.DeviceKeys {
+		cfg.Individual = append(cfg.Individual, dpssim.IndividualEnrollment{
+			RegistrationID: fleet.RegistrationIDs[i],
+			Attestation:    dpssim.Attestation{SymmetricKey: &dpssim.SymmetricKeyAttestation{PrimaryKey: base64.StdEncoding.EncodeToString(key)}},
+		})
+	}
+	return cfg
+}
+
+// writeSymmetricSimConfig checks cfg as the simulator will and writes it
+// as dpssim.WriteConfig does, but owner-only: it holds keys.
+func writeSymmetricSimConfig(path string, cfg dpssim.Config, force bool) error {
+	if _, err := dpssim.New(cfg); err != nil {
+		return err
+	}
+	var buf bytes.Buffer
+	enc := json.NewEncoder(&buf)
+	enc.SetIndent("", "  ")
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(cfg); err != nil {
+		return fmt.Errorf("simulator config %s: %w", path, err)
+	}
+	return certs.WriteSecretFile(path, buf.Bytes(), force)
 }
 
 // fleetProgress returns a Progress callback that prints a line to w at

@@ -6,6 +6,7 @@ import (
 	"crypto"
 	"crypto/x509"
 	"encoding/csv"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -351,5 +352,117 @@ func TestFleetProgress(t *testing.T) {
 	}
 	if got, want := buf.String(), "generated 2000/20000 devices\ngenerated 4000/20000 devices\n"; got != want {
 		t.Errorf("progress output = %q, want %q", got, want)
+	}
+}
+
+// TestCertsFleetProvisions: every kind of fleet "certs fleet" makes
+// provisions end to end against "dps-batch sim" serving the sim.json it
+// wrote: every device assigned. Key files, and files holding keys, are
+// 0600; no key is printed.
+func TestCertsFleetProvisions(t *testing.T) {
+	tests := []struct {
+		kind      string
+		secret    []string // files that hold keys: mode 0600
+		public    []string // files without keys: mode 0644
+		groupFlag bool
+	}{
+		{kind: "x509", public: []string{"manifest.csv", "sim.json"}},
+		{kind: "symmetric-group", secret: []string{"group.key", "sim.json"}, public: []string{"manifest.csv"}, groupFlag: true},
+		{kind: "symmetric-individual", secret: []string{"manifest.csv", "sim.json"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.kind, func(t *testing.T) {
+			const n = 6
+			f := newSymFleet(t, tt.kind, n)
+			for _, name := range tt.secret {
+				checkFileMode(t, filepath.Join(f.dir, name), 0o600)
+			}
+			for _, name := range tt.public {
+				checkFileMode(t, filepath.Join(f.dir, name), 0o644)
+			}
+			var extra []string
+			if tt.groupFlag {
+				extra = []string{"--group-key-file", f.groupKeyFile}
+			}
+			code, stdout, stderr := runCmd(t, f.provisionArgs(f.manifest, extra...)...)
+			if code != exitOK || !strings.Contains(stdout, fmt.Sprintf("assigned %d", n)) {
+				t.Fatalf("provision: exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
+			}
+			if tt.kind != "x509" {
+				checkNoKeyIn(t, f.secrets(t), "provision output", stdout+stderr)
+			}
+		})
+	}
+}
+
+// TestCertsFleetBadAttestation: an unknown kind, or certificate flags with
+// a symmetric-key fleet, are usage errors that write nothing.
+func TestCertsFleetBadAttestation(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "fleet")
+	for _, tt := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"--attestation", "tpm"}, []string{`--attestation "tpm": want x509, symmetric-group, symmetric-individual`}},
+		{[]string{"--attestation", "symmetric-group", "--chain", "root"}, []string{"--chain: only for --attestation x509", "Try: leave out --chain"}},
+		{[]string{"--attestation", "symmetric-individual", "--key-type", "rsa2048", "--validity", "1h"}, []string{"--key-type, --validity: only for --attestation x509"}},
+	} {
+		code, _, errs := runCmd(t, append([]string{"certs", "fleet", "--count", "2", "--out", dir}, tt.args...)...)
+		if code != exitUsage {
+			t.Errorf("%v: exit %d, want %d", tt.args, code, exitUsage)
+		}
+		for _, w := range tt.want {
+			if !strings.Contains(errs, w) {
+				t.Errorf("%v: stderr lacks %q:\n%s", tt.args, w, errs)
+			}
+		}
+	}
+	if _, err := os.Stat(dir); err == nil {
+		t.Errorf("a refused fleet created %s", dir)
+	}
+}
+
+// TestProvisionCollapsesRepeatedProblems: a group fleet provisioned
+// without its group key fails validation with one line for all its rows,
+// whose hint is a command that works; a distinct problem keeps its row.
+func TestProvisionCollapsesRepeatedProblems(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "sensors")
+	if code, _, errs := runCmd(t, "certs", "fleet", "--attestation", "symmetric-group", "--count", "200", "--out", dir); code != exitOK {
+		t.Fatalf("certs fleet: exit %d\n%s", code, errs)
+	}
+	manifest := filepath.Join(dir, "manifest.csv")
+	f, err := os.OpenFile(manifest, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteString("Not-An-Id\n"); err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	code, _, stderr := runCmd(t, "provision", "--manifest", manifest, "--id-scope", "0ne00000000", "--endpoint", "https://127.0.0.1:1")
+	if code != exitUsage {
+		t.Fatalf("exit %d, want %d\n%s", code, exitUsage, stderr)
+	}
+	if n := strings.Count(stderr, "row has no credentials"); n != 1 {
+		t.Errorf("%q appears %d times, want once:\n%s", "row has no credentials", n, stderr)
+	}
+	if want := "Manifest " + manifest + " has 202 problem(s); nothing was sent:"; !strings.Contains(stderr, want) {
+		t.Errorf("stderr lacks %q:\n%s", want, stderr)
+	}
+	lines := strings.Split(strings.TrimSpace(stderr), "\n")
+	var listed []string
+	for _, l := range lines {
+		if strings.HasPrefix(l, "  ") {
+			listed = append(listed, l)
+		}
+	}
+	if len(listed) != 2 {
+		t.Fatalf("listed %d problem lines, want 2 (the repeated one, and row 202's id):\n%s", len(listed), stderr)
+	}
+	if want := "  rows 2-202 (201 rows): row has no credentials — for devices of a symmetric-key enrollment group, give the group key: dps-batch provision --group-key-file FILE, or the environment variable DPS_GROUP_KEY"; !strings.HasPrefix(listed[0], want) {
+		t.Errorf("first line:\n%s\nwant prefix:\n%s", listed[0], want)
+	}
+	if !strings.HasPrefix(listed[1], "  row 202 (Not-An-Id): registration_id: ") {
+		t.Errorf("second line = %q, want row 202's own problem", listed[1])
 	}
 }

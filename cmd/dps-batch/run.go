@@ -50,6 +50,7 @@ func commands() []command {
 		{"status", "Show what a ledger holds and what re-running would do", runStatus},
 		{"report", "Export one row per device from a ledger as CSV or JSON lines", runReport},
 		{"certs", "Generate test certificates: root, intermediate, device, verification, fleet", runCerts},
+		{"keys", "Derive the keys of a symmetric-key group's devices, to flash onto them", runKeys},
 		{"sim", "Serve a local DPS simulator over HTTPS", runSim},
 		{"version", "Print the version", runVersion},
 		{"help", "Show help for a command", nil},
