@@ -256,6 +256,37 @@ func badCases() []badCase {
 			}},
 		{name: "negative device timeout", code: exitUsage, msg: "timeout", fix: "Try:",
 			setup: func(t *testing.T, c *badFleet) []string { return c.args("--timeout-per-device", "-1s") }},
+		{name: "column mapped to a name that is not ours", code: exitUsage, msg: "device is not a column of ours", fix: "Try:",
+			setup: func(t *testing.T, c *badFleet) []string { return c.args("--column", "device=serial_number") }},
+		{name: "column mapped twice", code: exitUsage, msg: "registration_id is mapped twice", fix: "map each column once",
+			setup: func(t *testing.T, c *badFleet) []string {
+				return c.args("--column", "registration_id=sn", "--column", "registration_id=serial")
+			}},
+		{name: "strict with an unknown column", code: exitUsage, msg: "hub: unknown column", fix: "leave out --strict",
+			setup: func(t *testing.T, c *badFleet) []string {
+				lines := strings.Split(strings.TrimRight(string(c.read(t, "manifest.csv")), "\n"), "\n")
+				lines[0] += ",hub"
+				for i := 1; i < len(lines); i++ {
+					lines[i] += ",hub-1"
+				}
+				c.write(t, "manifest.csv", []byte(strings.Join(lines, "\n")+"\n"))
+				return c.args("--strict")
+			}},
+
+		// keys derive.
+		{name: "keys derive without a group key", code: exitUsage, msg: "no group key", fix: "--group-key-file",
+			setup: func(t *testing.T, c *badFleet) []string {
+				return []string{"keys", "derive", "--manifest", c.path("manifest.csv"), "--out", c.path("device-keys.csv")}
+			}},
+		{name: "keys derive over an existing file", code: exitUsage, msg: "already exists", fix: "--force",
+			setup: func(t *testing.T, c *badFleet) []string {
+				c.write(t, "device-keys.csv", []byte("registration_id,symmetric_key\n"))
+				return []string{"keys", "derive", "--manifest", c.path("manifest.csv"), "--group-key-file", c.path("group.key"), "--out", c.path("device-keys.csv")}
+			}},
+		{name: "keys derive to standard output", code: exitUsage, msg: "refusing to write keys to standard output", fix: "--out",
+			setup: func(t *testing.T, c *badFleet) []string {
+				return []string{"keys", "derive", "--manifest", c.path("manifest.csv"), "--group-key-file", c.path("group.key"), "--out", "-"}
+			}},
 
 		// Ledgers.
 		{name: "ledger of another ID scope", code: exitUsage, msg: "belongs to ID scope", fix: "use another --ledger",
