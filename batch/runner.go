@@ -349,7 +349,7 @@ func (r *Runner) Validate(ctx context.Context) (*manifests.Summary, error) {
 // Ledger (a dry run before the first run), every device is new.
 func (r *Runner) Plan(ctx context.Context, record bool) (*Plan, error) {
 	r.Options.setDefaults()
-	rd, err := manifests.Open(r.Options.ManifestPath)
+	rd, err := manifests.OpenWith(r.Options.ManifestPath, r.Options.Manifest)
 	if err != nil {
 		return nil, err
 	}
@@ -669,7 +669,7 @@ func (r *Runner) runOptions() map[string]string {
 // before a row is handed out, in a select with drain, so no device starts
 // after the user asked to stop.
 func (r *Runner) dispatch(ctx context.Context, drain <-chan struct{}) (stopped bool, err error) {
-	rd, err := manifests.Open(r.Options.ManifestPath)
+	rd, err := manifests.OpenWith(r.Options.ManifestPath, r.Options.Manifest)
 	if err != nil {
 		return false, err
 	}

@@ -83,15 +83,19 @@ func MarkCertificateVerified(path, name string, vc *x509.Certificate, now time.T
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(path, append(out, '\n'))
+	return writeFileAtomic(path, append(out, '\n'), false) // keeps the file's mode
 }
 
 // writeFileAtomic replaces path with data through a temporary file in the
 // same directory, keeping the file's mode.
-func writeFileAtomic(path string, data []byte) error {
+func writeFileAtomic(path string, data []byte, secret bool) error {
 	mode := os.FileMode(0o644)
 	if st, err := os.Stat(path); err == nil {
 		mode = st.Mode().Perm()
+	}
+	if secret {
+		// Symmetric keys: readable by the owner only, whatever it was.
+		mode = 0o600
 	}
 	tmp, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
 	if err != nil {
@@ -136,5 +140,20 @@ func WriteConfig(path string, cfg Config, force bool) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return fmt.Errorf("simulator config: %w", err)
 	}
-	return writeFileAtomic(path, buf.Bytes())
+	return writeFileAtomic(path, buf.Bytes(), hasKeys(cfg))
+}
+
+// hasKeys reports whether cfg holds symmetric keys.
+func hasKeys(cfg Config) bool {
+	for _, e := range cfg.Individual {
+		if e.Attestation.SymmetricKey != nil {
+			return true
+		}
+	}
+	for _, g := range cfg.Groups {
+		if g.Attestation.SymmetricKey != nil {
+			return true
+		}
+	}
+	return false
 }

@@ -123,6 +123,15 @@ func Open(ctx context.Context, path string, opts Options) (*Ledger, error) {
 		if version, err = l.probe(ctx, abs); err != nil {
 			return nil, err
 		}
+		if opts.ReadOnly && version > 0 && version < len(migrationList()) {
+			// A ledger written by an older dps-batch: bring its schema up
+			// to date first (additive changes, each in one transaction),
+			// so that status and report can read it.
+			if err := upgrade(ctx, path, opts); err != nil {
+				return nil, fmt.Errorf("ledger %s has schema version %d, older than this dps-batch's %d, and could not be upgraded (%v): run provision on it once, where it is writable", path, version, len(migrationList()), err)
+			}
+			version = len(migrationList())
+		}
 	}
 
 	if err := l.open(ctx, abs, syncMode, version); err != nil {
@@ -131,6 +140,17 @@ func Open(ctx context.Context, path string, opts Options) (*Ledger, error) {
 	}
 	l.w = newWriter(l)
 	return l, nil
+}
+
+// upgrade opens the ledger at path for writing, which applies the
+// migrations it lacks, and closes it again.
+func upgrade(ctx context.Context, path string, opts Options) error {
+	opts.ReadOnly = false
+	l, err := Open(ctx, path, opts)
+	if err != nil {
+		return err
+	}
+	return l.Close()
 }
 
 // open opens the connection pools, checks their settings, migrates and

@@ -229,3 +229,28 @@ func TestPollRateFollowsRate(t *testing.T) {
 		}
 	}
 }
+
+// TestColumnMappingProvisions: a manifest whose id column has another name
+// provisions end to end with --column, extra columns ignored.
+func TestColumnMappingProvisions(t *testing.T) {
+	f := newSASFleet(t, 12)
+	b, err := os.ReadFile(f.manifest)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var rows strings.Builder
+	rows.WriteString("serial_number,line\n")
+	for _, id := range strings.Split(strings.TrimSpace(string(b)), "\n")[1:] {
+		fmt.Fprintf(&rows, "%s,3\n", id)
+	}
+	if err := os.WriteFile(f.manifest, []byte(rows.String()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errs := runCmd(t, f.args("--column", "registration_id=serial_number")...)
+	if code != exitOK || !strings.Contains(out, "assigned 12") || !strings.Contains(errs, "line") {
+		t.Errorf("exit %d, want 0 with 12 assigned and a warning about the line column\nstdout:\n%s\nstderr:\n%s", code, out, errs)
+	}
+	if st := f.sim.Stats(); st.Registers != 12 {
+		t.Errorf("simulator registrations %d, want 12", st.Registers)
+	}
+}

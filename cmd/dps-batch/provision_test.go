@@ -108,7 +108,7 @@ func TestProvisionValidationAndDryRun(t *testing.T) {
 		t.Fatal(err)
 	}
 	code, out, errs := runCmd(t, "provision", "--manifest", good, "--id-scope", "0ne00000000", "--dry-run", "--rate", "60")
-	if code != exitOK || !strings.Contains(out, "to register:            2") || !strings.Contains(out, "billable registrations: 2") || !strings.Contains(out, "estimated time at --rate 60/min: 2s") {
+	if code != exitOK || !strings.Contains(out, "to register:            2") || !strings.Contains(out, "billable registrations: 2") || !strings.Contains(out, "estimated time: 2s, limited by --rate 60/min") {
 		t.Errorf("dry run: exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errs)
 	}
 	if _, err := os.Stat(filepath.Join(dir, "good.ledger")); err == nil {
