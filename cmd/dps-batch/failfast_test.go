@@ -254,3 +254,19 @@ func TestColumnMappingProvisions(t *testing.T) {
 		t.Errorf("simulator registrations %d, want 12", st.Registers)
 	}
 }
+
+// TestSummaryNamesTheLimiter: a run held back by --rate says so, and counts
+// billable registrations as the simulator does.
+func TestSummaryNamesTheLimiter(t *testing.T) {
+	f := newSASFleet(t, 6)
+	code, out, errs := runCmd(t, with(f.args(), "--rate", "240")...)
+	if code != exitOK {
+		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errs)
+	}
+	if !strings.Contains(out, "limited by --rate 240/min") {
+		t.Errorf("summary does not name --rate as the limiter:\n%s", out)
+	}
+	if want := fmt.Sprintf("registrations accepted by DPS (billable): %d", f.sim.Stats().Registers); !strings.Contains(out, want) {
+		t.Errorf("summary lacks %q:\n%s", want, out)
+	}
+}
