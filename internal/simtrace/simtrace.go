@@ -1,25 +1,41 @@
-// Package simtrace turns the simulator's request log into per-device request
-// histories, and holds the one definition of a wasted registration that the
-// crash-loop and fault-soak tests assert is never made. It is test support:
-// only tests import it.
+// Package simtrace holds what the crash-loop and fault-soak tests judge a
+// run by. It is test support: only tests import it.
+//
+// The oracle is server-side: how many registrations took effect at the
+// simulator per device (dpssim.RegistrationInfo.Registers, and
+// RegisterTimes for when each did), split at the boundaries of a test's
+// phases (first provisioning, each re-registration campaign) with
+// PerWindow. That count includes PUTs whose answer the client never saw
+// (dropped, cut short, late, or sent by a process that was then killed),
+// so it cannot be fooled by what the client believes.
+//
+// The per-device request histories (FromRecord, RePUTs) are the client-side
+// view, kept as a diagnostic: they say which request pattern led to a
+// wasted registration, but they judge from what the client could see and
+// so both miss registrations (a late effect) and flag harmless PUTs (one
+// after a lookup showed yesterday's record).
 package simtrace
 
 import (
 	"log/slog"
 	"net/http"
+	"sort"
 	"strings"
+	"time"
 )
 
 // Event is one device request as the simulator answered it.
 type Event struct {
-	Kind   string // register, poll or lookup (the log record's message)
-	Status int    // HTTP status; 0 = connection dropped or answer lost
+	Kind   string    // register, poll or lookup (the log record's message)
+	Status int       // HTTP status; 0 = connection dropped or answer lost
+	At     time.Time // when the simulator logged it (zero when not known)
 }
 
 // FromRecord decodes one line of the simulator's request log (dpssim.Server
 // Logger): the registration id, lower-cased, and the request.
 func FromRecord(r slog.Record) (id string, ev Event) {
 	ev.Kind = r.Message
+	ev.At = r.Time
 	r.Attrs(func(a slog.Attr) bool {
 		switch a.Key {
 		case "device":
@@ -34,13 +50,47 @@ func FromRecord(r slog.Record) (id string, ev Event) {
 	return id, ev
 }
 
+// PerWindow splits the times at which a device's registrations took effect
+// (dpssim.RegistrationInfo.RegisterTimes) into the windows that starts
+// opens: window i is [starts[i], starts[i+1]), the last one has no end.
+// starts must be in increasing order; registrations before starts[0] are
+// returned as before. This is the oracle of "at most once per campaign":
+// give it the instants each phase of a test began.
+func PerWindow(times []time.Time, starts []time.Time) (counts []int, before int) {
+	counts = make([]int, len(starts))
+	for _, t := range times {
+		i := sort.Search(len(starts), func(i int) bool { return starts[i].After(t) }) - 1
+		if i < 0 {
+			before++
+			continue
+		}
+		counts[i]++
+	}
+	return counts, before
+}
+
+// Since returns the events of a history logged at or after t.
+func Since(history []Event, t time.Time) []Event {
+	var out []Event
+	for _, e := range history {
+		if !e.At.Before(t) {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
 // RePUTs counts the register PUTs in a device's history that were sent while
 // DPS already had, or might have had, a registration operation for it: after
 // a register that started an operation (2xx), was refused because one was in
 // progress (409) or lost its answer (0: it may have taken effect), or after a
 // poll or lookup answered 2xx, unless a lookup answered 404 since (DPS said
-// it has nothing). dps-batch promises this is zero: an uncertain device is
-// looked up (not billable) before it is registered again.
+// it has nothing).
+//
+// It is a diagnostic of the client's request pattern, not the oracle (see
+// the package documentation): a PUT after a lookup that showed the record
+// of an earlier registration is counted, though a campaign sends exactly
+// that; a PUT that took effect late, with no answer logged, is not seen.
 func RePUTs(history []Event) int {
 	known, n := false, 0
 	for _, e := range history {
