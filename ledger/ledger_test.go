@@ -492,7 +492,7 @@ func TestOpen_UpgradeFromSchema2(t *testing.T) {
 
 	// Make the file what dps-batch wrote before migration 0003.
 	db := rawDB(t, path)
-	for _, q := range []string{"ALTER TABLE devices DROP COLUMN returned_payload", "DELETE FROM migrations WHERE version = 3"} {
+	for _, q := range []string{"DROP TABLE enrollments", "DROP TABLE service_binding", "ALTER TABLE devices DROP COLUMN returned_payload", "DELETE FROM migrations WHERE version >= 3"} {
 		if _, err := db.Exec(q); err != nil {
 			t.Fatalf("%s: %v", q, err)
 		}
@@ -532,7 +532,7 @@ func TestOpen_UpgradeFromSchema2(t *testing.T) {
 	}
 	db = rawDB(t, path)
 	var v int
-	if err := db.QueryRow("SELECT max(version) FROM migrations").Scan(&v); err != nil || v != 3 {
-		t.Errorf("schema version after upgrade=%d err=%v, want 3", v, err)
+	if err := db.QueryRow("SELECT max(version) FROM migrations").Scan(&v); err != nil || v != 4 {
+		t.Errorf("schema version after upgrade=%d err=%v, want 4", v, err)
 	}
 }
