@@ -157,14 +157,25 @@ func TestReprovisionCampaignContinuesAfterStop(t *testing.T) {
 	}
 	t.Logf("registrations: 120 first, %d by the stopped campaign run, %d by its continuation", mid-120, f.sim.Stats().Registers-mid)
 
-	// A different campaign while... none is open now: a new --reprovision
-	// starts campaign #2 and registers every device once more.
+	// The same command once more (as after a kill right after the campaign
+	// was recorded completed): nothing is registered again.
 	r = f.runner(nil)
 	r.Options.Reprovision = true
 	res, err = r.Run(context.Background(), nil)
 	must(t, err)
-	if !res.CampaignStarted || res.Campaign.ID == open.ID {
-		t.Errorf("new campaign not started: %+v", res.Campaign)
+	if !res.CampaignAlreadyCompleted || res.CampaignStarted || res.Campaign == nil || res.Campaign.ID != open.ID {
+		t.Errorf("same command after completion: campaign %+v started %v already-completed %v; want #%d reported done", res.Campaign, res.CampaignStarted, res.CampaignAlreadyCompleted, open.ID)
+	}
+	wantRegisters(t, f, 2)
+
+	// --new-campaign starts campaign #2, which registers every device once more.
+	r = f.runner(nil)
+	r.Options.Reprovision = true
+	r.Options.NewCampaign = true
+	res, err = r.Run(context.Background(), nil)
+	must(t, err)
+	if !res.CampaignStarted || res.Campaign.ID == open.ID || !res.CampaignCompleted {
+		t.Errorf("new campaign not started and completed: %+v", res.Campaign)
 	}
 	wantRegisters(t, f, 3)
 }

@@ -132,6 +132,7 @@ type Runner struct {
 	registerPacer *Pacer
 	pollPacer     *Pacer
 	fuse          *fuse
+	campaignDone  bool          // the run's campaign was already completed: nothing is registered again
 	slotWait      time.Duration // dispatch waited for a free worker
 	runID         int64
 	validated     bool // Validate passed; Run need not read every file again
@@ -182,6 +183,10 @@ type Result struct {
 	// CampaignStarted: this run started Campaign. CampaignCompleted: this
 	// run finished it (every device of it reached a final state).
 	CampaignStarted, CampaignCompleted bool
+	// CampaignAlreadyCompleted: the run asked for the campaign Campaign,
+	// which an earlier run completed; nothing was registered again (a new
+	// campaign needs Policy.NewCampaign).
+	CampaignAlreadyCompleted bool
 	// Bound names what limited the run's speed ("--rate 900/min",
 	// "--poll-rate 1800/min", "--workers 100", "DPS throttling (429)")
 	// when one was waited on for most of the run; "" otherwise.
@@ -213,14 +218,30 @@ func (e *CampaignError) Error() string {
 // continues it (same kind, and no NewCampaign); a run that asks for no
 // campaign gets the open one back for display only.
 func (r *Runner) campaign(ctx context.Context) (open *ledger.Campaign, continuing bool, err error) {
+	r.campaignDone = false
 	if r.Ledger == nil {
 		return nil, false, nil
 	}
+	kind := r.Options.Policy.campaignKind()
 	c, ok, err := r.Ledger.OpenCampaign(ctx)
-	if err != nil || !ok {
+	if err != nil {
 		return nil, false, err
 	}
-	kind := r.Options.Policy.campaignKind()
+	if !ok {
+		if kind == "" || r.Options.Policy.NewCampaign {
+			return nil, false, nil
+		}
+		// The same command after its campaign completed (perhaps killed
+		// right after recording that) does not start another one: that
+		// would register every device again. --new-campaign does.
+		last, found, err := r.Ledger.LastCampaignOfKind(ctx, kind)
+		if err != nil || !found || last.Outcome != ledger.CampaignCompleted {
+			return nil, false, err
+		}
+		r.Options.Policy.Reprovision, r.Options.Policy.RetryFailed = false, false
+		r.campaignDone = true
+		return &last, false, nil
+	}
 	switch {
 	case kind == "":
 		return &c, false, nil
@@ -514,6 +535,7 @@ func (r *Runner) Run(ctx context.Context, drain <-chan struct{}) (*Result, error
 		r.Options.Policy.Campaign = open.ID
 	}
 	res.Campaign = open
+	res.CampaignAlreadyCompleted = r.campaignDone
 
 	// The run stops dispatching when the user asks (drain) or when a device
 	// halts it (a systemic or fatal error): either way in-flight requests

@@ -50,14 +50,22 @@ func (l *Ledger) LastCampaign(ctx context.Context) (c Campaign, ok bool, err err
 	return l.campaignWhere(ctx, "ORDER BY id DESC LIMIT 1")
 }
 
-func (l *Ledger) campaignWhere(ctx context.Context, where string) (c Campaign, ok bool, err error) {
+// LastCampaignOfKind returns the most recent campaign of kind, open or not.
+func (l *Ledger) LastCampaignOfKind(ctx context.Context, kind string) (c Campaign, ok bool, err error) {
+	if err := l.notClosed("read last campaign"); err != nil {
+		return Campaign{}, false, err
+	}
+	return l.campaignWhere(ctx, "WHERE kind = ? ORDER BY id DESC LIMIT 1", kind)
+}
+
+func (l *Ledger) campaignWhere(ctx context.Context, where string, args ...any) (c Campaign, ok bool, err error) {
 	var (
 		started  int64
 		finished sql.NullInt64
 		run      sql.NullInt64
 		opts     string
 	)
-	err = l.rdb.QueryRowContext(ctx, "SELECT id, kind, started_at, finished_at, outcome, run_id, options FROM campaigns "+where).
+	err = l.rdb.QueryRowContext(ctx, "SELECT id, kind, started_at, finished_at, outcome, run_id, options FROM campaigns "+where, args...).
 		Scan(&c.ID, &c.Kind, &started, &finished, &c.Outcome, &run, &opts)
 	switch {
 	case err == sql.ErrNoRows:

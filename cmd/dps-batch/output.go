@@ -275,6 +275,9 @@ func printSummary(w io.Writer, p *provisionFlags, res *batch.Result, asJSON bool
 	fmt.Fprintln(w)
 	if c := res.Campaign; c != nil {
 		switch {
+		case res.CampaignAlreadyCompleted:
+			fmt.Fprintf(w, "  campaign #%d (%s) was completed on %s: no device was registered again; add --new-campaign to start another (billable)\n",
+				c.ID, c.Kind, c.FinishedAt.Local().Format(time.DateTime))
 		case res.CampaignCompleted:
 			fmt.Fprintf(w, "  campaign #%d (%s) completed: every device of it reached a final state\n", c.ID, c.Kind)
 		case p.reprovision || p.retryFailed:
