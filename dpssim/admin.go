@@ -25,6 +25,11 @@ POST /_sim/release                                let held register requests pro
 GET  /_sim/certificates                           uploaded CA certificates, verified or not, with verification codes
 POST /_sim/certificates/{name}/verificationCode   the code to put in a proof-of-possession certificate's CN
 POST /_sim/certificates/{name}/verify             body: the verification certificate (PEM, or {"certificate": "..."})
+GET  /_sim/enrollments                            every individual enrollment id: exists, creates, updates, deletes (service API)
+GET  /_sim/enrollments/{registrationId}           one individual enrollment id
+GET  /_sim/enrollmentGroups                       every enrollment group id: exists, creates, updates, deletes
+GET  /_sim/enrollmentGroups/{enrollmentGroupId}   one enrollment group id
+GET  /_sim/servicePolicies                        the service API's shared access policies: names and rights (no keys)
 
 Per registration, "registers" counts the register PUTs that took effect at this server (started an
 operation), whatever the client saw: on time or late (faults.lateEffectRate, counted when the effect
@@ -32,6 +37,11 @@ happens, even if the client had gone), with the answer lost (dropResponseRate) o
 (registerBadBodyRate). Refused PUTs (401, 409203, 429, injected 5xx, dropped before taking effect) do
 not count, nor do records loaded from the config's "registrations" ("fromConfig": true).
 "registerTimes" lists when each counted registration took effect, to count them per time window.
+
+The service API (enrollments, enrollmentGroups, registrations; SAS or bearer token) is served on this
+port too. Per enrollment id, "creates" counts the creates that took effect (PUT, bulk create, bulk
+update of a missing one), whatever the client saw; "updates" and "deletes" likewise. /_sim/stats has
+the totals (serviceRequests, enrollmentCreates, serviceThrottled, ...).
 `
 
 // CertificateInfo describes an uploaded CA certificate.
@@ -136,6 +146,34 @@ func (s *Server) serveAdmin(w http.ResponseWriter, r *http.Request) {
 		held := s.Held()
 		s.Release()
 		adminJSON(w, http.StatusOK, map[string]any{"holding": false, "released": held})
+	case p == "/enrollments" && get:
+		adminJSON(w, http.StatusOK, s.Enrollments())
+	case strings.HasPrefix(p, "/enrollments/") && get:
+		id := strings.TrimPrefix(p, "/enrollments/")
+		if ei, ok := s.Enrollment(id); ok {
+			adminJSON(w, http.StatusOK, ei)
+		} else {
+			adminError(w, http.StatusNotFound, fmt.Errorf("no individual enrollment %q was ever known", id))
+		}
+	case p == "/enrollmentGroups" && get:
+		adminJSON(w, http.StatusOK, s.EnrollmentGroups())
+	case strings.HasPrefix(p, "/enrollmentGroups/") && get:
+		id := strings.TrimPrefix(p, "/enrollmentGroups/")
+		if ei, ok := s.EnrollmentGroup(id); ok {
+			adminJSON(w, http.StatusOK, ei)
+		} else {
+			adminError(w, http.StatusNotFound, fmt.Errorf("no enrollment group %q was ever known", id))
+		}
+	case p == "/servicePolicies" && get:
+		type policyInfo struct {
+			Name   string   `json:"name"`
+			Rights []string `json:"rights"`
+		}
+		var out []policyInfo
+		for _, sp := range s.ServicePolicies() {
+			out = append(out, policyInfo{Name: sp.Name, Rights: sp.Rights})
+		}
+		adminJSON(w, http.StatusOK, out)
 	case p == "/certificates" && get:
 		adminJSON(w, http.StatusOK, s.Certificates())
 	case strings.HasPrefix(p, "/certificates/") && strings.HasSuffix(p, "/verificationCode") && (get || post):

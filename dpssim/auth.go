@@ -161,7 +161,7 @@ func (s *Server) authSAS(h, regID string, now time.Time) (attested, *apiError) {
 	default:
 		return attested{}, unauthorized("SAS token skn %q: device tokens use %q or none", t.skn, dps.SASKeyName)
 	}
-	if e := s.in.individuals[strings.ToLower(regID)]; e != nil {
+	if e := s.in.individual(regID); e != nil {
 		if e.isX509() {
 			return attested{}, unauthorized("the individual enrollment for %q uses X.509 attestation: present its certificate instead of a SAS token", regID)
 		}
@@ -170,7 +170,8 @@ func (s *Server) authSAS(h, regID string, now time.Time) (attested, *apiError) {
 		}
 		return attested{enr: e, symKey: &dps.SymmetricKeyRegistrationResult{}}, nil
 	}
-	for _, g := range s.in.symKeyGroups {
+	_, symKeyGroups := s.in.groupLists()
+	for _, g := range symKeyGroups {
 		for _, gk := range g.keys {
 			if t.signedBy(dps.DeriveDeviceKeyBytes(gk, regID)) {
 				return attested{enr: g, symKey: &dps.SymmetricKeyRegistrationResult{EnrollmentGroupID: g.id}}, nil
@@ -190,12 +191,15 @@ func (s *Server) authX509(chain []*x509.Certificate, regID string, now time.Time
 		return attested{}, unauthorized("device certificate is not valid now (valid %s to %s)", leaf.NotBefore.UTC().Format(time.RFC3339), leaf.NotAfter.UTC().Format(time.RFC3339))
 	}
 	key := chainKey(chain)
-	if att, ok := s.auths.get(key, now); ok {
+	// The generation is read before matching: a change of the enrollments
+	// while matching makes the cached result stale at once.
+	gen := s.in.gen.Load()
+	if att, ok := s.auths.get(key, now, gen); ok {
 		return att, nil
 	}
 	att, validUntil, aerr := s.matchX509(chain, regID, now)
 	if aerr == nil {
-		s.auths.put(key, att, validUntil)
+		s.auths.put(key, att, validUntil, gen)
 	}
 	return att, aerr
 }
@@ -207,12 +211,16 @@ func (s *Server) matchX509(chain []*x509.Certificate, regID string, now time.Tim
 	leaf := chain[0]
 	info := &dps.X509RegistrationResult{CertificateInfo: certInfo(leaf)}
 	// Individual enrollment first, then groups up the chain (DPS matching order).
-	if e := s.in.individuals[strings.ToLower(regID)]; e != nil {
+	if e := s.in.individual(regID); e != nil {
 		if !e.isX509() {
 			return attested{}, time.Time{}, unauthorized("the individual enrollment for %q uses symmetric key attestation: send a SAS token", regID)
 		}
-		if !bytes.Equal(leaf.Raw, e.cert.Raw) {
-			return attested{}, time.Time{}, unauthorized("the presented certificate is not the one in the individual enrollment for %q", regID)
+		enrolled := false
+		for _, c := range e.certs {
+			enrolled = enrolled || bytes.Equal(leaf.Raw, c.Raw)
+		}
+		if !enrolled {
+			return attested{}, time.Time{}, unauthorized("the presented certificate is not the one in the individual enrollment for %q (neither its primary nor its secondary certificate)", regID)
 		}
 		validUntil := leaf.NotAfter
 		if len(chain) > 1 {
@@ -224,18 +232,18 @@ func (s *Server) matchX509(chain []*x509.Certificate, regID string, now time.Tim
 		}
 		return attested{enr: e, x509: info}, validUntil, nil
 	}
-	g, chains, err := s.findX509Group(chain, now)
+	g, ca, chains, err := s.findX509Group(chain, now)
 	if g == nil && err == nil {
 		return attested{}, time.Time{}, unauthorized("no enrollment for %q: no individual enrollment, and no enrollment group's CA is in or directly above the presented chain (present the full chain up to the group's CA)", regID)
 	}
 	if err != nil {
-		return attested{}, time.Time{}, unauthorized("certificate chain does not verify up to enrollment group %q's CA %q: %v", g.id, g.groupCA().Subject.CommonName, err)
+		return attested{}, time.Time{}, unauthorized("certificate chain does not verify up to enrollment group %q's CA %q: %v", g.id, ca.cert.Subject.CommonName, err)
 	}
-	if g.ca != nil && !g.ca.verified.Load() {
-		return attested{}, time.Time{}, unauthorized("enrollment group %q's CA certificate %q is not verified: do proof of possession first (see dps-batch sim --help)", g.id, g.ca.name)
+	if ca.ref != nil && !ca.ref.verified.Load() {
+		return attested{}, time.Time{}, unauthorized("enrollment group %q's CA certificate %q is not verified: do proof of possession first (see dps-batch sim --help)", g.id, ca.ref.name)
 	}
 	info.EnrollmentGroupID = g.id
-	info.SigningCertificateInfo = certInfo(g.groupCA())
+	info.SigningCertificateInfo = certInfo(ca.cert)
 	return attested{enr: g, x509: info}, earliestNotAfter(chains), nil
 }
 
@@ -244,34 +252,38 @@ func (s *Server) matchX509(chain []*x509.Certificate, regID string, now time.Tim
 // or issued the topmost presented certificate, with the verified chains
 // from the leaf to that CA. A group found whose chain does not verify is
 // returned with the verification error.
-func (s *Server) findX509Group(chain []*x509.Certificate, now time.Time) (*enrollment, [][]*x509.Certificate, error) {
+func (s *Server) findX509Group(chain []*x509.Certificate, now time.Time) (*enrollment, groupCA, [][]*x509.Certificate, error) {
 	var firstErr error
 	var firstGroup *enrollment
+	var firstCA groupCA
+	x509Groups, _ := s.in.groupLists()
 	for level := 1; level <= len(chain); level++ {
-		for _, g := range s.in.x509Groups {
-			ca := g.groupCA()
-			if level < len(chain) {
-				if !sameCert(chain[level], ca) {
+		for _, g := range x509Groups {
+			for _, gca := range g.cas {
+				ca := gca.cert
+				if level < len(chain) {
+					if !sameCert(chain[level], ca) {
+						continue
+					}
+				} else if !bytes.Equal(chain[len(chain)-1].RawIssuer, ca.RawSubject) {
 					continue
 				}
-			} else if !bytes.Equal(chain[len(chain)-1].RawIssuer, ca.RawSubject) {
-				continue
-			}
-			// x509 verification checks every signature, validity period,
-			// CA constraint and the client-auth usage.
-			chains, err := chain[0].Verify(verifyOptions(ca, chain[1:level], now))
-			if err == nil {
-				return g, chains, nil
-			}
-			if firstErr == nil {
-				firstGroup, firstErr = g, err
+				// x509 verification checks every signature, validity period,
+				// CA constraint and the client-auth usage.
+				chains, err := chain[0].Verify(verifyOptions(ca, chain[1:level], now))
+				if err == nil {
+					return g, gca, chains, nil
+				}
+				if firstErr == nil {
+					firstGroup, firstCA, firstErr = g, gca, err
+				}
 			}
 		}
 		if firstErr != nil {
-			return firstGroup, nil, firstErr
+			return firstGroup, firstCA, nil, firstErr
 		}
 	}
-	return nil, nil, nil
+	return nil, groupCA{}, nil, nil
 }
 
 // chainsToVerifiedCA reports whether the chain verifies up to a verified
@@ -305,8 +317,9 @@ func earliestNotAfter(chains [][]*x509.Certificate) time.Time {
 // authCache remembers successful X.509 authentications, so the poll after
 // a register (and repeat registrations) skip the chain verification. Only
 // successes are kept: a CA can become verified at run time, never
-// unverified, and the configuration does not change, so a success stays a
-// success until the chain expires.
+// unverified, so a success stays a success until the chain expires or the
+// enrollments change (the service API creates, updates and deletes them;
+// each change starts a new generation and older entries no longer count).
 type authCache struct {
 	mu sync.Mutex
 	m  map[[32]byte]cachedAuth
@@ -315,28 +328,29 @@ type authCache struct {
 type cachedAuth struct {
 	att        attested
 	validUntil time.Time
+	gen        uint64 // enrollment generation the result was computed in
 }
 
 // maxCachedAuths bounds the cache; it is emptied when full.
 const maxCachedAuths = 100_000
 
-func (c *authCache) get(key [32]byte, now time.Time) (attested, bool) {
+func (c *authCache) get(key [32]byte, now time.Time, gen uint64) (attested, bool) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	e, ok := c.m[key]
-	if !ok || now.After(e.validUntil) {
+	if !ok || now.After(e.validUntil) || e.gen != gen {
 		return attested{}, false
 	}
 	return e.att, true
 }
 
-func (c *authCache) put(key [32]byte, att attested, validUntil time.Time) {
+func (c *authCache) put(key [32]byte, att attested, validUntil time.Time, gen uint64) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.m == nil || len(c.m) >= maxCachedAuths {
 		c.m = make(map[[32]byte]cachedAuth)
 	}
-	c.m[key] = cachedAuth{att: att, validUntil: validUntil}
+	c.m[key] = cachedAuth{att: att, validUntil: validUntil, gen: gen}
 }
 
 // chainKey identifies a presented chain.

@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -29,6 +30,8 @@ const (
 	DefaultRegistrationsPerMinute = 1000
 	// DefaultPollsPer10sPerDevice is the DPS operation-status polling quota.
 	DefaultPollsPer10sPerDevice = 5
+	// DefaultServiceOperationsPerMinute is the DPS service operations quota.
+	DefaultServiceOperationsPerMinute = 1000
 	// DefaultHubField is the payload field the custom allocation policy reads.
 	DefaultHubField = "iotHub"
 )
@@ -136,7 +139,78 @@ type Config struct {
 	// Registers, which counts only registrations that took effect at this
 	// server. Empty means every device starts unregistered.
 	Registrations []ExistingRegistration `json:"registrations,omitempty"`
+
+	// ServiceHostName is a host name service API SAS tokens may be scoped
+	// to (sr), besides the Host the request was sent to, e.g.
+	// "mydps.azure-devices-provisioning.net", so that clients can sign for a
+	// realistic host while connecting to the simulator. "" accepts only the
+	// request's Host.
+	ServiceHostName string `json:"serviceHostName,omitempty"`
+	// ServicePolicies are the shared access policies of the service API
+	// (DPS "Shared access policies"). Empty means one policy,
+	// DefaultServicePolicy, with every right and a random key (see
+	// Server.ServicePolicies and Server.ServiceConnectionString).
+	ServicePolicies []ServicePolicy `json:"servicePolicies,omitempty"`
+	// EntraIssuers are the token issuers whose bearer tokens (JWT, ES256,
+	// RS256 or HS256) the service API accepts, standing in for Microsoft
+	// Entra ID. Empty means bearer tokens are refused.
+	EntraIssuers []EntraIssuer `json:"entraIssuers,omitempty"`
 }
+
+// DefaultServicePolicy is the shared access policy DPS creates with every
+// instance; the simulator makes it (with a random key) when the config
+// names no policy.
+const DefaultServicePolicy = "provisioningserviceowner"
+
+// Service API rights of a shared access policy (DPS "permissions").
+const (
+	RightServiceConfig           = "ServiceConfig"
+	RightEnrollmentRead          = "EnrollmentRead"
+	RightEnrollmentWrite         = "EnrollmentWrite"
+	RightRegistrationStatusRead  = "RegistrationStatusRead"
+	RightRegistrationStatusWrite = "RegistrationStatusWrite"
+)
+
+// ServicePolicy is a shared access policy of the service API: a name (the
+// SAS token's skn), keys that sign tokens, and the rights they grant.
+type ServicePolicy struct {
+	// Name is the policy name, e.g. "provisioningserviceowner".
+	Name string `json:"name"`
+	// PrimaryKey is the base64 key (16 to 64 bytes decoded); required.
+	PrimaryKey string `json:"primaryKey"`
+	// SecondaryKey is optional; tokens signed with either key are accepted.
+	SecondaryKey string `json:"secondaryKey,omitempty"`
+	// Rights are what the policy grants: EnrollmentRead, EnrollmentWrite,
+	// RegistrationStatusRead, RegistrationStatusWrite and ServiceConfig.
+	// Each operation needs its own right (a write right does not include
+	// the read right, as DPS lists them separately).
+	Rights []string `json:"rights"`
+}
+
+// EntraIssuer is a token issuer the service API trusts for
+// "Authorization: Bearer <JWT>", standing in for Microsoft Entra ID. Set
+// one key: PublicKeyPEM (or PublicKeyFile) for ES256/RS256, or HMACKey for
+// HS256. Tokens must carry iss, aud and exp; their "roles" claim names DPS
+// data-plane roles (RoleDataContributor, RoleDataReader). TestIssuer makes
+// one and mints tokens for it.
+type EntraIssuer struct {
+	// Issuer is the iss claim tokens must carry, e.g. "https://test-issuer.local".
+	Issuer string `json:"issuer"`
+	// Audience is the aud claim tokens must carry; "" means
+	// DefaultEntraAudience.
+	Audience string `json:"audience,omitempty"`
+	// PublicKeyPEM is the issuer's public key (PKIX "PUBLIC KEY" PEM, or a
+	// certificate), ECDSA P-256 for ES256 or RSA for RS256.
+	PublicKeyPEM string `json:"publicKeyPEM,omitempty"`
+	// PublicKeyFile is PublicKeyPEM read from a file.
+	PublicKeyFile string `json:"publicKeyFile,omitempty"`
+	// HMACKey is a base64 shared key for HS256 tokens (tests only).
+	HMACKey string `json:"hmacKey,omitempty"`
+}
+
+// DefaultEntraAudience is the audience of Entra tokens for DPS (scope
+// "https://azure-devices-provisioning.net/.default").
+const DefaultEntraAudience = "https://azure-devices-provisioning.net"
 
 // ExistingRegistration is a registration record present when the server
 // starts (Config.Registrations).
@@ -293,12 +367,23 @@ type Quotas struct {
 	// in any 10-second window; 0 means DefaultPollsPer10sPerDevice,
 	// negative means unlimited.
 	PollsPer10sPerDevice int `json:"pollsPer10sPerDevice"`
+	// ServiceOperationsPerMinute limits service API requests for the whole
+	// instance (a bulk call is one operation, as DPS counts every API call
+	// as one); 0 means DefaultServiceOperationsPerMinute, negative means
+	// unlimited. Throttled requests get 429 with Retry-After.
+	ServiceOperationsPerMinute int `json:"serviceOperationsPerMinute"`
+	// ServiceOperationBurst is how many service requests may arrive at
+	// once before the per-minute rate applies; 0 means one minute's worth.
+	ServiceOperationBurst int `json:"serviceOperationBurst,omitempty"`
 }
 
 // Faults are injected failures. Every decision is a pure function of Seed,
 // the registration id, the kind of request and how many requests of that
 // kind the id has sent, so a run is reproducible whatever the interleaving
-// of devices. Faults apply to authenticated device requests only.
+// of devices. Faults apply to authenticated requests: device requests, and
+// service API requests (Latency, LatencyJitter, DropConnectionRate,
+// DropResponseRate and ServiceErrorRate, drawn per operation and target,
+// e.g. the n-th PUT of /enrollments/dev-1 or the n-th bulk call).
 type Faults struct {
 	// Seed selects the fault sequence.
 	Seed int64 `json:"seed"`
@@ -309,6 +394,9 @@ type Faults struct {
 	PollErrorRate float64 `json:"pollErrorRate"`
 	// LookupErrorRate is the same for registration status lookups.
 	LookupErrorRate float64 `json:"lookupErrorRate"`
+	// ServiceErrorRate is the same for service API requests (enrollments,
+	// enrollment groups, registration states): 500 or 503 with no effect.
+	ServiceErrorRate float64 `json:"serviceErrorRate"`
 	// DropConnectionRate is the probability that a request is dropped
 	// unanswered (connection closed) before it has any effect.
 	DropConnectionRate float64 `json:"dropConnectionRate"`
@@ -458,6 +546,8 @@ func (c *Config) readFiles(dir string) error {
 	c.Individual = append([]IndividualEnrollment(nil), c.Individual...)
 	c.Groups = append([]EnrollmentGroup(nil), c.Groups...)
 	c.Registrations = append([]ExistingRegistration(nil), c.Registrations...)
+	c.ServicePolicies = append([]ServicePolicy(nil), c.ServicePolicies...)
+	c.EntraIssuers = append([]EntraIssuer(nil), c.EntraIssuers...)
 	// inline takes the content of *file into *content, refusing both.
 	inline := func(where, contentName, fileName string, content, file *string) error {
 		if *file == "" {
@@ -505,6 +595,12 @@ func (c *Config) readFiles(dir string) error {
 			g.Attestation.X509 = &x2
 		}
 	}
+	for i := range c.EntraIssuers {
+		ei := &c.EntraIssuers[i]
+		if err := inline(fmt.Sprintf("entraIssuers[%d] (%s)", i, ei.Issuer), "publicKeyPEM", "publicKeyFile", &ei.PublicKeyPEM, &ei.PublicKeyFile); err != nil {
+			return err
+		}
+	}
 	return nil
 }
 
@@ -518,11 +614,25 @@ type instance struct {
 	echoPayload  bool
 	cas          []*caCert
 	caByName     map[string]*caCert
-	individuals  map[string]*enrollment // by lower-case registration id
-	x509Groups   []*enrollment          // in config order
-	symKeyGroups []*enrollment          // in config order
 	existing     []ExistingRegistration // validated, defaults applied but times and etag
 	knobs        Knobs
+	serviceHost  string          // Config.ServiceHostName
+	policies     []*policy       // service API shared access policies
+	issuers      []*entraIssuer  // trusted bearer token issuers
+	policyByName map[string]*policy
+
+	// The enrollments change at run time through the service API. Readers
+	// (every device request) take mu for reading; the group slices are
+	// copy-on-write, so a reader may range over a slice it got after
+	// releasing mu. gen counts changes (the X.509 authentication cache
+	// forgets results of older generations).
+	mu           sync.RWMutex
+	gen          atomic.Uint64
+	individuals  map[string]*enrollment // by lower-case registration id
+	groups       map[string]*enrollment // by lower-case enrollment group id
+	x509Groups   []*enrollment          // in order of creation (config order first)
+	symKeyGroups []*enrollment          // in order of creation (config order first)
+	counts       map[string]*enrollmentCounts // "individual:<lower id>" or "group:<lower id>"
 }
 
 // caCert is an uploaded CA certificate. verified changes at run time when
@@ -534,30 +644,39 @@ type caCert struct {
 	code     string // verification code, derived from the certificate
 }
 
-// enrollment is one individual enrollment or group, compiled.
+// enrollment is one individual enrollment or group, compiled. It is never
+// changed once published: the service API replaces it with a new one.
 type enrollment struct {
 	group    bool
 	id       string // registration id or enrollment group id
 	disabled bool
 	deviceID string // individual only; "" = registration id
 	hub      string // pinned hub, "" = policy
-	// X.509: exactly one of these is set.
-	cert    *x509.Certificate // individual: the device certificate
-	ca      *caCert           // group: referenced, must be verified
-	signing *x509.Certificate // group: uploaded to the group, trusted
+	// hubs are the linked hubs the enrollment's devices may be assigned to
+	// (the service API's iotHubs); nil means every linked hub.
+	hubs []string
+	// policy overrides the instance's allocation policy; "" = the instance's.
+	policy string
+	// X.509, individual: the device certificates (primary, then secondary).
+	certs []*x509.Certificate
+	// X.509, group: the CAs (primary, then secondary).
+	cas []groupCA
 	// Symmetric key: raw primary and (optional) secondary key.
 	keys [][]byte
+	// doc is the enrollment as the service API shows it, etag and times
+	// included.
+	doc *enrollmentDoc
 }
 
-func (e *enrollment) isX509() bool { return e.cert != nil || e.ca != nil || e.signing != nil }
-
-// groupCA returns the CA certificate of an X.509 group.
-func (e *enrollment) groupCA() *x509.Certificate {
-	if e.ca != nil {
-		return e.ca.cert
-	}
-	return e.signing
+// groupCA is one CA of an X.509 enrollment group: a CA certificate uploaded
+// to the instance (ref set; it must be verified), or a signing certificate
+// uploaded to the group itself (ref nil; trusted as is).
+type groupCA struct {
+	cert *x509.Certificate
+	ref  *caCert
 }
+
+func (e *enrollment) isX509() bool { return len(e.certs) > 0 || len(e.cas) > 0 }
 
 // name is how results and the registrations listing refer to an enrollment.
 func (e *enrollment) name() string {
@@ -578,6 +697,8 @@ func compile(cfg Config) (*instance, error) {
 		hubSet:      map[string]bool{},
 		caByName:    map[string]*caCert{},
 		individuals: map[string]*enrollment{},
+		groups:      map[string]*enrollment{},
+		counts:      map[string]*enrollmentCounts{},
 	}
 	if in.idScope == "" {
 		in.idScope = DefaultIDScope
@@ -641,22 +762,33 @@ func compile(cfg Config) (*instance, error) {
 		}
 		in.individuals[key] = e
 	}
-	groupIDs := map[string]bool{}
 	for i, g := range cfg.Groups {
 		field := fmt.Sprintf("enrollmentGroups[%d] (%s)", i, g.EnrollmentGroupID)
 		e, err := in.compileGroup(g)
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", field, err)
 		}
-		if groupIDs[strings.ToLower(e.id)] {
+		if in.groups[strings.ToLower(e.id)] != nil {
 			return nil, fmt.Errorf("%s: enrollmentGroupId is used twice", field)
 		}
-		groupIDs[strings.ToLower(e.id)] = true
+		in.groups[strings.ToLower(e.id)] = e
 		if e.isX509() {
 			in.x509Groups = append(in.x509Groups, e)
 		} else {
 			in.symKeyGroups = append(in.symKeyGroups, e)
 		}
+	}
+	start := time.Now()
+	for _, e := range in.individuals {
+		e.doc = in.configDoc(e, start)
+		in.count(e).fromConfig = true
+	}
+	for _, e := range in.groups {
+		e.doc = in.configDoc(e, start)
+		in.count(e).fromConfig = true
+	}
+	if err := in.compileServiceAuth(cfg); err != nil {
+		return nil, err
 	}
 	seen := map[string]bool{}
 	for i, r := range cfg.Registrations {
@@ -775,7 +907,7 @@ func (in *instance) compileIndividual(ie IndividualEnrollment) (*enrollment, err
 		if !strings.EqualFold(cert.Subject.CommonName, ie.RegistrationID) {
 			return nil, fmt.Errorf("attestation.x509.certificate: subject CN %q does not match the registration id (DPS requires them to be equal)", cert.Subject.CommonName)
 		}
-		e.cert = cert
+		e.certs = []*x509.Certificate{cert}
 	case a.SymmetricKey != nil:
 		keys, err := decodeKeys(*a.SymmetricKey)
 		if err != nil {
@@ -816,13 +948,13 @@ func (in *instance) compileGroup(g EnrollmentGroup) (*enrollment, error) {
 			if ca == nil {
 				return nil, fmt.Errorf("attestation.x509.caCertificate: no certificate named %q in certificates", x.CACertificate)
 			}
-			e.ca = ca
+			e.cas = []groupCA{{cert: ca.cert, ref: ca}}
 		case x.SigningCertificate != "":
 			cert, err := parseOneCert(x.SigningCertificate)
 			if err != nil {
 				return nil, fmt.Errorf("attestation.x509.signingCertificate: %w", err)
 			}
-			e.signing = cert
+			e.cas = []groupCA{{cert: cert}}
 		default:
 			return nil, errors.New("attestation.x509: set caCertificate (a name from certificates) or signingCertificate (PEM)")
 		}

@@ -44,12 +44,17 @@ const (
 	kindLookup   = "lookup"
 )
 
-// ServeHTTP serves the DPS device API and, under /_sim/, the simulator's
-// inspection and admin API.
+// ServeHTTP serves the DPS device API (paths that start with the ID scope),
+// the service API (paths that start with enrollments, enrollmentGroups or
+// registrations) and, under /_sim/, the simulator's inspection and admin API.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	s.init()
 	if p := r.URL.Path; p == "/_sim" || strings.HasPrefix(p, "/_sim/") {
 		s.serveAdmin(w, r)
+		return
+	}
+	if isServicePath(r.URL.EscapedPath()) {
+		s.serveService(w, r)
 		return
 	}
 	s.serveDevice(w, r)
@@ -63,8 +68,9 @@ type call struct {
 	reqID      string
 	start      time.Time
 	kind       string
-	regID      string
+	regID      string // the device; for service requests the target, e.g. "enrollments/dev-1"
 	apiVersion string
+	svc        bool // a service API request: counted in the service totals
 }
 
 func (s *Server) serveDevice(w http.ResponseWriter, r *http.Request) {
@@ -454,7 +460,14 @@ func (s *Server) allocate(rec *registration, e *enrollment, id string, payload j
 	if e.hub != "" {
 		return e.hub, ""
 	}
-	switch s.in.allocation {
+	if len(e.hubs) > 0 {
+		hubs = e.hubs
+	}
+	policy := s.in.allocation
+	if e.policy != "" {
+		policy = e.policy
+	}
+	switch policy {
 	case AllocationStatic:
 		return hubs[0], ""
 	case AllocationEvenlyWeighted:
@@ -480,6 +493,9 @@ func (s *Server) allocate(rec *registration, e *enrollment, id string, payload j
 					}
 					if !s.in.hubSet[h] {
 						return "", fmt.Sprintf("Custom allocation failed: payload field %q names %q, which is not a linked IoT hub", s.in.hubField, h)
+					}
+					if !contains(hubs, h) {
+						return "", fmt.Sprintf("Custom allocation failed: payload field %q names %q, which is not one of the enrollment's iotHubs %v", s.in.hubField, h, hubs)
 					}
 					return h, ""
 				}
@@ -628,7 +644,7 @@ func (c *call) inject(k *Knobs, seq int, errRate float64) bool {
 		c.drop()
 	}
 	if errRate > 0 && draw(f.Seed, c.kind, drawError, c.regID, seq) < errRate {
-		c.s.stats.faults.Add(1)
+		c.countFault()
 		e := &apiError{status: http.StatusInternalServerError, code: dps.CodeInternalServerError, msg: "injected fault: internal server error"}
 		if draw(f.Seed, c.kind, drawErrorStatus, c.regID, seq) < 0.5 {
 			e = &apiError{status: http.StatusServiceUnavailable, code: dps.CodeServiceUnavailable, msg: "injected fault: service unavailable", retryAfter: k.RetryAfterSeconds}
@@ -650,10 +666,23 @@ func (c *call) maybeDropResponse(k *Knobs, seq int) {
 // drop closes the connection without an answer. It does not return: the
 // http.ErrAbortHandler panic is how net/http aborts a response silently.
 func (c *call) drop() {
-	c.s.stats.faults.Add(1)
-	c.s.stats.dropped.Add(1)
+	c.countFault()
+	if c.svc {
+		c.s.stats.serviceDropped.Add(1)
+	} else {
+		c.s.stats.dropped.Add(1)
+	}
 	c.log(0, 0)
 	panic(http.ErrAbortHandler)
+}
+
+// countFault counts an injected failure in the device or service totals.
+func (c *call) countFault() {
+	if c.svc {
+		c.s.stats.serviceFaults.Add(1)
+	} else {
+		c.s.stats.faults.Add(1)
+	}
 }
 
 // reply writes a JSON answer with the headers DPS sends. retryAfter < 0
@@ -675,7 +704,11 @@ func (c *call) reply(status int, v any, retryAfter int, location string) {
 // the error code in x-ms-error-code.
 func (c *call) fail(e *apiError) {
 	if e.status == http.StatusTooManyRequests {
-		c.s.stats.throttled.Add(1)
+		if c.svc {
+			c.s.stats.serviceThrottled.Add(1)
+		} else {
+			c.s.stats.throttled.Add(1)
+		}
 	}
 	b, _ := json.Marshal(dps.ErrorBody{ErrorCode: e.code, TrackingID: c.reqID, Message: e.msg, TimestampUTC: formatTime(time.Now())})
 	c.w.Header().Set(dps.HeaderErrorCode, strconv.Itoa(e.code))
@@ -697,8 +730,17 @@ func (c *call) write(status int, body []byte, retryAfter int) {
 	}
 	c.w.WriteHeader(status)
 	_, _ = c.w.Write(body)
-	if status > 0 && status < len(c.s.stats.byStatus) {
-		c.s.stats.byStatus[status].Add(1)
+	c.countStatus(status)
+}
+
+// countStatus counts an answer by HTTP status.
+func (c *call) countStatus(status int) {
+	byStatus := &c.s.stats.byStatus
+	if c.svc {
+		byStatus = &c.s.stats.serviceByStatus
+	}
+	if status > 0 && status < len(byStatus) {
+		byStatus[status].Add(1)
 	}
 }
 
@@ -709,7 +751,11 @@ func (c *call) log(status, code int) {
 	if l == nil {
 		return
 	}
-	attrs := []any{"method", c.r.Method, "path", c.r.URL.Path, "device", c.regID, "status", status, "request_id", c.reqID, "duration", time.Since(c.start).Round(time.Microsecond)}
+	who := "device"
+	if c.svc {
+		who = "target"
+	}
+	attrs := []any{"method", c.r.Method, "path", c.r.URL.Path, who, c.regID, "status", status, "request_id", c.reqID, "duration", time.Since(c.start).Round(time.Microsecond)}
 	if code != 0 {
 		attrs = append(attrs, "error_code", code)
 	}

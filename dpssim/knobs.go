@@ -81,6 +81,7 @@ func (k Knobs) validate() error {
 		{"registerErrorRate", f.RegisterErrorRate},
 		{"pollErrorRate", f.PollErrorRate},
 		{"lookupErrorRate", f.LookupErrorRate},
+		{"serviceErrorRate", f.ServiceErrorRate},
 		{"dropConnectionRate", f.DropConnectionRate},
 		{"dropResponseRate", f.DropResponseRate},
 		{"lateEffectRate", f.LateEffectRate},
@@ -139,6 +140,18 @@ func (q Quotas) registrationsPerMinute() int {
 		return 0
 	}
 	return q.RegistrationsPerMinute
+}
+
+// serviceOperationsPerMinute resolves the 0 = default, negative = unlimited
+// rule; it returns 0 for unlimited.
+func (q Quotas) serviceOperationsPerMinute() int {
+	switch {
+	case q.ServiceOperationsPerMinute == 0:
+		return DefaultServiceOperationsPerMinute
+	case q.ServiceOperationsPerMinute < 0:
+		return 0
+	}
+	return q.ServiceOperationsPerMinute
 }
 
 // pollsPer10s resolves the 0 = default, negative = unlimited rule; it returns

@@ -40,6 +40,10 @@ type Server struct {
 	knobsMu sync.Mutex // serialises knob writers
 	knobs   atomic.Pointer[Knobs]
 	regLim  atomic.Pointer[rate.Limiter]
+	svcLim  atomic.Pointer[rate.Limiter] // service operations quota
+
+	svcSeqMu sync.Mutex
+	svcSeq   map[string]int // service requests per operation and target, for fault draws
 
 	mu      sync.Mutex
 	regs    map[string]*registration // by lower-case registration id
@@ -90,6 +94,8 @@ func (s *Server) setup(in *instance) {
 	k := in.knobs
 	s.knobs.Store(&k)
 	s.regLim.Store(newRegLimiter(k.Quotas.registrationsPerMinute(), k.Quotas.RegistrationBurst))
+	s.svcLim.Store(newRegLimiter(k.Quotas.serviceOperationsPerMinute(), k.Quotas.ServiceOperationBurst))
+	s.svcSeq = map[string]int{}
 	s.loadExisting(in.existing, time.Now())
 }
 
@@ -156,8 +162,8 @@ func (s *Server) SetFaults(f Faults) error {
 	return s.updateKnobs(func(k *Knobs) { k.Faults = f })
 }
 
-// SetQuotas replaces the throttling quotas. A changed registration quota
-// starts with a full bucket.
+// SetQuotas replaces the throttling quotas. A changed registration or
+// service operations quota starts with a full bucket.
 func (s *Server) SetQuotas(q Quotas) error {
 	return s.updateKnobs(func(k *Knobs) { k.Quotas = q })
 }
@@ -180,6 +186,9 @@ func (s *Server) updateKnobs(change func(*Knobs)) error {
 	old := s.knobs.Swap(&k)
 	if old.Quotas.registrationsPerMinute() != k.Quotas.registrationsPerMinute() || old.Quotas.RegistrationBurst != k.Quotas.RegistrationBurst {
 		s.regLim.Store(newRegLimiter(k.Quotas.registrationsPerMinute(), k.Quotas.RegistrationBurst))
+	}
+	if old.Quotas.serviceOperationsPerMinute() != k.Quotas.serviceOperationsPerMinute() || old.Quotas.ServiceOperationBurst != k.Quotas.ServiceOperationBurst {
+		s.svcLim.Store(newRegLimiter(k.Quotas.serviceOperationsPerMinute(), k.Quotas.ServiceOperationBurst))
 	}
 	return nil
 }
@@ -241,6 +250,7 @@ type registration struct {
 	ops []*operation // most recent last, at most maxOpsKept
 
 	registers, registerRequests, polls, lookups int
+	deletes                                     int // registration state deletes (service API)
 	lateEffects                                 int         // late register PUTs processed
 	registerTimes                               []time.Time // when each counted registration took effect
 	pollLog                                     []time.Time // accepted poll times, oldest first
@@ -400,6 +410,10 @@ type RegistrationInfo struct {
 	Polls int `json:"polls"`
 	// Lookups counts authenticated registration status lookups.
 	Lookups int `json:"lookups"`
+	// Deletes counts deletions of the registration state through the
+	// service API (DELETE /registrations/{id}); the device registers as new
+	// afterwards.
+	Deletes int `json:"deletes,omitempty"`
 	// CreatedUTC is when the first operation started; UpdatedUTC when the
 	// registration last changed.
 	CreatedUTC time.Time `json:"createdDateTimeUtc,omitzero"`
@@ -454,6 +468,7 @@ func (rec *registration) info() RegistrationInfo {
 		LateEffects:      rec.lateEffects,
 		Polls:            rec.polls,
 		Lookups:          rec.lookups,
+		Deletes:          rec.deletes,
 		CreatedUTC:       rec.created,
 		UpdatedUTC:       rec.updated,
 		FromConfig:       rec.fromConfig,
@@ -467,9 +482,11 @@ func (rec *registration) info() RegistrationInfo {
 	return ri
 }
 
-// Stats are totals over all device requests since the server started.
+// Stats are totals over all requests since the server started: device API
+// requests first, then the service API's.
 type Stats struct {
-	// Requests counts device API requests (not /_sim/), answered or dropped.
+	// Requests counts device API requests (not the service API, not
+	// /_sim/), answered or dropped.
 	Requests int64 `json:"requests"`
 	// RegisterRequests, Polls and Lookups count requests of each kind,
 	// whatever their answer.
@@ -503,6 +520,36 @@ type Stats struct {
 	// assigned now.
 	Registrations int `json:"registrations"`
 	Assigned      int `json:"assigned"`
+
+	// ServiceRequests counts service API requests (enrollments, enrollment
+	// groups, registration states), answered or dropped; the device
+	// counters above do not include them.
+	ServiceRequests int64 `json:"serviceRequests"`
+	// ServiceThrottled counts service API 429 answers (the service
+	// operations quota); ServiceFaults injected 5xx answers and dropped
+	// connections (Faults.ServiceErrorRate, DropConnectionRate,
+	// DropResponseRate); ServiceDropped the dropped connections alone.
+	ServiceThrottled int64 `json:"serviceThrottled"`
+	ServiceFaults    int64 `json:"serviceFaults"`
+	ServiceDropped   int64 `json:"serviceDropped"`
+	// EnrollmentCreates, EnrollmentUpdates and EnrollmentDeletes count
+	// individual enrollment changes that took effect through the service
+	// API (bulk items one by one), whatever the client saw; Group* the same
+	// for enrollment groups.
+	EnrollmentCreates int64 `json:"enrollmentCreates"`
+	EnrollmentUpdates int64 `json:"enrollmentUpdates"`
+	EnrollmentDeletes int64 `json:"enrollmentDeletes"`
+	GroupCreates      int64 `json:"groupCreates"`
+	GroupUpdates      int64 `json:"groupUpdates"`
+	GroupDeletes      int64 `json:"groupDeletes"`
+	// RegistrationDeletes counts registration states deleted through the
+	// service API.
+	RegistrationDeletes int64 `json:"registrationDeletes"`
+	// ServiceByStatus counts service API answers by HTTP status.
+	ServiceByStatus map[int]int64 `json:"serviceByStatus"`
+	// IndividualEnrollments and EnrollmentGroups are how many exist now.
+	IndividualEnrollments int `json:"individualEnrollments"`
+	EnrollmentGroups      int `json:"enrollmentGroups"`
 }
 
 type counters struct {
@@ -510,6 +557,11 @@ type counters struct {
 	conflicts, lateEffects                                atomic.Int64
 	throttled, faults, dropped                            atomic.Int64
 	byStatus                                              [600]atomic.Int64
+
+	serviceRequests, serviceThrottled, serviceFaults, serviceDropped atomic.Int64
+	enrollmentCreates, enrollmentUpdates, enrollmentDeletes          atomic.Int64
+	groupCreates, groupUpdates, groupDeletes, registrationDeletes    atomic.Int64
+	serviceByStatus                                                  [600]atomic.Int64
 }
 
 // Stats returns the totals so far.
@@ -534,6 +586,24 @@ func (s *Server) Stats() Stats {
 			st.ByStatus[code] = n
 		}
 	}
+	st.ServiceRequests = c.serviceRequests.Load()
+	st.ServiceThrottled = c.serviceThrottled.Load()
+	st.ServiceFaults = c.serviceFaults.Load()
+	st.ServiceDropped = c.serviceDropped.Load()
+	st.EnrollmentCreates = c.enrollmentCreates.Load()
+	st.EnrollmentUpdates = c.enrollmentUpdates.Load()
+	st.EnrollmentDeletes = c.enrollmentDeletes.Load()
+	st.GroupCreates = c.groupCreates.Load()
+	st.GroupUpdates = c.groupUpdates.Load()
+	st.GroupDeletes = c.groupDeletes.Load()
+	st.RegistrationDeletes = c.registrationDeletes.Load()
+	st.ServiceByStatus = map[int]int64{}
+	for code := range c.serviceByStatus {
+		if n := c.serviceByStatus[code].Load(); n > 0 {
+			st.ServiceByStatus[code] = n
+		}
+	}
+	st.IndividualEnrollments, st.EnrollmentGroups = s.in.enrollmentCount()
 	now := s.now()
 	s.mu.Lock()
 	for _, rec := range s.regs {
