@@ -511,6 +511,7 @@ func TestDrainDoesNotWaitForThePacer(t *testing.T) {
 	r := f.runner(nil)
 	r.Options.Workers = 30
 	r.Options.MaxRetryAfter = 10 * time.Minute // the 429's pause: far beyond this test's bound
+	r.Options.DeviceTimeout = 10 * time.Minute // no device deadline ends the wait either
 	drain := make(chan struct{})
 	go func() {
 		for f.sim.Stats().Throttled == 0 {
@@ -528,7 +529,7 @@ func TestDrainDoesNotWaitForThePacer(t *testing.T) {
 	}()
 	select {
 	case <-done:
-	case <-time.After(90 * time.Second):
+	case <-time.After(30 * time.Second): // the pause is 60 s: a run that waits it out never gets here in time
 		t.Fatal("the run did not stop on drain: devices wait for the pacer's 429 pause before seeing it")
 	}
 	must(t, err)
