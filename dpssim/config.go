@@ -616,9 +616,9 @@ type instance struct {
 	caByName     map[string]*caCert
 	existing     []ExistingRegistration // validated, defaults applied but times and etag
 	knobs        Knobs
-	serviceHost  string          // Config.ServiceHostName
-	policies     []*policy       // service API shared access policies
-	issuers      []*entraIssuer  // trusted bearer token issuers
+	serviceHost  string         // Config.ServiceHostName
+	policies     []*policy      // service API shared access policies
+	issuers      []*entraIssuer // trusted bearer token issuers
 	policyByName map[string]*policy
 
 	// The enrollments change at run time through the service API. Readers
@@ -628,10 +628,10 @@ type instance struct {
 	// forgets results of older generations).
 	mu           sync.RWMutex
 	gen          atomic.Uint64
-	individuals  map[string]*enrollment // by lower-case registration id
-	groups       map[string]*enrollment // by lower-case enrollment group id
-	x509Groups   []*enrollment          // in order of creation (config order first)
-	symKeyGroups []*enrollment          // in order of creation (config order first)
+	individuals  map[string]*enrollment       // by lower-case registration id
+	groups       map[string]*enrollment       // by lower-case enrollment group id
+	x509Groups   []*enrollment                // in order of creation (config order first)
+	symKeyGroups []*enrollment                // in order of creation (config order first)
 	counts       map[string]*enrollmentCounts // "individual:<lower id>" or "group:<lower id>"
 }
 

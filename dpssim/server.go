@@ -250,7 +250,7 @@ type registration struct {
 	ops []*operation // most recent last, at most maxOpsKept
 
 	registers, registerRequests, polls, lookups int
-	deletes                                     int // registration state deletes (service API)
+	deletes                                     int         // registration state deletes (service API)
 	lateEffects                                 int         // late register PUTs processed
 	registerTimes                               []time.Time // when each counted registration took effect
 	pollLog                                     []time.Time // accepted poll times, oldest first
