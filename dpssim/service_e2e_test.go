@@ -24,10 +24,12 @@ func TestServiceEnrollThenRegisterX509(t *testing.T) {
 	run := mustStart(t, sim)
 	c := newSvcClient(t, run, DefaultServicePolicy, ownerKey)
 	forms := map[string]func(*x509.Certificate) string{
-		"pem":          func(x *x509.Certificate) string { return string(certs.CertPEM(x)) },
-		"base64-pem":   func(x *x509.Certificate) string { return b64s(string(certs.CertPEM(x))) },
-		"base64-der":   func(x *x509.Certificate) string { return base64.StdEncoding.EncodeToString(x.Raw) },
-		"one-line-pem": func(x *x509.Certificate) string { return "-----BEGIN CERTIFICATE-----" + base64.StdEncoding.EncodeToString(x.Raw) + "-----END CERTIFICATE-----" },
+		"pem":        func(x *x509.Certificate) string { return string(certs.CertPEM(x)) },
+		"base64-pem": func(x *x509.Certificate) string { return b64s(string(certs.CertPEM(x))) },
+		"base64-der": func(x *x509.Certificate) string { return base64.StdEncoding.EncodeToString(x.Raw) },
+		"one-line-pem": func(x *x509.Certificate) string {
+			return "-----BEGIN CERTIFICATE-----" + base64.StdEncoding.EncodeToString(x.Raw) + "-----END CERTIFICATE-----"
+		},
 	}
 	for form, encode := range forms {
 		id := "x509-" + form
