@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/base64"
 	"errors"
 	"flag"
 	"fmt"
@@ -22,6 +24,16 @@ status, registration status lookup) for the enrollments in a JSON config, with
 X.509 and SAS attestation checked like DPS, asynchronous assignment, quotas
 (429 + Retry-After) and fault injection. Only loopback addresses are served.
 
+The same port serves the DPS service API (api-version 2021-10-01): individual
+enrollments and enrollment groups (GET/PUT/DELETE, bulk of at most 10, paged
+query), registration states (GET/DELETE, query by group). Enrollments created
+through it are what devices attest against at once, so a config without
+enrollments works with "dps-batch enroll". It takes service SAS tokens of the
+config's servicePolicies (rights enforced) or bearer tokens of its entraIssuers.
+A config without servicePolicies gets a provisioningserviceowner policy whose
+connection string is written (0600) to --service-connection-string-out,
+default sim-service.conn next to the config, and reused on the next start.
+
 The simulator's server certificate is issued by its own CA. The CA certificate
 is written to --ca-out (default: sim-ca.pem next to the config, with its key in
 sim-ca.key) and reused on the next start; clients must trust it (dps-batch
@@ -35,6 +47,8 @@ Inspection and admin endpoints (no client certificate needed):
   GET  /_sim/certificates           CA certificates, verified or not
   POST /_sim/certificates/{name}/verificationCode
   POST /_sim/certificates/{name}/verify   (body: the verification certificate PEM)
+  GET  /_sim/enrollments, /_sim/enrollments/{id}   creates, updates, deletes per id
+  GET  /_sim/enrollmentGroups, /_sim/servicePolicies
 
 Proof of possession (verify a CA certificate, as in the DPS portal):
   dps-batch sim verification-code --config FILE --ca NAME   print the code
@@ -72,6 +86,10 @@ curl -i --cacert ./fleet/sim-ca.pem \
   'https://127.0.0.1:8443/0ne00000000/registrations/dev-00001/operations/OPERATION_ID?api-version=2019-03-31'
 curl --cacert ./fleet/sim-ca.pem https://127.0.0.1:8443/_sim/registrations`,
 	`dps-batch sim verification-code --config sim.json --ca my-root`,
+	`# The service API: enrollments through the simulator, 200 service operations a minute:
+dps-batch sim --config sim.json --service-operations-per-minute 200 --service-connection-string-out ./service.conn
+export DPS_SERVICE_CONNECTION_STRING="$(cat ./service.conn)"
+curl --cacert sim-ca.pem https://127.0.0.1:8443/_sim/enrollments`,
 }
 
 // runSim dispatches "dps-batch sim" and its proof-of-possession helpers.
@@ -100,6 +118,9 @@ type knobFlags struct {
 	lateFirstPuts                           *int
 	lateDelay, lateAnswer                   *time.Duration
 	lookupWhileAssigning, badBody           *string
+	svcPerMinute, svcBurst                  *int
+	svcErr                                  *float64
+	serviceHost                             *string
 }
 
 func addKnobFlags(fs *flag.FlagSet) *knobFlags {
@@ -129,6 +150,10 @@ func addKnobFlags(fs *flag.FlagSet) *knobFlags {
 		badBodyRate: fs.Float64("register-bad-body-rate", 0, "`probability` (0..1) that a register PUT takes effect but gets an unusable 2xx answer (see --register-bad-body)"),
 		badBody: fs.String("register-bad-body", "", "`kind` of unusable register answer: truncated (half the 202 body, then the connection closes), noOperationId (202 without operationId) "+
 			"or syncAssigned (200 with the final registrationState, no operationId) (default: the config's, else truncated)"),
+		svcPerMinute: fs.Int("service-operations-per-minute", 0, "service API `quota` per minute for the instance; a bulk call is one operation (default: the config's; 0 = 1000 like DPS; negative = unlimited)"),
+		svcBurst:     fs.Int("service-operation-burst", 0, "service API `requests` allowed at once before the per-minute rate applies (default: the config's; 0 = one minute's worth)"),
+		svcErr:       fs.Float64("service-error-rate", 0, "`probability` (0..1) that a service API request answers 500 or 503 without effect"),
+		serviceHost:  fs.String("service-host", "", "also accept service SAS tokens scoped to this host `name`, e.g. mydps.azure-devices-provisioning.net (default: the config's serviceHostName)"),
 	}
 }
 
@@ -180,6 +205,14 @@ func (k *knobFlags) apply(cfg *dpssim.Config) {
 			cfg.Faults.RegisterBadBodyRate = *k.badBodyRate
 		case "register-bad-body":
 			cfg.Faults.RegisterBadBody = *k.badBody
+		case "service-operations-per-minute":
+			cfg.Quotas.ServiceOperationsPerMinute = *k.svcPerMinute
+		case "service-operation-burst":
+			cfg.Quotas.ServiceOperationBurst = *k.svcBurst
+		case "service-error-rate":
+			cfg.Faults.ServiceErrorRate = *k.svcErr
+		case "service-host":
+			cfg.ServiceHostName = *k.serviceHost
 		}
 	})
 }
@@ -192,7 +225,10 @@ func runSimServe(ctx context.Context, e *env, args []string) error {
 	caOut := fs.String("ca-out", "", "where the server CA certificate is written (`file`.pem; its key goes next to it as .key); default sim-ca.pem next to the config")
 	newCA := fs.Bool("new-ca", false, "make a new server CA even if --ca-out already holds one")
 	allowRemote := fs.Bool("allow-non-loopback", false, "allow listening on addresses other than loopback (exposes the unauthenticated /_sim/ admin API)")
-	verbose := fs.Bool("v", false, "log every device request on stderr (never credentials)")
+	verbose := fs.Bool("v", false, "log every device and service API request on stderr (never credentials)")
+	connOut := fs.String("service-connection-string-out", "", "write the service API connection string (HostName=...;SharedAccessKeyName=...;SharedAccessKey=...) to this `file` (0600); "+
+		"default sim-service.conn next to the config when the config has no servicePolicies (its key is then reused on the next start)")
+	connPolicy := fs.String("service-policy", "", "shared access `policy` whose connection string --service-connection-string-out writes (default provisioningserviceowner, else the config's first)")
 	knobs := addKnobFlags(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -225,6 +261,19 @@ func runSimServe(ctx context.Context, e *env, args []string) error {
 		return &exitError{code: exitUsage, err: err}
 	}
 	knobs.apply(cfg)
+	connPath, connState := *connOut, ""
+	if len(cfg.ServicePolicies) == 0 {
+		// DPS makes provisioningserviceowner with every instance; the
+		// simulator keeps its key in the connection string file, so clients
+		// keep working across restarts.
+		if connPath == "" {
+			connPath = filepath.Join(filepath.Dir(*configPath), "sim-service.conn")
+		}
+		var key string
+		key, connState = loadOrCreateServiceKey(connPath)
+		cfg.ServicePolicies = []dpssim.ServicePolicy{{Name: dpssim.DefaultServicePolicy, PrimaryKey: key, Rights: []string{
+			dpssim.RightServiceConfig, dpssim.RightEnrollmentRead, dpssim.RightEnrollmentWrite, dpssim.RightRegistrationStatusRead, dpssim.RightRegistrationStatusWrite}}}
+	}
 	sim, err := dpssim.New(*cfg)
 	if err != nil {
 		return &exitError{code: exitUsage, err: fmt.Errorf("%s with the flags given: %w", *configPath, err)}
@@ -239,6 +288,23 @@ func runSimServe(ctx context.Context, e *env, args []string) error {
 	run, err := dpssim.Start(sim, dpssim.StartOptions{Addr: addr, CA: ca, AllowNonLoopback: *allowRemote})
 	if err != nil {
 		return err
+	}
+	var policyNames []string
+	for _, p := range sim.ServicePolicies() {
+		policyNames = append(policyNames, p.Name)
+	}
+	if connPath != "" {
+		cs, err := sim.ServiceConnectionString(run.Addr, *connPolicy)
+		if err == nil {
+			err = certs.WriteSecretFile(connPath, []byte(cs+"\n"), true)
+		}
+		if err != nil {
+			_ = run.Close()
+			return &exitError{code: exitUsage, err: fmt.Errorf("service connection string: %w", err)}
+		}
+		if connState == "" {
+			connState = "written"
+		}
 	}
 
 	w := e.stdout
@@ -256,6 +322,10 @@ func runSimServe(ctx context.Context, e *env, args []string) error {
 		fmt.Fprintf(w, "  registered:  %d device(s) registered before this start (the config's registrations)\n", n)
 	}
 	fmt.Fprintf(w, "  hubs:        %s\n", strings.Join(sim.Hubs(), ", "))
+	fmt.Fprintf(w, "  service API: %s (policies: %s)\n", run.URL, strings.Join(policyNames, ", "))
+	if connPath != "" {
+		fmt.Fprintf(w, "  connection:  %s (%s; 0600; export DPS_SERVICE_CONNECTION_STRING=\"$(cat %s)\")\n", connPath, connState, connPath)
+	}
 	fmt.Fprintf(w, "  inspect:     curl --cacert %s %s/_sim/stats\n", caPath, run.URL)
 	if *allowRemote && !dpssim.IsLoopback(host) {
 		fmt.Fprintf(e.stderr, "warning: listening on %s: anyone who can reach it can use the /_sim/ admin API\n", run.Addr)
@@ -280,7 +350,32 @@ func runSimServe(ctx context.Context, e *env, args []string) error {
 	st := sim.Stats()
 	fmt.Fprintf(w, "DPS simulator stopped: %d register requests (%d operations), %d polls, %d lookups, %d throttled, %d conflicts, %d late effects, %d faults; %d registrations, %d assigned\n",
 		st.RegisterRequests, st.Registers, st.Polls, st.Lookups, st.Throttled, st.Conflicts, st.LateEffects, st.Faults, st.Registrations, st.Assigned)
+	if st.ServiceRequests > 0 {
+		fmt.Fprintf(w, "  service API: %d requests, %d throttled, %d faults; enrollments %d created, %d updated, %d deleted (%d now); %d groups created; %d registration states deleted\n",
+			st.ServiceRequests, st.ServiceThrottled, st.ServiceFaults, st.EnrollmentCreates, st.EnrollmentUpdates, st.EnrollmentDeletes, st.IndividualEnrollments, st.GroupCreates, st.RegistrationDeletes)
+	}
 	return nil
+}
+
+// loadOrCreateServiceKey returns the provisioningserviceowner key of the
+// connection string file at path, or a new random one when the file is
+// absent or not one of ours. The second result says which.
+func loadOrCreateServiceKey(path string) (key, state string) {
+	if b, err := os.ReadFile(path); err == nil {
+		fields := map[string]string{}
+		for _, part := range strings.Split(strings.TrimSpace(string(b)), ";") {
+			if k, v, ok := strings.Cut(part, "="); ok {
+				fields[strings.ToLower(k)] = v
+			}
+		}
+		if k, err := base64.StdEncoding.DecodeString(fields["sharedaccesskey"]); err == nil && len(k) >= 16 && len(k) <= 64 &&
+			fields["sharedaccesskeyname"] == dpssim.DefaultServicePolicy {
+			return fields["sharedaccesskey"], "key reused"
+		}
+	}
+	k := make([]byte, 32)
+	_, _ = rand.Read(k)
+	return base64.StdEncoding.EncodeToString(k), "new key"
 }
 
 // loadOrCreateServerCA reuses the CA at caPath and its key next to it, so

@@ -5,7 +5,9 @@ import (
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/json"
+	"fmt"
 	"io"
 	"net/http"
 	"os"
@@ -425,5 +427,164 @@ func TestSimAmbiguityFlags(t *testing.T) {
 	}
 	if !strings.Contains(out.String(), "(1 operations), 0 polls, 1 lookups, 0 throttled, 0 conflicts, 1 late effects, 1 faults") {
 		t.Errorf("final summary lacks the late effect and conflict counts:\n%s", out)
+	}
+}
+
+// serviceConn reads a connection string file and signs a service SAS with it.
+func serviceConn(t *testing.T, path string) (host, policy, key, auth string) {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("connection string file: %v", err)
+	}
+	fields := map[string]string{}
+	for _, part := range strings.Split(strings.TrimSpace(string(b)), ";") {
+		k, v, _ := strings.Cut(part, "=")
+		fields[k] = v
+	}
+	host, policy, key = fields["HostName"], fields["SharedAccessKeyName"], fields["SharedAccessKey"]
+	auth, err = dpssim.ServiceSAS(host, policy, key, time.Now().Add(time.Hour))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return host, policy, key, auth
+}
+
+// TestSimServiceAPI: a fleet config without policies gets a
+// provisioningserviceowner policy whose connection string is written 0600
+// and reused on restart; an enrollment created through the service API
+// admits a device at once; the service quota flag throttles.
+func TestSimServiceAPI(t *testing.T) {
+	f := newSimFleet(t)
+	caFile := filepath.Join(f.dir, "sim-ca.pem")
+	url, out, stop := startSimCmd(t, "--config", f.config, "--listen", "127.0.0.1:0", "--service-operations-per-minute", "4", "--service-operation-burst", "4")
+	connFile := filepath.Join(f.dir, "sim-service.conn")
+	if !strings.Contains(out.String(), "service API: "+url+" (policies: provisioningserviceowner)") || !strings.Contains(out.String(), connFile+" (new key; 0600") {
+		t.Errorf("start-up output does not describe the service API:\n%s", out)
+	}
+	fi, err := os.Stat(connFile)
+	if err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("connection string file %v %v, want mode 0600", fi, err)
+	}
+	host, policy, key, auth := serviceConn(t, connFile)
+	if !strings.HasPrefix(url, "https://"+host) || policy != dpssim.DefaultServicePolicy {
+		t.Errorf("connection string host %q policy %q for %s", host, policy, url)
+	}
+	if strings.Contains(out.String(), key) {
+		t.Error("the start-up output shows the service key")
+	}
+
+	// An individual symmetric key enrollment created through the service API.
+	svc := x509Client(t, caFile, tls.Certificate{})
+	devKey := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{7}, 32))
+	req, _ := http.NewRequest("PUT", url+"/enrollments/sym-dev?api-version=2021-10-01",
+		strings.NewReader(`{"registrationId":"sym-dev","attestation":{"type":"symmetricKey","symmetricKey":{"primaryKey":"`+devKey+`"}}}`))
+	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("Authorization", auth)
+	resp, err := svc.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusOK || !strings.Contains(string(body), `"etag"`) {
+		t.Fatalf("create enrollment = %d %s", resp.StatusCode, body)
+	}
+	dev := dps.NewSymmetricKeyDevice("sym-dev", bytes.Repeat([]byte{7}, 32))
+	pool, err := dps.SystemPoolWithCAFile(caFile)
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, err := dps.NewClient(dps.Config{Endpoint: url, IDScope: "0ne0000test", RootCAs: pool})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	r, err := client.Register(ctx, dev, nil)
+	if err != nil || r.HTTPStatus != http.StatusAccepted {
+		t.Fatalf("register the enrolled device: %+v %v", r, err)
+	}
+	status, body := call(t, svc, "GET", url+"/_sim/enrollments/sym-dev", "")
+	if status != http.StatusOK || !strings.Contains(string(body), `"creates": 1`) {
+		t.Errorf("/_sim/enrollments/sym-dev = %d %s", status, body)
+	}
+	// The quota of 4: three more service requests pass, the fifth is 429.
+	codes := []int{}
+	for range 4 {
+		req, _ := http.NewRequest("GET", url+"/enrollments/sym-dev?api-version=2021-10-01", nil)
+		req.Header.Set("Authorization", auth)
+		resp, err := svc.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		codes = append(codes, resp.StatusCode)
+	}
+	if fmt.Sprint(codes) != "[200 200 200 429]" {
+		t.Errorf("service requests under a quota of 4: %v, want [200 200 200 429]", codes)
+	}
+	if code, stderr := stop(); code != exitOK {
+		t.Fatalf("exit %d, stderr %s", code, stderr)
+	}
+	if !strings.Contains(out.String(), "service API: 5 requests, 1 throttled, 0 faults; enrollments 1 created, 0 updated, 0 deleted (1 now)") {
+		t.Errorf("final summary lacks the service API line:\n%s", out)
+	}
+
+	// A restart reuses the key: the old connection string still works.
+	url2, out2, stop2 := startSimCmd(t, "--config", f.config, "--port", "0")
+	if !strings.Contains(out2.String(), "key reused") {
+		t.Errorf("restart did not reuse the service key:\n%s", out2)
+	}
+	_, _, key2, auth2 := serviceConn(t, connFile)
+	if key2 != key {
+		t.Error("the service key changed across a restart")
+	}
+	req, _ = http.NewRequest("GET", url2+"/enrollments/sym-dev?api-version=2021-10-01", nil)
+	req.Header.Set("Authorization", auth2)
+	if resp, err := svc.Do(req); err != nil || resp.StatusCode != http.StatusNotFound {
+		t.Errorf("after restart: %v %v, want 404 (authenticated; enrollments are in memory)", resp, err)
+	} else {
+		resp.Body.Close()
+	}
+	stop2()
+}
+
+// TestSimServicePoliciesFromConfig: a config with servicePolicies writes
+// no connection string unless asked, and then for the policy named.
+func TestSimServicePoliciesFromConfig(t *testing.T) {
+	f := newSimFleet(t)
+	data, err := os.ReadFile(f.config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc map[string]any
+	if err := json.Unmarshal(data, &doc); err != nil {
+		t.Fatal(err)
+	}
+	readKey := base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{9}, 32))
+	doc["servicePolicies"] = []any{map[string]any{"name": "reader", "primaryKey": readKey, "rights": []string{"EnrollmentRead"}}}
+	data, _ = json.Marshal(doc)
+	if err := os.WriteFile(f.config, data, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, out, stop := startSimCmd(t, "--config", f.config, "--listen", "127.0.0.1:0")
+	if strings.Contains(out.String(), "connection:") || !strings.Contains(out.String(), "(policies: reader)") {
+		t.Errorf("start-up output:\n%s", out)
+	}
+	if _, err := os.Stat(filepath.Join(f.dir, "sim-service.conn")); err == nil {
+		t.Error("a connection string file was written for a config with policies")
+	}
+	stop()
+	connFile := filepath.Join(f.dir, "reader.conn")
+	_, _, stop2 := startSimCmd(t, "--config", f.config, "--listen", "127.0.0.1:0", "--service-connection-string-out", connFile, "--service-policy", "reader")
+	if _, policy, key, _ := serviceConn(t, connFile); policy != "reader" || key != readKey {
+		t.Errorf("connection string for %q with key %q", policy, key)
+	}
+	stop2()
+	code, _, errs := runCmd(t, "sim", "--config", f.config, "--listen", "127.0.0.1:0", "--service-connection-string-out", connFile, "--service-policy", "nope")
+	if code != exitUsage || !strings.Contains(errs, `no shared access policy "nope"`) {
+		t.Errorf("unknown --service-policy: exit %d, %s", code, errs)
 	}
 }
