@@ -1,6 +1,6 @@
 // Package dpssim is a local simulator of the Azure IoT Hub Device
-// Provisioning Service (DPS) device API, faithful enough that the dps
-// client, curl and the official device SDKs accept it.
+// Provisioning Service (DPS) device and service APIs, faithful enough that
+// the dps client, curl and the official device and service SDKs accept it.
 //
 // It verifies credentials like DPS (X.509 client certificates matched to
 // individual enrollments or walked up to a verified enrollment-group CA; SAS
@@ -31,6 +31,16 @@
 //	ts := httptest.NewUnstartedServer(sim)
 //	ts.TLS = sim.TLSConfig(tls.Certificate{})
 //	ts.StartTLS()
+//
+// The same listener serves the DPS service API (api-version 2021-10-01):
+// individual enrollments and enrollment groups (CRUD with If-Match, bulk
+// operations of at most 10, paged queries) and registration states, under
+// service SAS tokens of Config.ServicePolicies (rights enforced) or bearer
+// tokens of Config.EntraIssuers (TestIssuer mints them offline), with its
+// own quota (Quotas.ServiceOperationsPerMinute) and faults
+// (Faults.ServiceErrorRate). Enrollments created through it are what the
+// device API attests against at once; Enrollments and EnrollmentInfo count
+// the creates, updates and deletes that took effect per id.
 //
 // Under /_sim/ the same listener serves inspection (per-registration counts
 // of register PUTs, polls and lookups; totals by HTTP status) and admin
