@@ -135,9 +135,9 @@ func TestNodeServiceSDK(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "node_modules", "azure-iot-provisioning-service")); err != nil {
 		writeFile(t, filepath.Join(dir, "package.json"), `{"name":"dpssim-node-service-sdk-check","private":true}`)
-		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 		defer cancel()
-		cmd := exec.CommandContext(ctx, "npm", "install", "--no-audit", "--no-fund", "--ignore-scripts",
+		cmd := exec.CommandContext(ctx, "npm", "install", "--no-audit", "--no-fund", "--ignore-scripts", "--prefer-offline",
 			"azure-iot-provisioning-service@1", "azure-iot-http-base@1", "azure-iot-common@1")
 		cmd.Dir = dir
 		if out, err := cmd.CombinedOutput(); err != nil {
