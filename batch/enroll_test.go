@@ -781,3 +781,77 @@ func TestEnrollTemplateAndDeviceID(t *testing.T) {
 		t.Errorf("err = %v, want one problem on line 2", err)
 	}
 }
+
+func TestExportEnrollmentsPagesWithRetries(t *testing.T) {
+	f := newEnrollFixture(t, 0, 57, nil)
+	c := f.client(t, "", nil)
+	l := f.openLedger(t)
+	if _, err := f.runner(t, c, l, nil).Run(context.Background(), nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.sim.SetFaults(dpssim.Faults{Seed: 11, ServiceErrorRate: 0.4}); err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	st, err := batch.ExportEnrollments(context.Background(), c, batch.ExportOptions{PageSize: 8, Rate: -1, MaxAttempts: 20,
+		Backoff: batch.Backoff{Base: time.Millisecond, Max: 5 * time.Millisecond}}, func(e dpsservice.IndividualEnrollment) error {
+		got = append(got, e.RegistrationID)
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(got) != 57 || st.Pages != 8 || st.Retries == 0 {
+		t.Errorf("exported %d in %d pages with %d retries; want 57 in 8 pages, some retried", len(got), st.Pages, st.Retries)
+	}
+	seen := map[string]bool{}
+	for _, id := range got {
+		if seen[id] {
+			t.Errorf("%s exported twice", id)
+		}
+		seen[id] = true
+	}
+}
+
+// groupClient loses the answer of the first bulk request after it took effect.
+type groupClient struct {
+	*dpsservice.Client
+	lost int
+}
+
+func (g *groupClient) BulkGroups(ctx context.Context, mode dpsservice.BulkMode, groups []dpsservice.EnrollmentGroup) (*dpsservice.BulkResult, error) {
+	res, err := g.Client.BulkGroups(ctx, mode, groups)
+	if g.lost > 0 {
+		g.lost--
+		return nil, &dpsservice.Error{Op: "bulk create enrollment groups", Err: context.DeadlineExceeded}
+	}
+	return res, err
+}
+
+func TestEnrollGroupCreatesOnce(t *testing.T) {
+	f := newEnrollFixture(t, 0, 0, nil)
+	key := base64.StdEncoding.EncodeToString([]byte("group key, 32 bytes long, really"))
+	g := dpsservice.EnrollmentGroup{EnrollmentGroupID: "sensors", Attestation: dpsservice.SymmetricKeyAttestationOf(key, "")}
+	c := &groupClient{Client: f.client(t, "", nil), lost: 1}
+	o := batch.GroupOptions{Backoff: batch.Backoff{Base: time.Millisecond}}
+	res, err := batch.EnrollGroup(context.Background(), c, g, o)
+	if err != nil || res.Outcome != batch.GroupCreated {
+		t.Fatalf("first: %+v, %v; want created (read back after the lost answer)", res, err)
+	}
+	res, err = batch.EnrollGroup(context.Background(), c, g, o)
+	if err != nil || res.Outcome != batch.GroupExistsSame {
+		t.Fatalf("again: %+v, %v; want exists-same", res, err)
+	}
+	other := g
+	other.Attestation = dpsservice.SymmetricKeyAttestationOf(base64.StdEncoding.EncodeToString([]byte("another key, 32 bytes long, yes!")), "")
+	if res, err = batch.EnrollGroup(context.Background(), c, other, o); err != nil || res.Outcome != batch.GroupExistsDifferent {
+		t.Fatalf("other key: %+v, %v; want exists-different", res, err)
+	}
+	o.Update = true
+	if res, err = batch.EnrollGroup(context.Background(), c, other, o); err != nil || res.Outcome != batch.GroupUpdated {
+		t.Fatalf("update: %+v, %v", res, err)
+	}
+	if gi, _ := f.sim.EnrollmentGroup("sensors"); gi.Creates != 1 || gi.Updates != 1 {
+		t.Errorf("at the simulator: %+v, want 1 create and 1 update", gi)
+	}
+}

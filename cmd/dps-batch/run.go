@@ -46,9 +46,12 @@ type command struct {
 func commands() []command {
 	return []command{
 		{"demo", "Run the whole flow locally: test fleet, simulator, provisioning, report", runDemo},
+		{"enroll", "Create the individual enrollments of a manifest's devices in DPS, in bulk", runEnroll},
 		{"provision", "Provision the devices of a manifest, recording every step in a ledger", runProvision},
 		{"status", "Show what a ledger holds and what re-running would do", runStatus},
 		{"report", "Export one row per device from a ledger as CSV or JSON lines", runReport},
+		{"enrollments", "Export every individual enrollment of a DPS instance", runEnrollments},
+		{"deregister", "Delete the registration states (and enrollments) of a manifest's devices", runDeregister},
 		{"certs", "Generate test certificates: root, intermediate, device, verification, fleet", runCerts},
 		{"keys", "Derive the keys of a symmetric-key group's devices, to flash onto them", runKeys},
 		{"sim", "Serve a local DPS simulator over HTTPS", runSim},
@@ -161,7 +164,7 @@ Usage:
 Commands:
 `)
 	for _, c := range commands() {
-		fmt.Fprintf(w, "  %-10s %s\n", c.name, c.summary)
+		fmt.Fprintf(w, "  %-11s %s\n", c.name, c.summary)
 	}
 	fmt.Fprintf(w, `
 Run "dps-batch <command> --help" for a command's flags and examples.
