@@ -53,18 +53,30 @@ func fixedLedger(t *testing.T) *ledger.Ledger {
 }
 
 func TestGoldenReports(t *testing.T) {
+	// Columns of a manifest, carried into the report: dev-00004 has no row,
+	// dev-00005 a short one; values with commas, quotes and non-ASCII.
+	manifest := ExtraColumns{Names: []string{"hub", "line", "notes"}, Values: func(id string) []string {
+		return map[string][]string{
+			"dev-00001": {"hub-1", "3", `first, "golden" unit`},
+			"dev-00002": {"hub-2", "3", "Prüfstand 2"},
+			"dev-00003": {"", "4", ""},
+			"dev-00005": {"hub-1"},
+		}[id]
+	}}
 	for _, tt := range []struct {
 		format Format
-		states []ledger.State
+		opts   Options
 		golden string
 	}{
-		{CSV, nil, "report.golden.csv"},
-		{JSONLines, nil, "report.golden.jsonl"},
-		{CSV, []ledger.State{ledger.StateFailed, ledger.StateDisabled}, "failures.golden.csv"},
+		{CSV, Options{}, "report.golden.csv"},
+		{JSONLines, Options{}, "report.golden.jsonl"},
+		{CSV, Options{States: []ledger.State{ledger.StateFailed, ledger.StateDisabled}}, "failures.golden.csv"},
+		{CSV, Options{Extra: manifest}, "extra.golden.csv"},
+		{JSONLines, Options{Extra: manifest}, "extra.golden.jsonl"},
 	} {
 		t.Run(tt.golden, func(t *testing.T) {
 			var buf bytes.Buffer
-			if _, err := Write(context.Background(), fixedLedger(t), &buf, tt.format, tt.states); err != nil {
+			if _, err := WriteWith(context.Background(), fixedLedger(t), &buf, tt.format, tt.opts); err != nil {
 				t.Fatal(err)
 			}
 			path := filepath.Join("testdata", tt.golden)
@@ -148,5 +160,63 @@ func TestPayloadColumn(t *testing.T) {
 	}
 	if f.Payload != `{"a":[1,2],"b":"x,y"}` {
 		t.Errorf("DeviceFile.Payload = %q", f.Payload)
+	}
+}
+
+// TestExtraColumns: carried columns read back in order (JSON lines) and
+// under their names (CSV); names that would clash are refused before
+// anything is written.
+func TestExtraColumns(t *testing.T) {
+	ctx := context.Background()
+	led := fixedLedger(t)
+	extra := ExtraColumns{Names: []string{"zone", "hub", "batch"}, Values: func(id string) []string {
+		if id == "dev-00001" {
+			return []string{"z9", "hub-7", "b1"}
+		}
+		return nil
+	}}
+	var jl bytes.Buffer
+	if _, err := WriteWith(ctx, led, &jl, JSONLines, Options{States: []ledger.State{ledger.StateAssigned, ledger.StatePending}, Extra: extra}); err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(jl.String()), "\n")
+	if len(lines) != 2 || !strings.HasSuffix(lines[0], `"extra":{"zone":"z9","hub":"hub-7","batch":"b1"}}`) ||
+		!strings.HasSuffix(lines[1], `"extra":{"zone":"","hub":"","batch":""}}`) {
+		t.Fatalf("jsonl:\n%s", jl.String())
+	}
+	var row Row
+	if err := json.Unmarshal([]byte(lines[0]), &row); err != nil {
+		t.Fatal(err)
+	}
+	if want := (Extra{{"zone", "z9"}, {"hub", "hub-7"}, {"batch", "b1"}}); len(row.Extra) != 3 || row.Extra[0] != want[0] || row.Extra[1] != want[1] || row.Extra[2] != want[2] {
+		t.Errorf("read back: extra %v, want %v", row.Extra, want)
+	}
+	var cv bytes.Buffer
+	if _, err := WriteWith(ctx, led, &cv, CSV, Options{States: []ledger.State{ledger.StatePending}, Extra: extra}); err != nil {
+		t.Fatal(err)
+	}
+	if want := strings.Join(Columns(), ",") + ",zone,hub,batch\ndev-00005,pending,,,,,,,,0,,,,,,,\n"; cv.String() != want {
+		t.Errorf("csv = %q, want %q", cv.String(), want)
+	}
+
+	for _, tt := range []struct {
+		format Format
+		names  []string
+		want   string
+	}{
+		{CSV, []string{"hub", "status"}, "extra column status: the report has a column of that name already"},
+		{CSV, []string{"hub", "hub"}, "extra column hub is named twice"},
+		{JSONLines, []string{"hub", ""}, "has no name"},
+	} {
+		var buf bytes.Buffer
+		_, err := WriteWith(ctx, led, &buf, tt.format, Options{Extra: ExtraColumns{Names: tt.names}})
+		if err == nil || !strings.Contains(err.Error(), tt.want) || buf.Len() != 0 {
+			t.Errorf("%s %v: error %v, wrote %q; want %q and nothing written", tt.format, tt.names, err, buf.String(), tt.want)
+		}
+	}
+	// In JSON lines the names are nested, so a report column's name is fine.
+	var buf bytes.Buffer
+	if _, err := WriteWith(ctx, led, &buf, JSONLines, Options{Extra: ExtraColumns{Names: []string{"status"}}}); err != nil {
+		t.Errorf("jsonl with an extra column named status: %v", err)
 	}
 }

@@ -32,10 +32,18 @@ device's key: the manifest's individual key, or the key derived from the group
 key (from --group-key-file or the --group-key-env variable, never the command
 line); such files are written with mode 0600, and a new DIR with 0700. X.509
 devices get no key (flash their certificate and key files). A key whose
-fingerprint differs from the one the ledger recorded for the device is refused.`,
+fingerprint differs from the one the ledger recorded for the device is refused.
+
+--report-columns carries columns of the manifest into the report: those the
+manifest format does not define and provision ignores (an MES export's hub,
+line or batch), named as in the manifest's header, joined by registration id.
+Each becomes one more CSV column after payload; in JSON lines they are the
+object "extra". Devices the manifest does not list get empty values. --column
+maps the manifest's columns as provision does.`,
 		"dps-batch report --ledger devices.ledger --out report.csv",
 		"dps-batch report --ledger devices.ledger --state failed,disabled --out failures.csv",
 		"dps-batch report --ledger devices.ledger --format jsonl --out - | jq .",
+		"dps-batch report --ledger devices.ledger --manifest devices.csv --report-columns hub,line --out report.csv",
 		"dps-batch report --ledger devices.ledger --state assigned --per-device flash/",
 		"dps-batch report --ledger devices.ledger --state assigned --per-device flash/ --with-keys \\\n    --manifest devices.csv --group-key-file group.key")
 	ledgerPath := fs.String("ledger", "", "ledger `file` to read; required")
@@ -45,7 +53,12 @@ fingerprint differs from the one the ledger recorded for the device is refused.`
 	perDevice := fs.String("per-device", "", "write one JSON file per device into `directory` (instead of --out)")
 	force := fs.Bool("force", false, "with --per-device: replace existing files")
 	withKeys := fs.Bool("with-keys", false, "with --per-device: add each device's symmetric key (needs --manifest; files are 0600)")
-	manifestPath := fs.String("manifest", "", "with --with-keys: the manifest `file` the devices were provisioned from")
+	manifestPath := fs.String("manifest", "", "with --with-keys or --report-columns: the manifest `file` the devices were provisioned from")
+	reportColumns := fs.String("report-columns", "", "carry these comma-separated `columns` of --manifest, ones provision ignores (e.g. hub,line), into the report (CSV columns, JSON lines \"extra\")")
+	var strict bool
+	var columns manifests.ColumnMap
+	addManifestFlags(fs, &strict, &columns)
+	fs.Lookup("strict").Usage = "read --manifest as provision --strict does: refuse columns dps-batch does not know (so not with --report-columns)"
 	groupKeyFile := fs.String("group-key-file", "", "with --with-keys: `file` holding the base64 group enrollment key, to derive group devices' keys")
 	groupKeyEnv := fs.String("group-key-env", "DPS_GROUP_KEY", "with --with-keys: environment `variable` holding the base64 group key (used when --group-key-file is not given)")
 	if err := parseFlags(fs, args); err != nil {
@@ -64,15 +77,27 @@ fingerprint differs from the one the ledger recorded for the device is refused.`
 	if err != nil {
 		return err
 	}
+	extra, err := parseReportColumns(*reportColumns, f)
+	if err != nil {
+		return err
+	}
 	const perDeviceExample = "dps-batch report --ledger devices.ledger --state assigned --per-device flash/"
+	const columnsExample = "dps-batch report --ledger devices.ledger --manifest devices.csv --report-columns hub,line"
 	if *perDevice == "" {
-		for _, name := range []string{"force", "with-keys", "manifest", "group-key-file", "group-key-env"} {
+		for _, name := range []string{"force", "with-keys", "group-key-file", "group-key-env"} {
 			if set[name] {
 				return usagef(perDeviceExample, "--%s applies to --per-device files only", name)
 			}
 		}
+		if set["report-columns"] {
+			if err := requireFlag(fs, "manifest", *manifestPath, columnsExample); err != nil {
+				return err
+			}
+		} else if set["manifest"] {
+			return usagef(columnsExample, "--manifest is read only with --report-columns (or with --per-device DIR --with-keys)")
+		}
 	} else {
-		for _, name := range []string{"out", "format"} {
+		for _, name := range []string{"out", "format", "report-columns"} {
 			if set[name] {
 				return usagef(perDeviceExample, "--%s and --per-device exclude each other: --per-device writes one JSON file per device", name)
 			}
@@ -87,6 +112,15 @@ fingerprint differs from the one the ledger recorded for the device is refused.`
 			return err
 		}
 	}
+	for _, name := range []string{"column", "strict"} {
+		if set[name] && *manifestPath == "" {
+			return usagef(columnsExample+" --column registration_id=serial_number", "--%s says how to read --manifest, which is not given", name)
+		}
+	}
+	if strict && len(extra) > 0 {
+		return usagef(columnsExample, "--strict refuses the manifest columns dps-batch does not know, and --report-columns carries such columns: leave out --strict")
+	}
+	mopts := manifests.Options{Strict: strict, Columns: columns}
 	led, err := openForReading(ctx, *ledgerPath, "dps-batch report --ledger devices.ledger --out report.csv")
 	if err != nil {
 		return err
@@ -94,10 +128,19 @@ fingerprint differs from the one the ledger recorded for the device is refused.`
 	defer led.Close()
 
 	if *perDevice != "" {
-		return writePerDevice(ctx, e, led, *perDevice, states, *force, *withKeys, *manifestPath, *groupKeyFile, *groupKeyEnv)
+		return writePerDevice(ctx, e, led, *perDevice, states, *force, *withKeys,
+			manifestRead{path: *manifestPath, opts: mopts, groupKeyEnv: *groupKeyEnv}, *groupKeyFile)
+	}
+	opts := report.Options{States: states}
+	if len(extra) > 0 {
+		m, err := readManifest(ctx, manifestRead{path: *manifestPath, opts: mopts, extra: extra})
+		if err != nil {
+			return err
+		}
+		opts.Extra = report.ExtraColumns{Names: extra, Values: m.values}
 	}
 	if *out == "-" {
-		_, err := report.Write(ctx, led, e.stdout, f, states)
+		_, err := report.WriteWith(ctx, led, e.stdout, f, opts)
 		return err
 	}
 	// Write to a temporary file and rename, so a failed export never leaves
@@ -107,7 +150,7 @@ fingerprint differs from the one the ledger recorded for the device is refused.`
 		return fmt.Errorf("create report %s: %w", *out, err)
 	}
 	defer os.Remove(tmp.Name())
-	n, err := report.Write(ctx, led, tmp, f, states)
+	n, err := report.WriteWith(ctx, led, tmp, f, opts)
 	if err == nil {
 		err = tmp.Chmod(0o644) // a report is for sharing, unlike CreateTemp's 0600
 	}
@@ -124,16 +167,40 @@ fingerprint differs from the one the ledger recorded for the device is refused.`
 	return nil
 }
 
+// parseReportColumns reads --report-columns: names trimmed and in lower
+// case (as the manifest reader spells its header), each once. In a CSV
+// report a name may not be one of the report's own columns.
+func parseReportColumns(list string, f report.Format) ([]string, error) {
+	var names []string
+	for _, n := range strings.Split(list, ",") {
+		n = strings.ToLower(strings.TrimSpace(n))
+		if n != "" && !slices.Contains(names, n) {
+			names = append(names, n)
+		}
+	}
+	if strings.TrimSpace(list) != "" && len(names) == 0 {
+		return nil, usagef("--report-columns hub,line", "--report-columns %q names no column", list)
+	}
+	for _, n := range names {
+		if f != report.JSONLines && slices.Contains(report.Columns(), n) {
+			return nil, usagef("--format jsonl (it nests the manifest's columns under \"extra\")",
+				"--report-columns %s: a CSV report has its own %s column; a manifest column of that name can be carried into a JSON lines report only", n, n)
+		}
+	}
+	return names, nil
+}
+
 // writePerDevice is report --per-device.
 func writePerDevice(ctx context.Context, e *env, led *ledger.Ledger, dir string, states []ledger.State,
-	force, withKeys bool, manifestPath, groupKeyFile, groupKeyEnv string) error {
+	force, withKeys bool, m manifestRead, groupKeyFile string) error {
 	opts := report.PerDeviceOptions{States: states, Force: force}
 	if withKeys {
-		groupKey, err := readGroupKey(e, groupKeyFile, groupKeyEnv)
+		groupKey, err := readGroupKey(e, groupKeyFile, m.groupKeyEnv)
 		if err != nil {
 			return err
 		}
-		keys, err := readManifestKeys(ctx, manifestPath, groupKey, groupKeyEnv)
+		m.keys, m.opts.GroupKey = true, groupKey
+		keys, err := readManifest(ctx, m)
 		if err != nil {
 			return err
 		}
@@ -192,77 +259,153 @@ type manifestKey struct {
 	err         error  // why the row gives no key
 }
 
-// manifestKeys maps registration ids to their keys, for report --with-keys.
-type manifestKeys struct {
-	path string
-	rows map[string]manifestKey
+// manifestRead says what report reads from a manifest: keys for
+// --per-device --with-keys, the columns of --report-columns, or both.
+type manifestRead struct {
+	path        string
+	opts        manifests.Options // Strict and Columns, as provision reads it; GroupKey with keys
+	keys        bool              // read each row's key
+	groupKeyEnv string            // where the group key comes from, for messages
+	extra       []string          // extra columns to carry, lower case
 }
 
-// readManifestKeys reads the key of every row of the manifest. X.509 rows
-// are recorded without reading their files. A row that gives no key is
-// recorded with its reason, which matters only if its device is reported.
-func readManifestKeys(ctx context.Context, path string, groupKey []byte, groupKeyEnv string) (*manifestKeys, error) {
-	rd, err := manifests.Open(path)
+// manifestRow is what report keeps of one manifest row.
+type manifestRow struct {
+	manifestKey          // with manifestRead.keys
+	line        int      // its line in the manifest
+	extra       []string // values of manifestRead.extra, in order
+}
+
+// manifestIndex is a manifest's rows by registration id, for report.
+type manifestIndex struct {
+	path string
+	rows map[string]manifestRow
+}
+
+// readManifest reads the manifest of m.path as provision reads it (with
+// --strict and --column), keeping what m asks for of every row. Every
+// column of m.extra must be one of the manifest's extra columns; a device
+// listed twice with different values of them is refused. With m.keys, X.509
+// rows are recorded without reading their files, and a row that gives no
+// key is recorded with its reason, which matters only if its device is
+// reported.
+func readManifest(ctx context.Context, m manifestRead) (*manifestIndex, error) {
+	rd, err := manifests.OpenWith(m.path, m.opts)
 	if err != nil {
-		return nil, usagef("--manifest: the manifest the devices were provisioned from", "%v", err)
+		return nil, usagef("--manifest: the manifest the devices were provisioned from, with the --column (and --strict) flags provision was given",
+			"%v", err)
 	}
 	defer rd.Close()
-	mk := &manifestKeys{path: path, rows: map[string]manifestKey{}}
+	if err := checkExtraColumns(m, rd.ExtraColumns()); err != nil {
+		return nil, err
+	}
+	mi := &manifestIndex{path: m.path, rows: map[string]manifestRow{}}
+	var conflicts []string // devices listed twice with different extra values
 	for {
 		if err := ctx.Err(); err != nil {
 			return nil, err
 		}
 		row, err := rd.Next()
 		if err == io.EOF {
-			return mk, nil
+			break
 		}
 		var p *manifests.Problem
 		if errors.As(err, &p) {
-			return nil, usagef("fix the manifest (dps-batch provision --dry-run checks it)", "manifest %s: %v", path, err)
+			return nil, usagef("fix the manifest (dps-batch provision --dry-run checks it)", "manifest %s: %v", m.path, err)
 		}
 		if err != nil {
-			return nil, fmt.Errorf("read manifest %s: %w", path, err)
+			return nil, fmt.Errorf("read manifest %s: %w", m.path, err)
 		}
-		var k manifestKey
-		switch {
-		case row.CertPath != "" || row.KeyPath != "" || row.ChainPath != "":
-			if row.SymmetricKey != "" {
-				k.err = fmt.Errorf("device %s: manifest row %d has both X.509 and symmetric_key credentials", row.RegistrationID, row.Line)
+		r := manifestRow{line: row.Line}
+		if m.keys {
+			r.manifestKey = rowKey(rd, row, m)
+		}
+		for _, name := range m.extra {
+			v, _ := row.Extra.Get(name)
+			r.extra = append(r.extra, strings.Clone(v)) // not the whole row's values
+		}
+		if prev, dup := mi.rows[row.RegistrationID]; dup {
+			r.manifestKey = manifestKey{err: fmt.Errorf("device %s appears more than once in manifest %s", row.RegistrationID, m.path)}
+			if !slices.Equal(prev.extra, r.extra) {
+				conflicts = append(conflicts, fmt.Sprintf("%s (rows %d and %d)", row.RegistrationID, prev.line, row.Line))
 			}
-		case row.SymmetricKey == "" && groupKey == nil:
-			k.err = fmt.Errorf("device %s is a group device (manifest row %d has no credentials), and no group key was given: use --group-key-file FILE or the environment variable %s",
-				row.RegistrationID, row.Line, groupKeyEnv)
-		default:
-			dev, problems := rd.Load(row, manifests.Options{GroupKey: groupKey})
-			if dev == nil {
-				msg := "does not load"
-				for _, p := range problems {
-					if p.Severity == manifests.SeverityError {
-						msg = p.Error()
-						break
-					}
-				}
-				k.err = fmt.Errorf("device %s: manifest %s: %s", row.RegistrationID, path, msg)
-				break
-			}
-			k.key = base64.StdEncoding.EncodeToString(dev.SymmetricKey)
-			k.fingerprint = dev.Fingerprint
 		}
-		if _, dup := mk.rows[row.RegistrationID]; dup {
-			k = manifestKey{err: fmt.Errorf("device %s appears more than once in manifest %s", row.RegistrationID, path)}
-		}
-		mk.rows[row.RegistrationID] = k
+		mi.rows[row.RegistrationID] = r
 	}
+	if len(conflicts) > 0 {
+		list := strings.Join(conflicts[:min(len(conflicts), 3)], ", ")
+		if len(conflicts) > 3 {
+			list += fmt.Sprintf(" and %d more", len(conflicts)-3)
+		}
+		return nil, usagef("list each device once (dps-batch provision --dry-run finds duplicates)",
+			"manifest %s lists devices twice with different values of --report-columns %s: %s", m.path, strings.Join(m.extra, ","), list)
+	}
+	return mi, nil
+}
+
+// checkExtraColumns refuses a --report-columns name that is not one of
+// the manifest's extra columns, listing those it has.
+func checkExtraColumns(m manifestRead, have []string) error {
+	for _, name := range m.extra {
+		if slices.Contains(have, name) {
+			continue
+		}
+		if len(have) == 0 {
+			return usagef("leave out --report-columns, or give the manifest export that has the column",
+				"--report-columns %s: manifest %s has no extra columns (columns dps-batch does not read itself), so it has nothing to carry into the report", name, m.path)
+		}
+		return usagef("--report-columns "+strings.Join(have, ","),
+			"--report-columns %s: manifest %s has no extra column %q; its extra columns (those dps-batch does not read itself) are: %s",
+			name, m.path, name, strings.Join(have, ", "))
+	}
+	return nil
+}
+
+// rowKey is what a manifest row says of its device's key.
+func rowKey(rd *manifests.Reader, row manifests.Row, m manifestRead) manifestKey {
+	var k manifestKey
+	switch {
+	case row.CertPath != "" || row.KeyPath != "" || row.ChainPath != "":
+		if row.SymmetricKey != "" {
+			k.err = fmt.Errorf("device %s: manifest row %d has both X.509 and symmetric_key credentials", row.RegistrationID, row.Line)
+		}
+	case row.SymmetricKey == "" && m.opts.GroupKey == nil:
+		k.err = fmt.Errorf("device %s is a group device (manifest row %d has no credentials), and no group key was given: use --group-key-file FILE or the environment variable %s",
+			row.RegistrationID, row.Line, m.groupKeyEnv)
+	default:
+		dev, problems := rd.Load(row, m.opts)
+		if dev == nil {
+			msg := "does not load"
+			for _, p := range problems {
+				if p.Severity == manifests.SeverityError {
+					msg = p.Error()
+					break
+				}
+			}
+			k.err = fmt.Errorf("device %s: manifest %s: %s", row.RegistrationID, m.path, msg)
+			break
+		}
+		k.key = base64.StdEncoding.EncodeToString(dev.SymmetricKey)
+		k.fingerprint = dev.Fingerprint
+	}
+	return k
+}
+
+// values is report.ExtraColumns.Values: the device's values of the
+// carried columns; nil for a device the manifest does not list.
+func (mi *manifestIndex) values(registrationID string) []string {
+	return mi.rows[registrationID].extra
 }
 
 // key is report.PerDeviceOptions.Key: the device's base64 key from the
 // manifest, checked against the fingerprint the ledger recorded when the
 // device was provisioned.
-func (mk *manifestKeys) key(d ledger.Device) (string, error) {
-	k, ok := mk.rows[d.RegistrationID]
+func (mi *manifestIndex) key(d ledger.Device) (string, error) {
+	r, ok := mi.rows[d.RegistrationID]
+	k := r.manifestKey
 	switch {
 	case !ok:
-		return "", fmt.Errorf("device %s is not in manifest %s", d.RegistrationID, mk.path)
+		return "", fmt.Errorf("device %s is not in manifest %s", d.RegistrationID, mi.path)
 	case k.err != nil:
 		return "", k.err
 	case k.key == "":

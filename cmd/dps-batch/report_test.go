@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 
@@ -285,7 +286,7 @@ func TestReportManifestKeysX509(t *testing.T) {
 	if err := os.WriteFile(manifest, []byte(content), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	mk, err := readManifestKeys(context.Background(), manifest, nil, "DPS_GROUP_KEY")
+	mk, err := readManifest(context.Background(), manifestRead{path: manifest, keys: true, groupKeyEnv: "DPS_GROUP_KEY"})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -356,5 +357,228 @@ func TestReportUsageErrors(t *testing.T) {
 	}
 	if _, err := os.Stat(filepath.Join(dir, "r.csv")); err == nil {
 		t.Errorf("a refused command wrote r.csv")
+	}
+}
+
+// mesFleet is a symmetric-key group fleet described by an MES export: its
+// ids are in serial_number and it has columns of its own (Hub, line,
+// notes), as provision reads it with --column registration_id=serial_number.
+type mesFleet struct {
+	dir, export, ledger, caFile, groupKeyFile, groupKey string
+	srv                                                 *dpssim.Running
+}
+
+func newMESFleet(t *testing.T) *mesFleet {
+	t.Helper()
+	dir := t.TempDir()
+	f := &mesFleet{dir: dir, export: filepath.Join(dir, "mes-export.csv"), ledger: filepath.Join(dir, "mes.ledger"),
+		caFile: filepath.Join(dir, "sim-ca.pem"), groupKeyFile: filepath.Join(dir, "group.key"),
+		groupKey: base64.StdEncoding.EncodeToString(bytes.Repeat([]byte{5}, 32))}
+	if err := os.WriteFile(f.groupKeyFile, []byte(f.groupKey+"\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	export := "serial_number,Hub,line,notes\n" +
+		"mes-0001,hub-a,3,\"first, \"\"golden\"\" unit\"\n" +
+		"mes-0002,hub-a,3,\n" +
+		"mes-0003,hub-b,4,Prüfstand 2\n" +
+		"mes-0004,,4,\n"
+	if err := os.WriteFile(f.export, []byte(export), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	zero := 0
+	sim, err := dpssim.New(dpssim.Config{
+		Groups: []dpssim.EnrollmentGroup{{EnrollmentGroupID: "line-3",
+			Attestation: dpssim.Attestation{SymmetricKey: &dpssim.SymmetricKeyAttestation{PrimaryKey: f.groupKey}}}},
+		Quotas:            dpssim.Quotas{RegistrationsPerMinute: -1, PollsPer10sPerDevice: -1},
+		RetryAfterSeconds: &zero,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if f.srv, err = dpssim.StartTLS(sim, "127.0.0.1:0"); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.srv.Close() })
+	if err := os.WriteFile(f.caFile, f.srv.CAPEM, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	code, out, errs := runCmd(t, "provision", "--manifest", f.export, "--column", "registration_id=serial_number",
+		"--ledger", f.ledger, "--id-scope", dpssim.DefaultIDScope, "--endpoint", f.srv.URL, "--ca-file", f.caFile,
+		"--group-key-file", f.groupKeyFile, "--rate", "-1", "--poll-rate", "-1")
+	if code != exitOK || !strings.Contains(out, "assigned 4") {
+		t.Fatalf("provision of the MES export: exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errs)
+	}
+	return f
+}
+
+// TestReportColumns: --report-columns carries the MES export's own columns
+// into the report, joined by registration id (CSV columns after payload,
+// the JSON lines object "extra", in the order asked); a device the manifest
+// does not list gets empty values; --column maps the manifest as provision
+// read it, for --report-columns and --with-keys alike.
+func TestReportColumns(t *testing.T) {
+	f := newMESFleet(t)
+	// A later export: other column order, mes-0004 gone, a device the
+	// ledger does not have.
+	later := filepath.Join(f.dir, "later.csv")
+	if err := os.WriteFile(later, []byte("line,serial_number,notes,Hub\n4,mes-0003,,hub-c\n3,mes-0001,\"a, b\",hub-a\n9,mes-0099,,hub-z\n3,mes-0002,,hub-a\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	mapped := []string{"--column", "registration_id=serial_number"}
+
+	code, out, errs := runCmd(t, append([]string{"report", "--ledger", f.ledger, "--manifest", later, "--report-columns", " hub, LINE,hub"}, mapped...)...)
+	if code != exitOK {
+		t.Fatalf("report --report-columns: exit %d\n%s", code, errs)
+	}
+	records, err := csv.NewReader(strings.NewReader(out)).ReadAll()
+	if err != nil {
+		t.Fatal(err)
+	}
+	header := records[0]
+	if n := len(header); n < 3 || header[n-3] != "payload" || header[n-2] != "hub" || header[n-1] != "line" {
+		t.Fatalf("header %v: want payload, then hub and line", header)
+	}
+	want := map[string][2]string{"mes-0001": {"hub-a", "3"}, "mes-0002": {"hub-a", "3"}, "mes-0003": {"hub-c", "4"}, "mes-0004": {"", ""}}
+	if len(records) != 1+len(want) {
+		t.Fatalf("report has %d rows, want %d (the ledger's devices only):\n%s", len(records)-1, len(want), out)
+	}
+	for _, rec := range records[1:] {
+		n := len(rec)
+		if w, ok := want[rec[0]]; !ok || rec[1] != "assigned" || rec[n-2] != w[0] || rec[n-1] != w[1] {
+			t.Errorf("row %v: want %s assigned with hub %q, line %q", rec, rec[0], w[0], w[1])
+		}
+	}
+
+	// JSON lines, to a file: the object "extra", in the order asked.
+	path := filepath.Join(f.dir, "report.jsonl")
+	code, _, errs = runCmd(t, append([]string{"report", "--ledger", f.ledger, "--manifest", f.export, "--report-columns", "notes,hub",
+		"--format", "jsonl", "--out", path}, mapped...)...)
+	if code != exitOK || !strings.Contains(errs, "Wrote 4 device(s)") {
+		t.Fatalf("report --format jsonl --report-columns: exit %d\n%s", code, errs)
+	}
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(strings.TrimSpace(string(b)), "\n")
+	wantExtra := []string{`{"notes":"first, \"golden\" unit","hub":"hub-a"}`, `{"notes":"","hub":"hub-a"}`, `{"notes":"Prüfstand 2","hub":"hub-b"}`, `{"notes":"","hub":""}`}
+	if len(lines) != len(wantExtra) {
+		t.Fatalf("jsonl has %d lines, want %d:\n%s", len(lines), len(wantExtra), b)
+	}
+	for i, line := range lines {
+		var row struct {
+			ID    string          `json:"registration_id"`
+			Extra json.RawMessage `json:"extra"`
+		}
+		if err := json.Unmarshal([]byte(line), &row); err != nil {
+			t.Fatalf("jsonl line %q: %v", line, err)
+		}
+		if row.ID != fmt.Sprintf("mes-%04d", i+1) || string(row.Extra) != wantExtra[i] {
+			t.Errorf("jsonl line %d: %s, %s; want extra %s", i+1, row.ID, row.Extra, wantExtra[i])
+		}
+	}
+
+	// Without --report-columns, the report is as before.
+	code, out, _ = runCmd(t, "report", "--ledger", f.ledger)
+	if code != exitOK || !strings.HasPrefix(out, "registration_id,") || !strings.HasSuffix(strings.SplitN(out, "\n", 2)[0], ",payload") {
+		t.Errorf("report without --report-columns: exit %d\n%s", code, out)
+	}
+
+	// --with-keys reads the same export through the same --column mapping.
+	dir := filepath.Join(f.dir, "flash")
+	code, _, errs = runCmd(t, append([]string{"report", "--ledger", f.ledger, "--per-device", dir, "--with-keys", "--manifest", f.export,
+		"--group-key-file", f.groupKeyFile}, mapped...)...)
+	if code != exitOK {
+		t.Fatalf("report --per-device --with-keys --column: exit %d\n%s", code, errs)
+	}
+	for i := 1; i <= 4; i++ {
+		id := fmt.Sprintf("mes-%04d", i)
+		b, err := os.ReadFile(filepath.Join(dir, id+".json"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		var file struct{ SymmetricKey string }
+		key, _ := dps.DeriveDeviceKey(f.groupKey, id)
+		if err := json.Unmarshal(b, &file); err != nil || file.SymmetricKey != key {
+			t.Errorf("%s: %s (%v): want the derived key", id, b, err)
+		}
+	}
+}
+
+// TestReportColumnsRefused: a column the manifest lacks is a usage error
+// that lists the manifest's extra columns; so are a manifest read without
+// the mapping it needs, a name the CSV report has already, a device listed
+// twice with different values, and flags that do not go together. Nothing
+// is written.
+func TestReportColumnsRefused(t *testing.T) {
+	f := newMESFleet(t)
+	noExtra := filepath.Join(f.dir, "plain.csv")
+	dup := filepath.Join(f.dir, "dup.csv")
+	withStatus := filepath.Join(f.dir, "status.csv")
+	for path, content := range map[string]string{
+		noExtra:    "registration_id\nmes-0001\n",
+		dup:        "registration_id,hub,line\nmes-0001,hub-a,3\nmes-0002,hub-a,3\nmes-0001,hub-b,3\nmes-0002,hub-a,3\n",
+		withStatus: "registration_id,status,hub\nmes-0001,ok,hub-a\n",
+	} {
+		if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out := filepath.Join(f.dir, "r.csv")
+	mapped := []string{"--manifest", f.export, "--column", "registration_id=serial_number"}
+	for _, tt := range []struct {
+		name    string
+		args    []string
+		wantErr []string
+	}{
+		{"unknown column", append([]string{"--report-columns", "hub,station"}, mapped...),
+			[]string{`--report-columns station: manifest ` + f.export + ` has no extra column "station"; its extra columns (those dps-batch does not read itself) are: hub, line, notes`, "Try: --report-columns hub,line,notes"}},
+		{"a column of ours", append([]string{"--report-columns", "serial_number"}, mapped...),
+			[]string{`has no extra column "serial_number"; its extra columns`}},
+		{"no extra columns", []string{"--manifest", noExtra, "--report-columns", "hub"},
+			[]string{"manifest " + noExtra + " has no extra columns"}},
+		{"mapping missing", []string{"--manifest", f.export, "--report-columns", "hub"},
+			[]string{"registration_id"}},
+		{"mapping to an absent column", []string{"--manifest", noExtra, "--column", "registration_id=serial", "--report-columns", "hub"},
+			[]string{"the header has no column serial"}},
+		{"report column in CSV", []string{"--manifest", withStatus, "--report-columns", "hub,status"},
+			[]string{"a CSV report has its own status column", "Try: --format jsonl"}},
+		{"duplicate device", []string{"--manifest", dup, "--report-columns", "hub"},
+			[]string{"lists devices twice with different values of --report-columns hub: mes-0001 (rows 2 and 4)"}},
+		{"strict", append([]string{"--report-columns", "hub", "--strict"}, mapped...), []string{"leave out --strict"}},
+		{"without manifest", []string{"--report-columns", "hub"}, []string{"--manifest is required"}},
+		{"names nothing", append([]string{"--report-columns", " , "}, mapped...), []string{"names no column"}},
+		{"manifest alone", []string{"--manifest", f.export}, []string{"--manifest is read only with --report-columns"}},
+		{"column without manifest", []string{"--column", "registration_id=serial_number"}, []string{"--column says how to read --manifest, which is not given"}},
+		{"per-device", append([]string{"--report-columns", "hub", "--per-device", filepath.Join(f.dir, "x")}, mapped...),
+			[]string{"--report-columns and --per-device exclude each other"}},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			args := []string{"report", "--ledger", f.ledger}
+			if !slices.Contains(tt.args, "--per-device") {
+				args = append(args, "--out", out)
+			}
+			code, stdout, errs := runCmd(t, append(args, tt.args...)...)
+			if code != exitUsage || stdout != "" {
+				t.Errorf("exit %d, stdout %q, stderr:\n%s\nwant exit 2", code, stdout, errs)
+			}
+			for _, w := range append(tt.wantErr, "Try:") {
+				if !strings.Contains(errs, w) {
+					t.Errorf("stderr lacks %q:\n%s", w, errs)
+				}
+			}
+		})
+	}
+	if _, err := os.Stat(out); err == nil {
+		t.Errorf("a refused report wrote %s", out)
+	}
+	// The same duplicate with the same values is no conflict; a status
+	// column can go into JSON lines, where the manifest's columns are nested.
+	if code, _, errs := runCmd(t, "report", "--ledger", f.ledger, "--manifest", dup, "--report-columns", "line"); code != exitOK {
+		t.Errorf("duplicate rows with equal values: exit %d\n%s", code, errs)
+	}
+	code, stdout, errs := runCmd(t, "report", "--ledger", f.ledger, "--manifest", withStatus, "--report-columns", "status", "--format", "jsonl", "--state", "assigned")
+	if code != exitOK || !strings.Contains(stdout, `"status":"assigned"`) || !strings.Contains(stdout, `"extra":{"status":"ok"}`) {
+		t.Errorf("jsonl with a manifest status column: exit %d\n%s%s", code, stdout, errs)
 	}
 }
