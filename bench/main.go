@@ -10,7 +10,9 @@
 //     peak RSS on a 1,000,000-row manifest, and ledger bytes per device;
 //  3. quota accuracy against a simulator quota, with --rate at and above it;
 //  4. resume cost on a fully assigned 100,000-device ledger;
-//  5. a summary of the go test microbenchmarks of the hot paths.
+//  5. a summary of the go test microbenchmarks of the hot paths;
+//  6. a raised rate (issue 12): --rate alone against a simulator allowing
+//     it, devices/s and the dry run's estimate against the measured time.
 //
 // Every figure is printed with its target and PASS/FAIL. The run is recorded
 // in bench/results.json under its label (-label; "before" and "latest" by
@@ -40,7 +42,7 @@ import (
 )
 
 // sections in the order they run.
-var sections = []string{"throughput", "cost", "quota", "resume", "micro"}
+var sections = []string{"throughput", "cost", "quota", "resume", "micro", "rate"}
 
 // config is the harness's flags.
 type config struct {
@@ -66,6 +68,8 @@ type config struct {
 	resumeDevices int // devices of the fully assigned ledger
 	quotaPerMin   int // simulator quota Q
 	quotaDevices  int // devices per quota scenario
+	rateDevices   int // devices of the raised-rate run
+	ratePerMin    int // its --rate and simulator quota
 	microTime     string
 
 	renderOnly  bool   // regenerate the results file from the history and exit
@@ -137,6 +141,8 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&c.resumeDevices, "resume-devices", 100_000, "devices of the fully assigned ledger re-run for the resume cost (`N`)")
 	fs.IntVar(&c.quotaPerMin, "quota", 6000, "simulator registration quota Q (`per minute`)")
 	fs.IntVar(&c.quotaDevices, "quota-devices", 2500, "devices per quota scenario (`N`)")
+	fs.IntVar(&c.rateDevices, "rate-devices", 3000, "devices of the raised-rate run (`N`)")
+	fs.IntVar(&c.ratePerMin, "rate", 6000, "--rate of the raised-rate run and its simulator's quota (`per minute`)")
 	fs.StringVar(&c.microTime, "benchtime", "300ms", "-benchtime of the fast microbenchmarks (`duration`)")
 	fs.BoolVar(&c.renderOnly, "render", false, "only regenerate -out from -history, showing the run labelled -label in full")
 	fs.StringVar(&c.profile, "profile", "", "run a workload in-process with a CPU profile written to `file`, then exit")
@@ -212,6 +218,7 @@ func bench(ctx context.Context, cfg *config, out io.Writer) error {
 		{"quota", benchQuota},
 		{"resume", benchResume},
 		{"micro", benchMicro},
+		{"rate", benchRate},
 	}
 	for _, s := range steps {
 		if !cfg.wants(s.name) {

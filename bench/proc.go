@@ -89,6 +89,7 @@ type summary struct {
 	Throttled  int            `json:"throttled"`
 	ElapsedSec float64        `json:"elapsedSeconds"`
 	PerSecond  float64        `json:"devicesPerSecond"`
+	BoundBy    string         `json:"boundBy"`
 }
 
 // parseSummary reads the JSON summary a provision run printed.

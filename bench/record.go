@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -117,6 +118,14 @@ func (r *recorder) below(name string, v float64, unit string, max float64, note 
 		Target: "< " + formatValue(max, unit), Verdict: verdict(v < max)})
 }
 
+// within records a figure whose target is a value give or take tolPct
+// percent of it.
+func (r *recorder) within(name string, v float64, unit string, want, tolPct float64, note string) {
+	r.add(Figure{Name: name, Value: v, Unit: unit, Note: note,
+		Target:  formatValue(want, unit) + " ± " + strconv.FormatFloat(tolPct, 'f', -1, 64) + "%",
+		Verdict: verdict(math.Abs(v-want) <= want*tolPct/100)})
+}
+
 func (r *recorder) add(f Figure) {
 	f.Section = r.section
 	r.run.Figures = append(r.run.Figures, f)
@@ -156,7 +165,7 @@ func formatValue(v float64, unit string) string {
 
 // summary prints every figure with a target and returns how many missed.
 func (r *recorder) summary() int {
-	fmt.Fprintf(r.out, "\n== Summary (targets of issue 7)\n")
+	fmt.Fprintf(r.out, "\n== Summary (targets of issues 7 and 12)\n")
 	passed, missed := 0, 0
 	for _, f := range bySection(r.run.Figures) {
 		if f.Verdict == "" {

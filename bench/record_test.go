@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 // These tests cover the harness's bookkeeping only; the measurements
@@ -168,5 +169,41 @@ func TestGrouped(t *testing.T) {
 		if got := grouped(n); got != want {
 			t.Errorf("grouped(%d) = %q, want %q", n, got, want)
 		}
+	}
+}
+
+func TestWithin(t *testing.T) {
+	r := &recorder{out: &bytes.Buffer{}}
+	r.begin("rate", "6. Raised rate")
+	for _, tt := range []struct {
+		v       float64
+		verdict string
+	}{{100, "PASS"}, {90, "PASS"}, {110, "PASS"}, {89.9, "FAIL"}, {110.1, "FAIL"}, {299, "FAIL"}} {
+		r.within("w", tt.v, "devices/s", 100, 10, "")
+		f := r.run.Figures[len(r.run.Figures)-1]
+		if f.Verdict != tt.verdict || f.Target != "100 devices/s ± 10%" {
+			t.Errorf("within(%v, 100 ± 10%%): got %s, target %q; want %s", tt.v, f.Verdict, f.Target, tt.verdict)
+		}
+	}
+}
+
+func TestParseEstimate(t *testing.T) {
+	out := `Dry run: manifest m.csv is valid (3000 devices). Nothing was sent.
+  to register:            3000
+  billable registrations: 3000
+  estimated time: 1m30s, limited by --workers 100 (about 3s per device at DPS)
+    (--rate 6000/min (3000 registrations) alone: 30s)
+    (--poll-rate 12000/min (about 3000 polls and lookups) alone: 15s)
+`
+	e, err := parseEstimate(out)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if e.d != 90*time.Second || e.limitedBy != "--workers 100 (about 3s per device at DPS)" || len(e.others) != 2 ||
+		e.others[0] != "(--rate 6000/min (3000 registrations) alone: 30s)" {
+		t.Errorf("parseEstimate: got %+v", e)
+	}
+	if _, err := parseEstimate("Dry run: nothing to do\n"); err == nil {
+		t.Error("parseEstimate without an estimate: got nil error")
 	}
 }
