@@ -19,6 +19,11 @@ import (
 type Pacer struct {
 	// Now is the clock; nil means time.Now.
 	Now func() time.Time
+	// Recover is the fraction of the ceiling that successes restore
+	// quickly after a cut (above it the rate probes slowly); 0 means 0.9.
+	// A lower one finds an unknown quota in fewer 429s, at some speed: it
+	// suits runs of few requests, such as bulk enrollments.
+	Recover float64
 
 	turn        chan struct{} // one waiter at a time
 	mu          sync.Mutex
@@ -128,7 +133,7 @@ func (p *Pacer) Throttled(retryAfter time.Duration) {
 }
 
 // Succeeded records an accepted request and recovers the rate: by 1/50 of
-// the ceiling per success below 90% of it, by 1/5000 above (probing), so
+// the ceiling per success below Recover (90%) of it, by 1/5000 above (probing), so
 // that a fleet at its quota is throttled about once in thousands of requests.
 func (p *Pacer) Succeeded() {
 	p.mu.Lock()
@@ -137,7 +142,11 @@ func (p *Pacer) Succeeded() {
 		return
 	}
 	step := p.ceiling / 5000
-	if p.current < 0.9*p.ceiling {
+	fast := rate.Limit(0.9)
+	if p.Recover > 0 && p.Recover < 1 {
+		fast = rate.Limit(p.Recover)
+	}
+	if p.current < fast*p.ceiling {
 		step = p.ceiling / 50
 	}
 	p.current += step
