@@ -270,3 +270,24 @@ func TestSummaryNamesTheLimiter(t *testing.T) {
 		t.Errorf("summary lacks %q:\n%s", want, out)
 	}
 }
+
+// TestWorkersFollowRate: --rate alone also raises the workers, so that the
+// rate can be reached at DPS's usual 3 s per device.
+func TestWorkersFollowRate(t *testing.T) {
+	for _, tt := range []struct {
+		rate    float64
+		workers int
+		want    int
+	}{{900, 0, 100}, {6000, 0, 360}, {-1, 0, 100}, {6000, 50, 50}} {
+		var p provisionFlags
+		p.manifest, p.idScope, p.maxAttempts = "m.csv", "0ne00000000", 1
+		p.deviceTimeout, p.requestTimeout = time.Second, time.Second
+		p.rate, p.workers = tt.rate, tt.workers
+		if err := p.check(); err != nil {
+			t.Fatal(err)
+		}
+		if p.workers != tt.want {
+			t.Errorf("--rate %v --workers %d: %d workers, want %d", tt.rate, tt.workers, p.workers, tt.want)
+		}
+	}
+}

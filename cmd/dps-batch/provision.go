@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"math"
 	"os"
 	"path/filepath"
 	"strings"
@@ -69,7 +70,7 @@ func (p *provisionFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&p.caFile, "ca-file", "", "extra CA bundle `file` (PEM) trusted for the endpoint besides the system roots, e.g. the simulator's CA")
 	fs.StringVar(&p.apiVersion, "api-version", dps.DefaultAPIVersion, "DPS device API `version`")
 	fs.StringVar(&p.x509TLS, "x509-tls", "1.2", "highest TLS `version` X.509 devices offer: 1.2 (the only one DPS supports today) or 1.3 (the device certificate travels encrypted, where the server supports 1.3)")
-	fs.IntVar(&p.workers, "workers", batch.DefaultWorkers, "devices in flight at once (`N`)")
+	fs.IntVar(&p.workers, "workers", 0, "devices in flight at once (`N`); default: enough to keep up with --rate when each device takes DPS's usual 3 s, at least 100")
 	fs.Float64Var(&p.rate, "rate", batch.DefaultRegisterRate, "register requests per minute for the whole fleet (`N/min`); DPS allows 1,000/min per instance; -1 = unlimited")
 	fs.Float64Var(&p.pollRate, "poll-rate", 0, "status polls and lookups per minute for the whole fleet (`N/min`); default: twice --rate, at least 1,800; -1 = unlimited")
 	fs.IntVar(&p.maxAttempts, "max-attempts", batch.DefaultMaxAttempts, "failed requests per device per run before leaving it for the next run (`N`)")
@@ -100,6 +101,9 @@ func (p *provisionFlags) check() error {
 	}
 	if err := dps.ValidateIDScope(p.idScope); err != nil {
 		return usagef("the ID scope is on the DPS overview page in the Azure portal, e.g. 0ne00012345", "--id-scope: %v", err)
+	}
+	if p.workers == 0 {
+		p.workers = workersFor(p.rate)
 	}
 	if p.workers < 1 {
 		return usagef("--workers 100", "--workers must be at least 1, got %d", p.workers)
@@ -379,6 +383,18 @@ func dryRun(ctx context.Context, e *env, p *provisionFlags, groupKey []byte) err
 	fmt.Fprintf(w, "  billable registrations: %d\n", plan.Billable())
 	printEstimate(w, p, plan)
 	return nil
+}
+
+// workersFor is the default --workers for a --rate: a device holds a
+// worker for about assumedPerDevice (DPS's Retry-After before the first
+// poll), so keeping up with rate/min needs rate/60 × 3 s workers; 20% more
+// absorbs slower answers. Never fewer than batch.DefaultWorkers.
+func workersFor(ratePerMinute float64) int {
+	if ratePerMinute <= 0 {
+		return batch.DefaultWorkers
+	}
+	n := int(math.Ceil(ratePerMinute / 60 * assumedPerDevice.Seconds() * 1.2))
+	return max(n, batch.DefaultWorkers)
 }
 
 // assumedPerDevice is how long one device takes from its register request
