@@ -513,6 +513,10 @@ loop:
 			}
 			break
 		}
+		if err := r.addDevices(gctx, rows); err != nil {
+			g.Go(func() error { return err })
+			break
+		}
 		var fresh []ledger.Enrollment
 		for _, row := range rows {
 			rec, found := recs[row.RegistrationID]
@@ -576,6 +580,24 @@ loop:
 	default:
 	}
 	return stopped, err
+}
+
+// addDevices adds the devices of rows that the ledger's devices table does
+// not know, as pending, when this run creates enrollments: the devices
+// provision will register, so status and report show each one's
+// registration state (pending until provisioned) beside its enrollment.
+func (r *EnrollRunner) addDevices(ctx context.Context, rows []manifests.Row) error {
+	if len(rows) == 0 || (r.Options.Mode != EnrollModeCreate && r.Options.Mode != EnrollModeUpdate) {
+		return nil
+	}
+	devs := make([]ledger.Device, len(rows))
+	for i, row := range rows {
+		devs[i] = ledger.Device{RegistrationID: row.RegistrationID, State: ledger.StatePending, RunID: r.runID}
+	}
+	if _, err := r.Ledger.AddPending(ctx, devs); err != nil {
+		return fmt.Errorf("record devices in ledger: %w", err)
+	}
+	return nil
 }
 
 // recordChanged records a device enrolled with other credentials than the

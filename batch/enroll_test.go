@@ -242,6 +242,18 @@ func TestEnrollCreatesInBulksOfTenOnce(t *testing.T) {
 	}
 	f.wantCreatedOnce(t)
 	wantStates(t, l, f.ids(), ledger.EnrollCreated)
+	// The devices are in the ledger for provision, pending, each beside
+	// its enrollment.
+	paired := 0
+	err = l.EachWithEnrollment(context.Background(), nil, func(d ledger.Device, e ledger.Enrollment, ok bool) error {
+		if d.State == ledger.StatePending && ok && e.State == ledger.EnrollCreated {
+			paired++
+		}
+		return nil
+	})
+	if err != nil || paired != 27 {
+		t.Errorf("%d pending devices beside created enrollments (err %v), want 27", paired, err)
+	}
 	// The X.509 enrollment holds the device's certificate: the device
 	// attests against it at once.
 	got, err := f.client(t, "", nil).GetEnrollment(context.Background(), f.x509IDs[0])

@@ -489,3 +489,44 @@ func normalizeServiceHost(h string) string {
 	h = strings.TrimPrefix(h, "https://")
 	return strings.TrimRight(h, "/")
 }
+
+// EachWithEnrollment is Each (devices in one of states, nil = all, in
+// registration id order) with each device's enrollment row beside it; ok
+// is false for a device the enrollments table does not know. Enrollments
+// are read a chunk of LookupChunk devices at a time, so a report joining
+// the two costs one more query per chunk, not per device.
+func (l *Ledger) EachWithEnrollment(ctx context.Context, states []State, fn func(d Device, e Enrollment, ok bool) error) error {
+	buf := make([]Device, 0, LookupChunk)
+	flush := func() error {
+		if len(buf) == 0 {
+			return nil
+		}
+		ids := make([]string, len(buf))
+		for i, d := range buf {
+			ids[i] = d.RegistrationID
+		}
+		recs, err := l.Enrollments(ctx, ids)
+		if err != nil {
+			return err
+		}
+		for _, d := range buf {
+			e, ok := recs[d.RegistrationID]
+			if err := fn(d, e, ok); err != nil {
+				return err
+			}
+		}
+		buf = buf[:0]
+		return nil
+	}
+	err := l.Each(ctx, states, func(d Device) error {
+		buf = append(buf, d)
+		if len(buf) < LookupChunk {
+			return nil
+		}
+		return flush()
+	})
+	if err != nil {
+		return err
+	}
+	return flush()
+}

@@ -145,3 +145,42 @@ func TestEnrollStates(t *testing.T) {
 		}
 	}
 }
+
+func TestEachWithEnrollment(t *testing.T) {
+	ctx := context.Background()
+	l := MustOpen(t, tempPath(t), ledger.Options{})
+	var devs []ledger.Device
+	var enr []ledger.Enrollment
+	for i := range 600 {
+		id := fmt.Sprintf("d-%04d", i)
+		devs = append(devs, ledger.Device{RegistrationID: id, State: ledger.StatePending})
+		if i%3 == 0 {
+			enr = append(enr, ledger.Enrollment{RegistrationID: id, State: ledger.EnrollCreated})
+		}
+	}
+	if _, err := l.AddPending(ctx, devs); err != nil {
+		t.Fatal(err)
+	}
+	if err := l.PutEnrollments(ctx, enr); err != nil {
+		t.Fatal(err)
+	}
+	n, with := 0, 0
+	last := ""
+	err := l.EachWithEnrollment(ctx, nil, func(d ledger.Device, e ledger.Enrollment, ok bool) error {
+		n++
+		if d.RegistrationID <= last {
+			t.Fatalf("%s after %s: not in order", d.RegistrationID, last)
+		}
+		last = d.RegistrationID
+		if ok {
+			with++
+			if e.RegistrationID != d.RegistrationID || e.State != ledger.EnrollCreated {
+				t.Errorf("%s paired with %+v", d.RegistrationID, e)
+			}
+		}
+		return nil
+	})
+	if err != nil || n != 600 || with != 200 {
+		t.Errorf("saw %d devices, %d with an enrollment, err %v; want 600 and 200", n, with, err)
+	}
+}
