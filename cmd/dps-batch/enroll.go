@@ -828,3 +828,27 @@ func copyIfExists(src, dst string) error {
 	}
 	return os.WriteFile(dst, b, 0o600)
 }
+
+// enrollLocal enrols a manifest's devices at a simulator this process runs
+// (demo --individual): conn is the simulator's service connection string
+// (dpssim.Server.ServiceConnectionString), handed over in memory, never on
+// a command line; caFile is its CA. resumeHint replaces the resume command
+// of the summary. It prints enroll's summary and returns its exit error
+// (nil when every enrollment is done).
+func enrollLocal(ctx context.Context, e *env, manifest, ledgerPath, caFile, conn string, rate float64, resumeHint string) (*batch.EnrollResult, error) {
+	cs, err := dpsservice.ParseConnectionString(conn)
+	if err != nil {
+		return nil, err
+	}
+	f := &enrollFlags{
+		manifest: manifest, ledgerPath: ledgerPath, mode: "create",
+		workers: batch.DefaultEnrollWorkers, batchSize: batch.DefaultEnrollBatch, maxAttempts: batch.DefaultEnrollAttempts,
+		rate: rate, quiet: true, resumeHint: resumeHint,
+	}
+	f.svc = serviceFlags{auth: authSAS, caFile: caFile, apiVersion: dpsservice.DefaultAPIVersion,
+		requestTimeout: 30 * time.Second, credentialForUs: cs.Credential, host: cs.HostName}
+	if err := f.check(); err != nil {
+		return nil, err
+	}
+	return enroll(ctx, e, f)
+}

@@ -17,6 +17,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/dps-batch/dps-batch/batch"
 	"github.com/dps-batch/dps-batch/certs"
 	"github.com/dps-batch/dps-batch/dpssim"
 	"github.com/dps-batch/dps-batch/ledger"
@@ -529,6 +530,29 @@ func TestEnrollWithBearerToken(t *testing.T) {
 	}
 	if strings.Contains(out+errs, vars["DPS_SERVICE_TOKEN"]) {
 		t.Error("the token was printed")
+	}
+	s.wantCreatedOnce(t, ids)
+}
+
+// TestEnrollLocalThenProvision is what demo --individual does: a fleet with
+// individual enrollments, a simulator without enrollments, enroll with the
+// simulator's connection string in memory, then provision.
+func TestEnrollLocalThenProvision(t *testing.T) {
+	s := newServiceSim(t, nil)
+	manifest, ids := writeMixedManifest(t, s.dir, 4, 6)
+	ledgerPath := filepath.Join(s.dir, "demo.ledger")
+	var out, errb bytes.Buffer
+	e := &env{stdin: strings.NewReader(""), stdout: &out, stderr: &errb, getenv: func(string) string { return "" }}
+	res, err := enrollLocal(context.Background(), e, manifest, ledgerPath, s.caFile, s.conn, -1, "dps-batch demo --individual --dir X")
+	if err != nil || res.Snapshot.Outcomes[batch.EnOutCreated] != 10 {
+		t.Fatalf("enrollLocal: %v\n%s\n%s", err, out.String(), errb.String())
+	}
+	if strings.Contains(out.String()+errb.String(), s.policyKey(s.conn)) {
+		t.Error("the policy key was printed")
+	}
+	code, o, errs := runCmd(t, "provision", "--manifest", manifest, "--ledger", ledgerPath, "--ca-file", s.caFile, "--id-scope", svcScope, "--endpoint", s.run.URL, "--quiet")
+	if code != exitOK {
+		t.Fatalf("provision: %d\n%s\n%s", code, o, errs)
 	}
 	s.wantCreatedOnce(t, ids)
 }
