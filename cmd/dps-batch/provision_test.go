@@ -65,7 +65,7 @@ func TestProvisionUsageErrors(t *testing.T) {
 		{"no manifest", []string{"--id-scope", "0ne00000000"}, "--manifest is required"},
 		{"no scope", []string{"--manifest", manifest}, "--id-scope is required"},
 		{"bad scope", []string{"--manifest", manifest, "--id-scope", "myscope"}, "does not look like a DPS ID scope"},
-		{"zero workers", []string{"--manifest", manifest, "--id-scope", "0ne00000000", "--workers", "0"}, "--workers must be at least 1"},
+		{"negative workers", []string{"--manifest", manifest, "--id-scope", "0ne00000000", "--workers", "-2"}, "--workers must be at least 1"},
 		{"negative workers", []string{"--manifest", manifest, "--id-scope", "0ne00000000", "--workers", "-3"}, "--workers must be at least 1"},
 		{"zero rate", []string{"--manifest", manifest, "--id-scope", "0ne00000000", "--rate", "0"}, "--rate must be a positive number"},
 		{"http endpoint", []string{"--manifest", manifest, "--id-scope", "0ne00000000", "--endpoint", "http://127.0.0.1:1"}, "https"},
