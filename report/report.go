@@ -30,20 +30,25 @@ const (
 // Row is one device in a report. The column names are part of the
 // command-line contract; add columns only at the end.
 type Row struct {
-	RegistrationID string  `csv:"registration_id" json:"registration_id"`
-	Status         string  `csv:"status" json:"status"`
-	AssignedHub    string  `csv:"assigned_hub" json:"assigned_hub,omitempty"`
-	DeviceID       string  `csv:"device_id" json:"device_id,omitempty"`
-	Substatus      string  `csv:"substatus" json:"substatus,omitempty"`
-	OperationID    string  `csv:"operation_id" json:"operation_id,omitempty"`
-	ErrorCode      int     `csv:"error_code,omitempty" json:"error_code,omitempty"`
-	ErrorMessage   string  `csv:"error_message" json:"error_message,omitempty"`
-	Hint           string  `csv:"hint" json:"hint,omitempty"`
-	Attempts       int     `csv:"attempts" json:"attempts"`
-	FirstAttemptAt string  `csv:"first_attempt_at" json:"first_attempt_at,omitempty"`
-	FinishedAt     string  `csv:"finished_at" json:"finished_at,omitempty"`
-	RequestID      string  `csv:"request_id" json:"request_id,omitempty"`
-	Payload        Payload `csv:"payload" json:"payload,omitempty"`
+	RegistrationID string `csv:"registration_id" json:"registration_id"`
+	Status         string `csv:"status" json:"status"`
+	AssignedHub    string `csv:"assigned_hub" json:"assigned_hub,omitempty"`
+	DeviceID       string `csv:"device_id" json:"device_id,omitempty"`
+	Substatus      string `csv:"substatus" json:"substatus,omitempty"`
+	OperationID    string `csv:"operation_id" json:"operation_id,omitempty"`
+	ErrorCode      int    `csv:"error_code,omitempty" json:"error_code,omitempty"`
+	ErrorMessage   string `csv:"error_message" json:"error_message,omitempty"`
+	Hint           string `csv:"hint" json:"hint,omitempty"`
+	Attempts       int    `csv:"attempts" json:"attempts"`
+	FirstAttemptAt string `csv:"first_attempt_at" json:"first_attempt_at,omitempty"`
+	FinishedAt     string `csv:"finished_at" json:"finished_at,omitempty"`
+	RequestID      string `csv:"request_id" json:"request_id,omitempty"`
+	// Enrollment is the device's individual enrollment as dps-batch enroll
+	// left it ("" when enroll never handled it); EnrollmentError says why
+	// it failed or differs.
+	Enrollment      string  `csv:"enrollment" json:"enrollment,omitempty"`
+	EnrollmentError string  `csv:"enrollment_error" json:"enrollmentError,omitempty"`
+	Payload         Payload `csv:"payload" json:"payload,omitempty"`
 	// Extra holds the columns carried from elsewhere (a manifest's own
 	// columns, Options.Extra): in CSV one column each after payload, in
 	// JSON lines the object "extra".
@@ -276,6 +281,17 @@ func (a *appendWriter) Write(rec []string) error {
 	return a.w.Write(a.buf)
 }
 
+// withEnrollment adds the device's enrollment side to its row.
+func withEnrollment(r Row, e ledger.Enrollment, ok bool) Row {
+	if ok {
+		r.Enrollment = string(e.State)
+		if e.State == ledger.EnrollFailed || e.State == ledger.EnrollExistsDifferent {
+			r.EnrollmentError = e.ErrorMessage
+		}
+	}
+	return r
+}
+
 // Write streams the devices of l in the given states (nil = all), ordered by
 // registration id, to w. It returns the number of rows written. It is
 // WriteWith with only Options.States.
@@ -295,9 +311,9 @@ func WriteWith(ctx context.Context, l *ledger.Ledger, w io.Writer, f Format, opt
 	switch f {
 	case JSONLines:
 		enc := json.NewEncoder(w)
-		err := l.Each(ctx, opts.States, func(d ledger.Device) error {
+		err := l.EachWithEnrollment(ctx, opts.States, func(d ledger.Device, en ledger.Enrollment, ok bool) error {
 			n++
-			row := FromDevice(d)
+			row := withEnrollment(FromDevice(d), en, ok)
 			if extra {
 				row.Extra = opts.Extra.row(d.RegistrationID)
 			}
@@ -314,13 +330,13 @@ func WriteWith(ctx context.Context, l *ledger.Ledger, w io.Writer, f Format, opt
 			return 0, err
 		}
 		values := make([]string, len(opts.Extra.Names))
-		err := l.Each(ctx, opts.States, func(d ledger.Device) error {
+		err := l.EachWithEnrollment(ctx, opts.States, func(d ledger.Device, en ledger.Enrollment, ok bool) error {
 			n++
 			if extra {
 				opts.Extra.fill(values, d.RegistrationID)
 				aw.extra = values
 			}
-			return enc.Encode(FromDevice(d))
+			return enc.Encode(withEnrollment(FromDevice(d), en, ok))
 		})
 		cw.Flush()
 		if err == nil {

@@ -107,7 +107,7 @@ func TestEmptyReportHasHeader(t *testing.T) {
 	if err != nil || n != 0 {
 		t.Fatalf("Write = %d, %v", n, err)
 	}
-	if want := "registration_id,status,assigned_hub,device_id,substatus,operation_id,error_code,error_message,hint,attempts,first_attempt_at,finished_at,request_id,payload\n"; buf.String() != want {
+	if want := "registration_id,status,assigned_hub,device_id,substatus,operation_id,error_code,error_message,hint,attempts,first_attempt_at,finished_at,request_id,enrollment,enrollment_error,payload\n"; buf.String() != want {
 		t.Errorf("empty report = %q, want header %q", buf.String(), want)
 	}
 }

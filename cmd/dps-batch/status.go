@@ -107,6 +107,17 @@ running the provision command again would do. The ledger is only read.
 			fmt.Fprintf(w, "  %-12s %d\n", s, n)
 		}
 	}
+	if ec, err := led.EnrollmentCounts(ctx); err == nil && ec.Total > 0 {
+		fmt.Fprintln(w, "Individual enrollments (dps-batch enroll):")
+		for _, s := range ledger.EnrollStates() {
+			if n := ec.ByState[s]; n > 0 {
+				fmt.Fprintf(w, "  %-16s %d\n", s, n)
+			}
+		}
+		if n := ec.ByRegistration[ledger.RegDeleted] + ec.ByRegistration[ledger.RegNone]; n > 0 {
+			fmt.Fprintf(w, "  registration states deleted (deregister): %d\n", n)
+		}
+	}
 	if len(counts.ByHub) > 0 {
 		fmt.Fprintln(w, "Assigned by hub:")
 		hubs := make([]string, 0, len(counts.ByHub))
