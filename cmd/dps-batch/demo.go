@@ -28,7 +28,8 @@ and it resumes (nothing left to do: every device is skipped).`
 func runDemo(ctx context.Context, e *env, args []string) error {
 	fs := newFlagSet(e, "demo", demoPurpose,
 		"dps-batch demo",
-		"dps-batch demo --count 5000 --workers 400 --rate 30000 --dir /tmp/demo")
+		"dps-batch demo --count 5000 --workers 400 --rate 30000 --dir /tmp/demo",
+		"dps-batch demo --individual          # enroll (service API) then provision: the individual-enrollment pipeline")
 	dir := fs.String("dir", "", "working `folder` for the fleet, ledger and report (default: a new temporary folder)")
 	count := fs.Int("count", 1000, "number of X.509 devices (`N`)")
 	sas := fs.Int("sas", 100, "number of extra symmetric-key group devices (`N`)")
@@ -36,11 +37,15 @@ func runDemo(ctx context.Context, e *env, args []string) error {
 	rate := fs.Float64("rate", 12000, "register requests per minute (`N/min`); the simulator's quota is set to 1.5x this")
 	delay := fs.Duration("assignment-delay", 500*time.Millisecond, "how long the simulator keeps each registration assigning (`duration`)")
 	verbose := fs.Bool("v", false, "log every device's steps on stderr")
+	individual := fs.Bool("individual", false, "individual enrollments: the simulator starts with none; dps-batch enroll creates one per device through the DPS service API, then provision registers them (X.509 under a root CA plus --sas devices with their own keys)")
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if *count < 1 || *sas < 0 || *workers < 1 || *rate <= 0 {
 		return usagef("dps-batch demo --count 1000", "--count and --workers must be at least 1, --sas at least 0, --rate positive")
+	}
+	if *individual {
+		return demoIndividual(ctx, e, *dir, *count, *sas, *workers, *rate, *delay, *verbose)
 	}
 	resumable := *dir != ""
 	if *dir == "" {
@@ -184,4 +189,119 @@ func writeDemoReport(ctx context.Context, ledgerPath, out string) error {
 		return err
 	}
 	return f.Close()
+}
+
+// demoIndividual runs the individual-enrollment pipeline on this machine: a
+// fleet of X.509 devices (each enrolled with its own certificate) and
+// symmetric-key devices (each with its own key), a simulator that knows none
+// of them, dps-batch enroll through the simulator's service API, then
+// provision, then the report. The simulator keeps enrollments in memory, so
+// this demo always starts in a new folder.
+func demoIndividual(ctx context.Context, e *env, dir string, count, sas, workers int, rate float64, delay time.Duration, verbose bool) error {
+	if dir == "" {
+		d, err := os.MkdirTemp("", "dps-batch-demo-individual-")
+		if err != nil {
+			return err
+		}
+		dir = d
+	} else if entries, err := os.ReadDir(dir); err == nil && len(entries) > 0 {
+		return usagef("dps-batch demo --individual --dir NEW-FOLDER (or leave out --dir)",
+			"demo --individual starts from nothing and %s is not empty: the simulator keeps the enrollments it creates in memory, so a second run cannot resume", dir)
+	}
+	const scope = dpssim.DefaultIDScope
+	manifest := filepath.Join(dir, "manifest.csv")
+	ledgerPath := filepath.Join(dir, "demo.ledger")
+
+	fmt.Fprintf(e.stderr, "Generating %d X.509 devices and %d symmetric-key devices, each for an individual enrollment, in %s ...\n", count, sas, dir)
+	fleet, err := certs.GenerateFleet(ctx, certs.FleetOptions{Dir: dir, Count: count, Chain: certs.ChainRoot})
+	if err != nil {
+		return err
+	}
+	if err := addIndividualKeyRows(fleet.ManifestPath, sas); err != nil {
+		return err
+	}
+	// No enrollments: enroll creates them through the service API.
+	retryAfter := 1
+	sim, err := dpssim.New(dpssim.Config{
+		IDScope:           scope,
+		RetryAfterSeconds: &retryAfter,
+		AssignmentDelay:   dpssim.Duration(delay),
+		Quotas:            dpssim.Quotas{RegistrationsPerMinute: int(rate * 1.5), PollsPer10sPerDevice: 5},
+	})
+	if err != nil {
+		return err
+	}
+	running, err := dpssim.StartTLS(sim, "127.0.0.1:0")
+	if err != nil {
+		return err
+	}
+	defer running.Close()
+	caFile := filepath.Join(dir, "sim-ca.pem")
+	if err := os.WriteFile(caFile, running.CAPEM, 0o644); err != nil {
+		return err
+	}
+	conn, err := sim.ServiceConnectionString(running.Addr, "")
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(e.stderr, "Simulator (ID scope %s, device and service API) listening on %s; it knows no enrollment yet\n", scope, running.URL)
+
+	fmt.Fprintf(e.stdout, "\n== 1. dps-batch enroll: one individual enrollment per device, in bulk calls of 10\n")
+	if _, err := enrollLocal(ctx, e, manifest, ledgerPath, caFile, conn, -1, "dps-batch demo --individual"); err != nil {
+		return err
+	}
+	created, twice := 0, 0
+	for _, en := range sim.Enrollments() {
+		created += en.Creates
+		if en.Creates > 1 {
+			twice++
+		}
+	}
+	fmt.Fprintf(e.stdout, "Simulator: %d enrollments created; created more than once: %d\n", created, twice)
+
+	fmt.Fprintf(e.stdout, "\n== 2. dps-batch provision: every device registers with its new enrollment\n")
+	p := &provisionFlags{
+		manifest: manifest, ledgerPath: ledgerPath, idScope: scope,
+		endpoint: running.URL, caFile: caFile, apiVersion: "2021-10-01",
+		workers: workers, rate: rate, pollRate: rate * 3, maxAttempts: 6,
+		deviceTimeout: 2 * time.Minute, requestTimeout: 30 * time.Second, verbose: verbose,
+		settle: batch.DefaultSettle, failFast: batch.DefaultFuseDevices,
+		resumeHint: "dps-batch provision --manifest " + shellQuote(manifest) + " --ledger " + shellQuote(ledgerPath) + " (with the simulator running)",
+	}
+	provErr := provision(ctx, e, p)
+	stats := sim.Stats()
+	regTwice := 0
+	for _, r := range sim.Registrations() {
+		if r.Registers > 1 {
+			regTwice++
+		}
+	}
+	fmt.Fprintf(e.stdout, "Simulator saw %d registrations; devices registered more than once: %d\n", stats.Registers, regTwice)
+	reportFile := reportPath(ledgerPath)
+	if err := writeDemoReport(ctx, ledgerPath, reportFile); err != nil {
+		return errors.Join(provErr, err)
+	}
+	fmt.Fprintf(e.stdout, "\nCSV report (enrollment and registration side by side) written to %s\nEverything is in %s\n", reportFile, dir)
+	return provErr
+}
+
+// addIndividualKeyRows appends n symmetric-key devices, each with its own
+// random key, to the fleet's manifest, which then holds keys: mode 0600.
+func addIndividualKeyRows(manifest string, n int) error {
+	b, err := os.ReadFile(manifest)
+	if err != nil {
+		return err
+	}
+	lines := strings.Split(strings.TrimRight(string(b), "\n"), "\n")
+	var out strings.Builder
+	out.WriteString(lines[0] + ",symmetric_key\n")
+	for _, l := range lines[1:] {
+		out.WriteString(l + ",\n")
+	}
+	key := make([]byte, 32)
+	for i := 1; i <= n; i++ {
+		_, _ = rand.Read(key)
+		fmt.Fprintf(&out, "sensor-%05d,,,,%s\n", i, base64.StdEncoding.EncodeToString(key))
+	}
+	return certs.WriteSecretFile(manifest, []byte(out.String()), true)
 }

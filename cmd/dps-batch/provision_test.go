@@ -129,3 +129,31 @@ func countLines(t *testing.T, path string) int {
 	}
 	return n
 }
+
+// TestDemoIndividual runs the individual-enrollment pipeline in one command:
+// enroll through the simulator's service API, then provision; every
+// enrollment is created once and every device registered once, and the
+// report shows both sides.
+func TestDemoIndividual(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "demo")
+	code, out, errs := runCmd(t, "demo", "--individual", "--dir", dir, "--count", "12", "--sas", "8", "--assignment-delay", "0s")
+	if code != exitOK {
+		t.Fatalf("demo --individual exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errs)
+	}
+	for _, want := range []string{"created 20", "20 enrollments created; created more than once: 0", "assigned 20", "devices registered more than once: 0"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("stdout lacks %q:\n%s", want, out)
+		}
+	}
+	b, err := os.ReadFile(filepath.Join(dir, "demo-report.csv"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if n := strings.Count(string(b), ",created,"); n != 20 {
+		t.Errorf("report shows %d devices with enrollment created, want 20:\n%s", n, b)
+	}
+	// The simulator forgets its enrollments: a second run refuses the folder.
+	if code, _, errs := runCmd(t, "demo", "--individual", "--dir", dir); code != exitUsage || !strings.Contains(errs, "not empty") {
+		t.Errorf("second demo --individual in the same folder: exit %d, stderr %s; want a usage error", code, errs)
+	}
+}
