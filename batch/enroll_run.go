@@ -225,7 +225,7 @@ func (r *EnrollRunner) Plan(ctx context.Context) (*EnrollPlan, error) {
 	defer rd.Close()
 	p := &EnrollPlan{}
 	for {
-		rows, readErr := readChunk(rd)
+		rows, readErr := readChunk(rd, Shard{})
 		recs := map[string]ledger.Enrollment{}
 		if r.Ledger != nil && len(rows) > 0 {
 			if recs, err = r.Ledger.Enrollments(ctx, rowIDs(rows)); err != nil {
@@ -505,7 +505,7 @@ func (r *EnrollRunner) dispatch(ctx context.Context, stop <-chan struct{}) (stop
 	}
 loop:
 	for {
-		rows, readErr := readChunk(rd)
+		rows, readErr := readChunk(rd, Shard{})
 		recs, err := r.Ledger.Enrollments(gctx, rowIDs(rows))
 		if err != nil {
 			if gctx.Err() == nil {

@@ -76,6 +76,10 @@ type Options struct {
 	// accepted, before the run stops as systemic (SystemicError); 0 means
 	// DefaultFuseDevices, negative never stops.
 	FuseDevices int
+	// Shard limits the run to the manifest's devices in this shard (the
+	// zero Shard: all of them). Plan and dispatch read the manifest through
+	// readChunk, which applies it.
+	Shard Shard
 }
 
 func (o *Options) setDefaults() {
@@ -386,7 +390,7 @@ func (r *Runner) Plan(ctx context.Context, record bool) (*Plan, error) {
 		return err
 	}
 	for {
-		rows, readErr := readChunk(rd)
+		rows, readErr := readChunk(rd, r.Options.Shard)
 		briefs := map[string]ledger.Brief{}
 		if r.Ledger != nil {
 			if briefs, err = r.Ledger.Briefs(ctx, rowIDs(rows)); err != nil {
@@ -435,13 +439,17 @@ func (r *Runner) Plan(ctx context.Context, record bool) (*Plan, error) {
 // readChunk reads up to ledger.LookupChunk rows, so that their ledger rows
 // are read with one query (Ledger.Briefs) instead of one per device: most
 // of the cost of a re-run with little left to do. The error, io.EOF at the
-// end, comes with the rows read before it.
-func readChunk(rd *manifests.Reader) ([]manifests.Row, error) {
+// end, comes with the rows read before it. Rows of devices outside shard
+// are skipped.
+func readChunk(rd *manifests.Reader, shard Shard) ([]manifests.Row, error) {
 	rows := make([]manifests.Row, 0, ledger.LookupChunk)
 	for len(rows) < ledger.LookupChunk {
 		row, err := rd.Next()
 		if err != nil {
 			return rows, err
+		}
+		if !shard.Has(row.RegistrationID) {
+			continue
 		}
 		rows = append(rows, row)
 	}
@@ -700,7 +708,7 @@ func (r *Runner) dispatch(ctx context.Context, drain <-chan struct{}) (stopped b
 	slots := make(chan struct{}, r.Options.Workers)
 loop:
 	for {
-		rows, readErr := readChunk(rd)
+		rows, readErr := readChunk(rd, r.Options.Shard)
 		briefs, err := r.Ledger.Briefs(gctx, rowIDs(rows))
 		if err != nil {
 			if gctx.Err() == nil {
