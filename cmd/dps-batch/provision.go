@@ -55,6 +55,7 @@ type provisionFlags struct {
 	columns                                                     manifests.ColumnMap // --column OURS=YOURS
 	reprovisionBefore                                           string
 	reprovisionCutoff                                           time.Time
+	shard                                                       batch.Shard // --shard i/n (provision only)
 
 	// args are the command-line arguments as given, for the resume hint;
 	// resumeHint, when set, replaces that hint (demo).
@@ -124,7 +125,7 @@ func (p *provisionFlags) check() error {
 		return usagef("--x509-tls 1.2", "--x509-tls must be 1.2 or 1.3, got %q", p.x509TLS)
 	}
 	if p.ledgerPath == "" {
-		p.ledgerPath = strings.TrimSuffix(p.manifest, filepath.Ext(p.manifest)) + ".ledger"
+		p.ledgerPath = strings.TrimSuffix(p.manifest, filepath.Ext(p.manifest)) + shardSuffix(p.shard) + ".ledger"
 	}
 	if p.reprovisionBefore != "" {
 		t, err := time.Parse(time.RFC3339Nano, p.reprovisionBefore)
@@ -208,8 +209,16 @@ func runProvision(ctx context.Context, e *env, args []string) error {
 		"# against a local simulator (see: dps-batch sim --help):\ndps-batch provision --manifest fleet/manifest.csv --ledger fleet/ledger.db --id-scope 0ne00000000 \\\n    --endpoint https://127.0.0.1:8443 --ca-file sim-ca.pem --rate 6000")
 	var p provisionFlags
 	p.register(fs)
+	shard := fs.String("shard", "", "provision only shard `i/n` of the manifest: the devices whose registration id, in lower case, has an FNV-1a 64-bit hash that is i mod n (i counts from 0); the default ledger is then <manifest>.shard-i-of-n.ledger")
 	if err := parseFlags(fs, args); err != nil {
 		return err
+	}
+	if *shard != "" {
+		s, err := batch.ParseShard(*shard)
+		if err != nil {
+			return usagef("--shard 0/3 (shard 0 of 3; e.g. --shard $(JOB_COMPLETION_INDEX)/3 in a Kubernetes Indexed Job)", "--%v", err)
+		}
+		p.shard = s
 	}
 	if err := p.check(); err != nil {
 		return err
@@ -252,6 +261,7 @@ func provision(ctx context.Context, e *env, p *provisionFlags) error {
 			Settle:         settleOption(p.settle),
 			Policy:         p.policy(),
 			FuseDevices:    fuseOption(p.failFast),
+			Shard:          p.shard,
 		},
 	}
 	// Validate before touching the ledger: a bad manifest creates nothing.
@@ -337,6 +347,7 @@ func dryRun(ctx context.Context, e *env, p *provisionFlags, groupKey []byte) err
 		PollRate:     p.pollRate,
 		Workers:      p.workers,
 		Policy:       p.policy(),
+		Shard:        p.shard,
 	}}
 	if err := validateManifest(ctx, e, p, r); err != nil {
 		return err
@@ -362,7 +373,11 @@ func dryRun(ctx context.Context, e *env, p *provisionFlags, groupKey []byte) err
 		return err
 	}
 	w := e.stdout
-	fmt.Fprintf(w, "Dry run: manifest %s is valid (%d devices). Nothing was sent.\n", p.manifest, plan.Devices)
+	if p.shard.Count > 0 {
+		fmt.Fprintf(w, "Dry run: manifest %s is valid; shard %s holds %d of its devices (ledger %s). Nothing was sent.\n", p.manifest, p.shard, plan.Devices, p.ledgerPath)
+	} else {
+		fmt.Fprintf(w, "Dry run: manifest %s is valid (%d devices). Nothing was sent.\n", p.manifest, plan.Devices)
+	}
 	if kind := p.policy(); kind.Reprovision || kind.RetryFailed {
 		if open != nil && !p.newCampaign {
 			fmt.Fprintf(w, "  continues campaign #%d (%s, started %s): devices it already registered are skipped\n",
@@ -559,4 +574,13 @@ func printGroups(w io.Writer, prefix string, groups []manifests.Group, other int
 	if other > 0 {
 		fmt.Fprintf(w, "%s... and %d more of other kinds, not listed\n", prefix, other)
 	}
+}
+
+// shardSuffix is what --shard i/n adds to the default ledger name before
+// .ledger: ".shard-i-of-n", so that each shard keeps its own ledger.
+func shardSuffix(s batch.Shard) string {
+	if s.Count == 0 {
+		return ""
+	}
+	return fmt.Sprintf(".shard-%d-of-%d", s.Index, s.Count)
 }
