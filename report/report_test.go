@@ -149,7 +149,7 @@ func TestPayloadColumn(t *testing.T) {
 	if jl.String() != wantJL {
 		t.Errorf("jsonl =\n%s\nwant\n%s", jl.String(), wantJL)
 	}
-	if !strings.Contains(cv.String(), "\np-1,assigned,,,,,,,,0,,,,\"{\"\"a\"\":[1,2],\"\"b\"\":\"\"x,y\"\"}\"\np-2,assigned,,,,,,,,0,,,,\n") {
+	if !strings.Contains(cv.String(), "\np-1,assigned,,,,,,,,0,,,,,,\"{\"\"a\"\":[1,2],\"\"b\"\":\"\"x,y\"\"}\"\np-2,assigned,,,,,,,,0,,,,,,\n") {
 		t.Errorf("csv =\n%s", cv.String())
 	}
 
@@ -195,7 +195,7 @@ func TestExtraColumns(t *testing.T) {
 	if _, err := WriteWith(ctx, led, &cv, CSV, Options{States: []ledger.State{ledger.StatePending}, Extra: extra}); err != nil {
 		t.Fatal(err)
 	}
-	if want := strings.Join(Columns(), ",") + ",zone,hub,batch\ndev-00005,pending,,,,,,,,0,,,,,,,\n"; cv.String() != want {
+	if want := strings.Join(Columns(), ",") + ",zone,hub,batch\ndev-00005,pending,,,,,,,,0,,,,,,,,,\n"; cv.String() != want {
 		t.Errorf("csv = %q, want %q", cv.String(), want)
 	}
 
