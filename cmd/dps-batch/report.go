@@ -43,12 +43,13 @@ maps the manifest's columns as provision does.`,
 		"dps-batch report --ledger devices.ledger --out report.csv",
 		"dps-batch report --ledger devices.ledger --state failed,disabled --out failures.csv",
 		"dps-batch report --ledger devices.ledger --format jsonl --out - | jq .",
+		"dps-batch report --ledger devices.ledger --format html --out run.html",
 		"dps-batch report --ledger devices.ledger --manifest devices.csv --report-columns hub,line --out report.csv",
 		"dps-batch report --ledger devices.ledger --state assigned --per-device flash/",
 		"dps-batch report --ledger devices.ledger --state assigned --per-device flash/ --with-keys \\\n    --manifest devices.csv --group-key-file group.key")
 	ledgerPath := fs.String("ledger", "", "ledger `file` to read; required")
 	out := fs.String("out", "-", "output `file`; - writes to stdout")
-	format := fs.String("format", "csv", "output `format`: csv or jsonl")
+	format := fs.String("format", "csv", "output `format`: csv, jsonl, or html (a self-contained run report with charts)")
 	stateList := fs.String("state", "", "only devices in these comma-separated `states` (pending, registering, assigning, assigned, disabled, failed, retryable); empty = all")
 	perDevice := fs.String("per-device", "", "write one JSON file per device into `directory` (instead of --out)")
 	force := fs.Bool("force", false, "with --per-device: replace existing files")
@@ -69,6 +70,9 @@ maps the manifest's columns as provision does.`,
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if *format == string(report.HTML) {
+		return writeHTMLReport(ctx, e, set, *ledgerPath, *out)
+	}
 	f, err := report.ParseFormat(*format)
 	if err != nil {
 		return usagef("--format csv", "%v", err)

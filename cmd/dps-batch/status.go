@@ -18,11 +18,16 @@ import (
 func runStatus(ctx context.Context, e *env, args []string) error {
 	fs := newFlagSet(e, "status", `Show what a ledger holds: devices by state and by hub, the last run, and what
 running the provision command again would do. The ledger is only read.
---runs N shows the run history instead: the last N runs, newest first.`,
+--runs N shows the run history instead: the last N runs, newest first.
+Several --ledger values (or a quoted glob) show the stations together: devices
+by state per station and in all, and the devices two ledgers record
+differently (exit 3 unless --allow-conflicts).`,
 		"dps-batch status --ledger devices.ledger",
 		"dps-batch status --ledger devices.ledger --json",
-		"dps-batch status --ledger devices.ledger --runs 10")
-	ledgerPath := fs.String("ledger", "", "ledger `file` to read; required")
+		"dps-batch status --ledger devices.ledger --runs 10",
+		"dps-batch status --ledger 'line-*.ledger'")
+	lf := addLedgerFlags(fs)
+	ledgerPath := &lf.first
 	asJSON := fs.Bool("json", false, "print as JSON")
 	runs := fs.Int("runs", 0, "show the last `N` runs instead (command, start, end, outcome, device counts)")
 	if err := parseFlags(fs, args); err != nil {
@@ -33,6 +38,12 @@ running the provision command again would do. The ledger is only read.
 	}
 	if *runs < 0 {
 		return usagef("dps-batch status --ledger devices.ledger --runs 10", "--runs must be a positive number of runs, not %d", *runs)
+	}
+	if err := lf.check("dps-batch status --ledger line-1.ledger --ledger line-2.ledger"); err != nil {
+		return err
+	}
+	if lf.merged() {
+		return statusMerged(ctx, e, lf, *asJSON, *runs)
 	}
 	led, err := openForReading(ctx, *ledgerPath, "dps-batch status --ledger devices.ledger")
 	if err != nil {
