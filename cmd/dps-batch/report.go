@@ -39,15 +39,26 @@ manifest format does not define and provision ignores (an MES export's hub,
 line or batch), named as in the manifest's header, joined by registration id.
 Each becomes one more CSV column after payload; in JSON lines they are the
 object "extra". Devices the manifest does not list get empty values. --column
-maps the manifest's columns as provision does.`,
+maps the manifest's columns as provision does.
+
+Several --ledger values (or a quoted glob) merge the ledgers of several
+stations into one report: a ledger column first (the station: the ledger
+file's name without its extension, or NAME of --station NAME=PATH), a row per
+device per ledger holding it, and the totals per station on stderr. A device
+two ledgers record differently (state, IoT hub or device id) is a conflict:
+both rows are written, both are listed, and the command exits 3 unless
+--allow-conflicts.`,
 		"dps-batch report --ledger devices.ledger --out report.csv",
 		"dps-batch report --ledger devices.ledger --state failed,disabled --out failures.csv",
 		"dps-batch report --ledger devices.ledger --format jsonl --out - | jq .",
 		"dps-batch report --ledger devices.ledger --format html --out run.html",
 		"dps-batch report --ledger devices.ledger --manifest devices.csv --report-columns hub,line --out report.csv",
 		"dps-batch report --ledger devices.ledger --state assigned --per-device flash/",
-		"dps-batch report --ledger devices.ledger --state assigned --per-device flash/ --with-keys \\\n    --manifest devices.csv --group-key-file group.key")
-	ledgerPath := fs.String("ledger", "", "ledger `file` to read; required")
+		"dps-batch report --ledger devices.ledger --state assigned --per-device flash/ --with-keys \\\n    --manifest devices.csv --group-key-file group.key",
+		"dps-batch report --ledger 'line-*.ledger' --out fleet.csv",
+		"dps-batch report --station east=/mnt/east/devices.ledger --station west=/mnt/west/devices.ledger --out fleet.csv")
+	lf := addLedgerFlags(fs)
+	ledgerPath := &lf.first
 	out := fs.String("out", "-", "output `file`; - writes to stdout")
 	format := fs.String("format", "csv", "output `format`: csv, jsonl, or html (a self-contained run report with charts)")
 	stateList := fs.String("state", "", "only devices in these comma-separated `states` (pending, registering, assigning, assigned, disabled, failed, retryable); empty = all")
@@ -125,6 +136,13 @@ maps the manifest's columns as provision does.`,
 		return usagef(columnsExample, "--strict refuses the manifest columns dps-batch does not know, and --report-columns carries such columns: leave out --strict")
 	}
 	mopts := manifests.Options{Strict: strict, Columns: columns}
+	if err := lf.check(mergeExample); err != nil {
+		return err
+	}
+	if lf.merged() {
+		return reportMerged(ctx, e, lf, mergedReport{out: *out, format: f, states: states, perDevice: *perDevice,
+			manifest: manifestRead{path: *manifestPath, opts: mopts, extra: extra}})
+	}
 	led, err := openForReading(ctx, *ledgerPath, "dps-batch report --ledger devices.ledger --out report.csv")
 	if err != nil {
 		return err
