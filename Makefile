@@ -35,6 +35,13 @@ lint: fmt-check vet ## Static checks (gofmt, go vet)
 demo: ## Run the end-to-end demo: fleet, simulator, provisioning, report
 	$(GO) run ./cmd/dps-batch demo
 
+.PHONY: report-demo
+report-demo: ## Demo run, then its HTML report (demo-out/report-demo/demo-report.html) checked in Chromium; screenshot to docs/report.png
+	rm -rf demo-out/report-demo
+	$(GO) run ./cmd/dps-batch demo --dir demo-out/report-demo
+	REPORT_HTML=$(CURDIR)/demo-out/report-demo/demo-report.html REPORT_SCREENSHOT=$(CURDIR)/docs/report.png \
+		$(GO) test -count=1 -v -run TestHTMLReportInBrowser ./report
+
 .PHONY: golden
 golden: ## Rewrite golden files (help text, reports) after an intended change
 	$(GO) test ./report ./cmd/dps-batch -run Golden -update

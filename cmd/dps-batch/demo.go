@@ -132,8 +132,13 @@ func runDemo(ctx context.Context, e *env, args []string) error {
 	if err := writeDemoReport(ctx, ledgerPath, reportFile); err != nil {
 		return errors.Join(provErr, err)
 	}
-	fmt.Fprintf(e.stdout, "CSV report written to %s\nEverything is in %s: manifest.csv, sim.json, sim-ca.pem, demo.ledger, %s\n",
-		reportFile, *dir, filepath.Base(reportFile))
+	htmlFile, err := writeDemoHTML(ctx, ledgerPath, reportFile)
+	if err != nil {
+		return errors.Join(provErr, err)
+	}
+	fmt.Fprintf(e.stdout, "CSV report written to %s\nEverything is in %s: manifest.csv, sim.json, sim-ca.pem, demo.ledger, %s, %s\n",
+		reportFile, *dir, filepath.Base(reportFile), filepath.Base(htmlFile))
+	fmt.Fprintf(e.stdout, "HTML run report written to %s\n", htmlFile)
 	if resumable {
 		fmt.Fprintf(e.stdout, "Running the same command again resumes from the ledger.\n")
 	} else {
@@ -189,6 +194,22 @@ func writeDemoReport(ctx context.Context, ledgerPath, out string) error {
 		return err
 	}
 	return f.Close()
+}
+
+// writeDemoHTML writes the HTML run report of the demo's ledger next to
+// its CSV report (demo-report.html beside demo-report.csv) and returns its
+// path.
+func writeDemoHTML(ctx context.Context, ledgerPath, csvReport string) (string, error) {
+	out := strings.TrimSuffix(csvReport, filepath.Ext(csvReport)) + ".html"
+	led, err := ledger.Open(ctx, ledgerPath, ledger.Options{ReadOnly: true})
+	if err != nil {
+		return "", err
+	}
+	defer led.Close()
+	if _, err := writeHTMLFile(ctx, led, out); err != nil {
+		return "", err
+	}
+	return out, nil
 }
 
 // demoIndividual runs the individual-enrollment pipeline on this machine: a
@@ -281,7 +302,12 @@ func demoIndividual(ctx context.Context, e *env, dir string, count, sas, workers
 	if err := writeDemoReport(ctx, ledgerPath, reportFile); err != nil {
 		return errors.Join(provErr, err)
 	}
+	htmlFile, err := writeDemoHTML(ctx, ledgerPath, reportFile)
+	if err != nil {
+		return errors.Join(provErr, err)
+	}
 	fmt.Fprintf(e.stdout, "\nCSV report (enrollment and registration side by side) written to %s\nEverything is in %s\n", reportFile, dir)
+	fmt.Fprintf(e.stdout, "HTML run report written to %s\n", htmlFile)
 	return provErr
 }
 
