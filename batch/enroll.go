@@ -83,6 +83,9 @@ type EnrollOptions struct {
 	MaxRetryAfter time.Duration // cap on any server Retry-After
 	Backoff       Backoff
 	MaxProblems   int // validation problems to collect; 0 = 200
+	// Observer, if set, is told of every request (for metrics); the
+	// counters it does not see are in Stats.
+	Observer Observer
 }
 
 func (o *EnrollOptions) setDefaults() {
@@ -258,6 +261,7 @@ type EnrollStats struct {
 	throttled  atomic.Int64 // 429 answers
 	retries    atomic.Int64
 	stopping   atomic.Bool
+	pacer      atomic.Pointer[Pacer] // for Rate
 }
 
 // EnrollSnapshot is a copy of the counters.

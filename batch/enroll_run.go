@@ -11,6 +11,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/http"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -326,6 +327,7 @@ func (r *EnrollRunner) Run(ctx context.Context, drain <-chan struct{}) (*EnrollR
 	// to an unknown quota in 10% steps, one 429 each: recover to 75% of
 	// the rate that was throttled instead.
 	r.pacer.Recover = enrollRecover
+	r.Stats.pacer.Store(r.pacer)
 	r.succeeded.Store(false)
 	r.unreached.Store(0)
 	r.Stats.total.Store(int64(plan.Work()))
@@ -772,7 +774,14 @@ func (r *EnrollRunner) backoff(ctx context.Context, live []*enItem) {
 }
 
 // noteAnswer tells the pacer and the run's health checks about an answer.
-func (r *EnrollRunner) noteAnswer(err error) {
+func (r *EnrollRunner) noteAnswer(kind string, start time.Time, err error) {
+	if o := r.Options.Observer; o != nil {
+		status := http.StatusOK
+		if err != nil {
+			status = dpsservice.Status(err)
+		}
+		o.Request(kind, status, time.Since(start))
+	}
 	if err == nil {
 		r.pacer.Succeeded()
 		r.succeeded.Store(true)
@@ -817,8 +826,9 @@ func (r *EnrollRunner) deleteRegistration(ctx context.Context, stop <-chan struc
 		return nil
 	}
 	r.Stats.deletes.Add(1)
+	start := time.Now()
 	err := r.Client.DeleteRegistrationState(ctx, it.rec.RegistrationID, "")
-	r.noteAnswer(err)
+	r.noteAnswer("delete", start, err)
 	r.noteError(it, err)
 	switch {
 	case err == nil:
@@ -870,8 +880,9 @@ func (r *EnrollRunner) check(ctx context.Context, stop <-chan struct{}, it *enIt
 	}
 	r.Stats.reads.Add(1)
 	it.rec.Reads++
+	start := time.Now()
 	got, err := r.Client.GetEnrollment(ctx, it.rec.RegistrationID)
-	r.noteAnswer(err)
+	r.noteAnswer("get", start, err)
 	ev, why := enrollReadEvent(got, err, it.want.enrollment.Attestation)
 	if err != nil {
 		r.noteError(it, err)
@@ -917,8 +928,9 @@ func (r *EnrollRunner) send(ctx context.Context, stop <-chan struct{}, mode dpss
 	}
 	r.Stats.bulk.Add(1)
 	r.Stats.items.Add(int64(len(items)))
+	start := time.Now()
 	res, err := r.Client.BulkEnrollments(ctx, mode, payload)
-	r.noteAnswer(err)
+	r.noteAnswer("bulk", start, err)
 	if err != nil {
 		ev := callEvent(err)
 		if (ev == EnEvRefused || ev == EnEvExists || ev == EnEvETagMismatch) && len(items) > 1 {
@@ -987,8 +999,9 @@ func (r *EnrollRunner) deleteOne(ctx context.Context, stop <-chan struct{}, it *
 		return err
 	}
 	r.Stats.deletes.Add(1)
+	start := time.Now()
 	err := r.Client.DeleteEnrollment(ctx, it.rec.RegistrationID, "")
-	r.noteAnswer(err)
+	r.noteAnswer("delete", start, err)
 	ev := EnEvDone
 	if err != nil {
 		r.noteError(it, err)

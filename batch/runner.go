@@ -80,6 +80,9 @@ type Options struct {
 	// zero Shard: all of them). Plan and dispatch read the manifest through
 	// readChunk, which applies it.
 	Shard Shard
+	// Observer, if set, is told of every request and finished device (for
+	// metrics); the counters it does not see are in Stats.
+	Observer Observer
 }
 
 func (o *Options) setDefaults() {
@@ -510,6 +513,8 @@ func (r *Runner) Run(ctx context.Context, drain <-chan struct{}) (*Result, error
 	stopPlan()
 	r.registerPacer = NewPacer(r.Options.RegisterRate)
 	r.pollPacer = NewPacer(r.Options.PollRate)
+	r.Stats.pacers.Store(&[2]*Pacer{r.registerPacer, r.pollPacer})
+	r.Stats.observer = r.Options.Observer
 	r.fuse = nil
 	if need := r.Options.FuseDevices; need >= 0 {
 		if need == 0 {

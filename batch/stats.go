@@ -40,8 +40,10 @@ type Stats struct {
 	lookups          atomic.Int64
 	retries          atomic.Int64
 	throttled        atomic.Int64
-	skipFailed       atomic.Int64 // skipped devices whose ledger state is failed or disabled
-	stopping         atomic.Bool  // the run was asked to stop (drain): no estimate of the end
+	skipFailed       atomic.Int64              // skipped devices whose ledger state is failed or disabled
+	stopping         atomic.Bool               // the run was asked to stop (drain): no estimate of the end
+	pacers           atomic.Pointer[[2]*Pacer] // register and poll pacers, for Rates
+	observer         Observer                  // Options.Observer, set before dispatch; nil = none
 
 	mu        sync.Mutex
 	latencies []time.Duration // per finished device: first request to final answer
@@ -130,6 +132,9 @@ func (st *Stats) finish(o Outcome, latency time.Duration, hub string) {
 	st.outcomes[o].Add(1)
 	if o == OutcomeSkipped || o == OutcomeChanged || o == OutcomeUnfinished {
 		return // latency percentiles describe devices that got an answer
+	}
+	if st.observer != nil {
+		st.observer.Device(o, latency)
 	}
 	st.mu.Lock()
 	st.latencies = append(st.latencies, latency)

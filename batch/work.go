@@ -611,6 +611,9 @@ func (w *work) attempt(kind string, resp *dps.Response, err error) ledger.Attemp
 	if de := dpsError(err); de != nil {
 		a.HTTPStatus, a.ErrorCode, a.RequestID = de.HTTPStatus, de.Code, de.RequestID
 	}
+	if o := w.r.Stats.observer; o != nil {
+		o.Request(kind, a.HTTPStatus, a.Latency)
+	}
 	return a
 }
 

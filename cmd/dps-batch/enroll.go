@@ -22,6 +22,7 @@ import (
 	"github.com/dps-batch/dps-batch/dpsservice"
 	"github.com/dps-batch/dps-batch/ledger"
 	"github.com/dps-batch/dps-batch/manifests"
+	"github.com/dps-batch/dps-batch/metrics"
 )
 
 const enrollPurpose = `Create one individual enrollment per manifest row through the DPS service API, so
@@ -55,6 +56,7 @@ with Entra ID, the role Device Provisioning Service Data Contributor.
 // enrollFlags are the flags of enroll; demo fills them in directly.
 type enrollFlags struct {
 	svc                    serviceFlags
+	metrics                metricsFlags // --metrics-listen (enroll only)
 	manifest, ledgerPath   string
 	mode                   string
 	provisioningStatus     string
@@ -237,10 +239,14 @@ func runEnroll(ctx context.Context, e *env, args []string) error {
 		"dps-batch enroll group --help")
 	var f enrollFlags
 	f.register(fs)
+	f.metrics.register(fs)
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
 	if err := f.check(); err != nil {
+		return err
+	}
+	if err := f.metrics.check(); err != nil {
 		return err
 	}
 	f.args = args
@@ -310,6 +316,14 @@ func enroll(ctx context.Context, e *env, f *enrollFlags) (*batch.EnrollResult, e
 	}
 	if f.dryRun {
 		return nil, enrollDryRun(ctx, e, f, r, client.Host())
+	}
+	exp, stopMetrics, err := f.metrics.serve(e, func(x *metrics.Exporter) { x.Enroll(r.Stats) })
+	if err != nil {
+		return nil, err
+	}
+	defer stopMetrics()
+	if exp != nil {
+		r.Options.Observer = exp
 	}
 	led, err := openServiceLedger(ctx, f.ledgerPath, client.Host())
 	if err != nil {

@@ -17,6 +17,7 @@ import (
 	"github.com/dps-batch/dps-batch/dps"
 	"github.com/dps-batch/dps-batch/ledger"
 	"github.com/dps-batch/dps-batch/manifests"
+	"github.com/dps-batch/dps-batch/metrics"
 )
 
 const provisionPurpose = `Provision every device of a manifest through DPS, concurrently and within DPS's
@@ -55,7 +56,8 @@ type provisionFlags struct {
 	columns                                                     manifests.ColumnMap // --column OURS=YOURS
 	reprovisionBefore                                           string
 	reprovisionCutoff                                           time.Time
-	shard                                                       batch.Shard // --shard i/n (provision only)
+	shard                                                       batch.Shard  // --shard i/n (provision only)
+	metrics                                                     metricsFlags // --metrics-listen (provision only)
 
 	// args are the command-line arguments as given, for the resume hint;
 	// resumeHint, when set, replaces that hint (demo).
@@ -209,6 +211,7 @@ func runProvision(ctx context.Context, e *env, args []string) error {
 		"# against a local simulator (see: dps-batch sim --help):\ndps-batch provision --manifest fleet/manifest.csv --ledger fleet/ledger.db --id-scope 0ne00000000 \\\n    --endpoint https://127.0.0.1:8443 --ca-file sim-ca.pem --rate 6000")
 	var p provisionFlags
 	p.register(fs)
+	p.metrics.register(fs)
 	shard := fs.String("shard", "", "provision only shard `i/n` of the manifest: the devices whose registration id, in lower case, has an FNV-1a 64-bit hash that is i mod n (i counts from 0); the default ledger is then <manifest>.shard-i-of-n.ledger")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -221,6 +224,9 @@ func runProvision(ctx context.Context, e *env, args []string) error {
 		p.shard = s
 	}
 	if err := p.check(); err != nil {
+		return err
+	}
+	if err := p.metrics.check(); err != nil {
 		return err
 	}
 	p.args = args
@@ -267,6 +273,14 @@ func provision(ctx context.Context, e *env, p *provisionFlags) error {
 	// Validate before touching the ledger: a bad manifest creates nothing.
 	if err := validateManifest(ctx, e, p, r); err != nil {
 		return err
+	}
+	exp, stopMetrics, err := p.metrics.serve(e, func(x *metrics.Exporter) { x.Provision(r.Stats) })
+	if err != nil {
+		return err
+	}
+	defer stopMetrics()
+	if exp != nil {
+		r.Options.Observer = exp
 	}
 
 	led, err := openLedger(ctx, p.ledgerPath, p.idScope, p.endpoint, p.rebind)

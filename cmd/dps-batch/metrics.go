@@ -1,0 +1,62 @@
+package main
+
+import (
+	"flag"
+	"fmt"
+	"net"
+
+	"github.com/dps-batch/dps-batch/metrics"
+)
+
+// metricsFlags are --metrics-listen and --metrics-allow-remote, on provision
+// and enroll.
+type metricsFlags struct {
+	listen      string
+	allowRemote bool
+}
+
+func (m *metricsFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&m.listen, "metrics-listen", "", "serve Prometheus metrics of the run at http://`ADDR`/metrics while it runs, e.g. 127.0.0.1:9464 (README: Metrics); loopback only unless --metrics-allow-remote")
+	fs.BoolVar(&m.allowRemote, "metrics-allow-remote", false, "allow --metrics-listen on an address other than loopback (the endpoint has no authentication)")
+}
+
+// check validates the flags before anything starts.
+func (m *metricsFlags) check() error {
+	if m.listen == "" {
+		if m.allowRemote {
+			return usagef("--metrics-listen 0.0.0.0:9464 --metrics-allow-remote", "--metrics-allow-remote needs --metrics-listen")
+		}
+		return nil
+	}
+	if err := metrics.CheckListen(m.listen, m.allowRemote); err != nil {
+		return usagef("--metrics-listen 127.0.0.1:9464 (or add --metrics-allow-remote)", "%v", err)
+	}
+	return nil
+}
+
+// metricsScraped, when set (tests), is called with the endpoint's address
+// after the run ended and before the endpoint stops.
+var metricsScraped func(addr string)
+
+// serve starts the endpoint when --metrics-listen is given, with the
+// metrics wire registers; the returned Exporter (nil without the flag) is
+// the run's observer, and stop ends serving.
+func (m *metricsFlags) serve(e *env, wire func(*metrics.Exporter)) (exp *metrics.Exporter, stop func(), err error) {
+	if m.listen == "" {
+		return nil, func() {}, nil
+	}
+	ln, err := net.Listen("tcp", m.listen)
+	if err != nil {
+		return nil, nil, fmt.Errorf("--metrics-listen: %w", err)
+	}
+	exp = metrics.New()
+	wire(exp)
+	srv := exp.Serve(ln)
+	fmt.Fprintf(e.stderr, "metrics: http://%s/metrics\n", srv.Addr)
+	return exp, func() {
+		if metricsScraped != nil {
+			metricsScraped(srv.Addr.String())
+		}
+		_ = srv.Close()
+	}, nil
+}

@@ -1,0 +1,228 @@
+package main
+
+import (
+	"context"
+	"net/http"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	dto "github.com/prometheus/client_model/go"
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
+
+	"github.com/dps-batch/dps-batch/dpssim"
+	"github.com/dps-batch/dps-batch/ledger"
+)
+
+// scrape reads http://addr/metrics.
+func scrape(t *testing.T, addr string) map[string]*dto.MetricFamily {
+	t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		t.Fatalf("scrape: %v", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("scrape: HTTP %d", resp.StatusCode)
+	}
+	p := expfmt.NewTextParser(model.UTF8Validation)
+	mf, err := p.TextToMetricFamilies(resp.Body)
+	if err != nil {
+		t.Fatalf("parse scrape: %v", err)
+	}
+	return mf
+}
+
+// metricValue sums the samples of a family whose labels include want.
+func metricValue(mf map[string]*dto.MetricFamily, name string, want map[string]string) float64 {
+	f := mf[name]
+	if f == nil {
+		return -1
+	}
+	sum := 0.0
+next:
+	for _, m := range f.GetMetric() {
+		for k, v := range want {
+			found := false
+			for _, lp := range m.GetLabel() {
+				if lp.GetName() == k && lp.GetValue() == v {
+					found = true
+				}
+			}
+			if !found {
+				continue next
+			}
+		}
+		switch {
+		case m.Counter != nil:
+			sum += m.GetCounter().GetValue()
+		case m.Gauge != nil:
+			sum += m.GetGauge().GetValue()
+		case m.Histogram != nil:
+			sum += float64(m.GetHistogram().GetSampleCount())
+		}
+	}
+	return sum
+}
+
+// TestMetricsEndpoint: provision --metrics-listen serves the run's counters
+// while it runs (devices in flight, requests counted), and when it ends its
+// counters equal the ledger's.
+func TestMetricsEndpoint(t *testing.T) {
+	const n = 60
+	f := newSASFleet(t, n)
+	k := f.sim.Knobs()
+	k.AssignmentDelay = dpssim.Duration(100 * time.Millisecond) // each device polls once or twice: the run lasts seconds
+	if err := f.sim.SetKnobs(k); err != nil {
+		t.Fatal(err)
+	}
+	addr := closedPort(t)
+
+	var (
+		mu  sync.Mutex
+		end map[string]*dto.MetricFamily
+	)
+	metricsScraped = func(a string) {
+		if a != addr {
+			t.Errorf("metrics served at %s, want %s", a, addr)
+		}
+		m := scrape(t, a)
+		mu.Lock()
+		end = m
+		mu.Unlock()
+	}
+	t.Cleanup(func() { metricsScraped = nil })
+
+	type result struct {
+		code     int
+		out, err string
+	}
+	done := make(chan result, 1)
+	go func() {
+		code, out, errs := runCmd(t, f.args("--workers", "20", "--metrics-listen", addr)...)
+		done <- result{code, out, errs}
+	}()
+
+	// Mid-run: devices in flight, requests and finished devices counted.
+	var mid map[string]*dto.MetricFamily
+	deadline := time.Now().Add(30 * time.Second)
+	for mid == nil {
+		select {
+		case r := <-done:
+			t.Fatalf("the run ended (exit %d) before a scrape saw devices in flight and some finished\n%s%s", r.code, r.out, r.err)
+		default:
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no scrape saw devices in flight within 30 s")
+		}
+		if resp, err := http.Get("http://" + addr + "/metrics"); err == nil {
+			resp.Body.Close()
+			m := scrape(t, addr)
+			if metricValue(m, "dpsbatch_devices_in_flight", nil) > 0 &&
+				metricValue(m, "dpsbatch_devices_total", map[string]string{"outcome": "assigned"}) > 0 {
+				mid = m
+				break
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, c := range []struct {
+		name   string
+		labels map[string]string
+	}{
+		{"dpsbatch_requests_total", map[string]string{"kind": "register", "code": "2xx"}},
+		{"dpsbatch_requests_total", map[string]string{"kind": "poll", "code": "2xx"}},
+		{"dpsbatch_registrations_billable_total", nil},
+		{"dpsbatch_request_duration_seconds", map[string]string{"kind": "register"}},
+		{"dpsbatch_device_duration_seconds", nil},
+		{"dpsbatch_devices_planned", nil},
+	} {
+		if v := metricValue(mid, c.name, c.labels); v <= 0 {
+			t.Errorf("mid-run %s%v = %v, want > 0", c.name, c.labels, v)
+		}
+	}
+	if v := metricValue(mid, "dpsbatch_devices_total", map[string]string{"outcome": "assigned"}); v >= n {
+		t.Errorf("mid-run assigned = %v: the run was over", v)
+	}
+
+	r := <-done
+	if r.code != 0 {
+		t.Fatalf("provision exit %d\n%s%s", r.code, r.out, r.err)
+	}
+	if !strings.Contains(r.err, "metrics: http://"+addr+"/metrics") {
+		t.Errorf("stderr does not name the endpoint:\n%s", r.err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if end == nil {
+		t.Fatal("no scrape after the run")
+	}
+	led, err := ledger.Open(context.Background(), f.ledger, ledger.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer led.Close()
+	c, err := led.Counts(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.ByState[ledger.StateAssigned] != n {
+		t.Fatalf("ledger: %d assigned, want %d", c.ByState[ledger.StateAssigned], n)
+	}
+	got := func(name string, labels map[string]string) int { return int(metricValue(end, name, labels)) }
+	for _, s := range []struct {
+		outcome string
+		state   ledger.State
+	}{{"assigned", ledger.StateAssigned}, {"failed", ledger.StateFailed}, {"disabled", ledger.StateDisabled}} {
+		if g, w := got("dpsbatch_devices_total", map[string]string{"outcome": s.outcome}), c.ByState[s.state]; g != w {
+			t.Errorf("dpsbatch_devices_total{outcome=%q} = %d, ledger has %d", s.outcome, g, w)
+		}
+	}
+	checks := []struct {
+		what      string
+		got, want int
+	}{
+		{"billable registrations vs ledger attempts", got("dpsbatch_registrations_billable_total", nil), c.Attempts},
+		{"register requests vs ledger attempts", got("dpsbatch_requests_total", map[string]string{"kind": "register"}), c.Attempts},
+		{"polls and lookups vs ledger polls", got("dpsbatch_requests_total", map[string]string{"kind": "poll"}) +
+			got("dpsbatch_requests_total", map[string]string{"kind": "lookup"}), c.Polls},
+		{"device latencies vs finished devices", got("dpsbatch_device_duration_seconds", nil),
+			c.ByState[ledger.StateAssigned] + c.ByState[ledger.StateFailed] + c.ByState[ledger.StateDisabled]},
+		{"in flight at the end", got("dpsbatch_devices_in_flight", nil), 0},
+		{"unfinished", got("dpsbatch_devices_total", map[string]string{"outcome": "unfinished"}), 0},
+		{"planned", got("dpsbatch_devices_planned", nil), n},
+	}
+	for _, ch := range checks {
+		if ch.got != ch.want {
+			t.Errorf("%s: metrics %d, ledger %d", ch.what, ch.got, ch.want)
+		}
+	}
+	for _, name := range []string{"dpsbatch_throttled_total", "dpsbatch_retries_total", "dpsbatch_pacer_rate_per_minute"} {
+		if metricValue(end, name, nil) < 0 {
+			t.Errorf("%s is missing", name)
+		}
+	}
+}
+
+// TestMetricsListenRefusesRemote: --metrics-listen on a non-loopback address
+// needs --metrics-allow-remote; nothing is sent without it.
+func TestMetricsListenRefusesRemote(t *testing.T) {
+	f := newSASFleet(t, 2)
+	code, _, errs := runCmd(t, f.args("--metrics-listen", "0.0.0.0:0")...)
+	if code != exitUsage || !strings.Contains(errs, "not a loopback address") || !strings.Contains(errs, "--metrics-allow-remote") {
+		t.Fatalf("exit %d, stderr:\n%s", code, errs)
+	}
+	code, _, errs = runCmd(t, f.args("--metrics-listen", "nohost")...)
+	if code != exitUsage || !strings.Contains(errs, "host:port") {
+		t.Fatalf("exit %d, stderr:\n%s", code, errs)
+	}
+	code, out, errs := runCmd(t, f.args("--metrics-listen", "0.0.0.0:0", "--metrics-allow-remote")...)
+	if code != 0 {
+		t.Fatalf("with --metrics-allow-remote: exit %d\n%s%s", code, out, errs)
+	}
+	if !strings.Contains(errs, "metrics: http://") {
+		t.Errorf("stderr does not name the endpoint:\n%s", errs)
+	}
+}
