@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"net/http"
+	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -224,5 +225,55 @@ func TestMetricsListenRefusesRemote(t *testing.T) {
 	}
 	if !strings.Contains(errs, "metrics: http://") {
 		t.Errorf("stderr does not name the endpoint:\n%s", errs)
+	}
+}
+
+// TestEnrollMetrics: enroll --metrics-listen serves the enrollment run's
+// counters; at the end they equal the ledger's enrollments table.
+func TestEnrollMetrics(t *testing.T) {
+	s := newServiceSim(t, nil)
+	manifest, ids := writeMixedManifest(t, s.dir, 0, 23)
+	ledgerPath := filepath.Join(s.dir, "fleet.ledger")
+	addr := closedPort(t)
+	var end map[string]*dto.MetricFamily
+	metricsScraped = func(a string) { end = scrape(t, a) }
+	t.Cleanup(func() { metricsScraped = nil })
+	code, out, errs := runCmdEnv(t, map[string]string{"DPS_SERVICE_CONNECTION_STRING": s.conn}, "enroll", "--manifest", manifest,
+		"--ledger", ledgerPath, "--ca-file", s.caFile, "--quiet", "--batch", "5", "--metrics-listen", addr)
+	if code != exitOK {
+		t.Fatalf("enroll exit %d\n%s%s", code, out, errs)
+	}
+	if end == nil {
+		t.Fatal("no scrape after the run")
+	}
+	led, err := ledger.Open(context.Background(), ledgerPath, ledger.Options{ReadOnly: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer led.Close()
+	c, err := led.EnrollmentCounts(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := func(name string, labels map[string]string) int { return int(metricValue(end, name, labels)) }
+	checks := []struct {
+		what      string
+		got, want int
+	}{
+		{"created", got("dpsbatch_enrollments_total", map[string]string{"outcome": "created"}), c.ByState[ledger.EnrollCreated]},
+		{"created, all of them", c.ByState[ledger.EnrollCreated], len(ids)},
+		{"failed", got("dpsbatch_enrollments_total", map[string]string{"outcome": "failed"}), c.ByState[ledger.EnrollFailed]},
+		{"items vs ledger calls", got("dpsbatch_enrollment_items_total", nil), c.Calls},
+		{"bulk requests (5 per request)", got("dpsbatch_requests_total", map[string]string{"kind": "bulk", "code": "2xx"}), (len(ids) + 4) / 5},
+		{"bulk latencies", got("dpsbatch_request_duration_seconds", map[string]string{"kind": "bulk"}), (len(ids) + 4) / 5},
+		{"planned", got("dpsbatch_devices_planned", nil), len(ids)},
+	}
+	for _, ch := range checks {
+		if ch.got != ch.want {
+			t.Errorf("%s: metrics %d, ledger %d", ch.what, ch.got, ch.want)
+		}
+	}
+	if metricValue(end, "dpsbatch_pacer_rate_per_minute", map[string]string{"pacer": "service"}) <= 0 {
+		t.Error("dpsbatch_pacer_rate_per_minute{pacer=\"service\"} missing or 0 (enroll's default rate is limited)")
 	}
 }
