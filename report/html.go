@@ -17,6 +17,8 @@ import (
 
 	"gonum.org/v1/gonum/stat"
 	"gonum.org/v1/plot"
+	"gonum.org/v1/plot/font"
+	"gonum.org/v1/plot/text"
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/vg"
 	"gonum.org/v1/plot/vg/draw"
@@ -36,7 +38,7 @@ var htmlTmpl = template.Must(template.New("report.html.tmpl").Funcs(template.Fun
 	"dur":  formatDuration,
 	"time": formatTime,
 	"pct":  func(f float64) string { return strconv.FormatFloat(f, 'f', 1, 64) + "%" },
-	"secs": func(f float64) string { return formatDuration(time.Duration(f * float64(time.Second))) },
+	"secs": formatSeconds,
 	"sub":  func(a, b int) int { return a - b },
 	"f1":   func(f float64) string { return strconv.FormatFloat(f, 'f', 1, 64) },
 }).ParseFS(htmlTemplates, "templates/report.html.tmpl"))
@@ -409,6 +411,15 @@ func formatDuration(d time.Duration) string {
 	return d.Round(time.Second).String()
 }
 
+// formatSeconds writes a latency: milliseconds below a second, else
+// seconds to the hundredth.
+func formatSeconds(f float64) string {
+	if f < 1 {
+		return strconv.FormatFloat(f*1000, 'f', 0, 64) + " ms"
+	}
+	return strconv.FormatFloat(f, 'f', 2, 64) + " s"
+}
+
 // The charts' colours.
 var (
 	colorAssigned = color.RGBA{R: 0x1f, G: 0x6f, B: 0xb5, A: 0xff}
@@ -421,14 +432,34 @@ const (
 	chartHeight = 7 * vg.Centimeter
 )
 
+// chartFont is the charts' font: a sans-serif face of the fonts gonum/plot
+// ships, named in the SVG so that the browser draws it with its own.
+var chartFont = font.Font{Typeface: "Liberation", Variant: "Sans"}
+
+// newPlot returns a plot whose texts use chartFont.
+func newPlot() *plot.Plot {
+	p := plot.New()
+	for _, t := range []*text.Style{&p.Title.TextStyle, &p.X.Label.TextStyle, &p.Y.Label.TextStyle, &p.X.Tick.Label, &p.Y.Tick.Label, &p.Legend.TextStyle} {
+		t.Font.Typeface, t.Font.Variant = chartFont.Typeface, chartFont.Variant
+	}
+	return p
+}
+
 // drawCharts renders the charts that have data.
 func (r *HTMLReport) drawCharts(latencies []float64) error {
 	if len(r.Throughput) > 0 {
-		p := plot.New()
+		p := newPlot()
 		p.Title.Text = fmt.Sprintf("Devices assigned per %s", r.Step)
-		p.X.Label.Text = "minutes since the first request"
+		unit, name := time.Minute, "minutes"
+		switch {
+		case r.Duration < 5*time.Minute:
+			unit, name = time.Second, "seconds"
+		case r.Duration > 5*time.Hour:
+			unit, name = time.Hour, "hours"
+		}
+		p.X.Label.Text = name + " since the first request"
 		p.Y.Label.Text = "devices assigned"
-		minutes := r.Step.Minutes()
+		minutes := float64(r.Step) / float64(unit) // one interval in the axis' unit
 		xys := make(plotter.XYs, len(r.Throughput))
 		for i, n := range r.Throughput {
 			xys[i] = plotter.XY{X: float64(i) * minutes, Y: float64(n)}
@@ -466,7 +497,7 @@ func (r *HTMLReport) drawCharts(latencies []float64) error {
 		}
 	}
 	if len(latencies) > 0 {
-		p := plot.New()
+		p := newPlot()
 		p.Title.Text = "First request to final answer"
 		p.X.Label.Text = "seconds"
 		p.Y.Label.Text = "devices"
@@ -492,7 +523,7 @@ func (r *HTMLReport) drawCharts(latencies []float64) error {
 			}
 			line.Color, line.Width, line.Dashes = colorThrottle, vg.Points(1), q.dash
 			p.Add(line)
-			p.Legend.Add(fmt.Sprintf("%s %s", q.name, formatDuration(time.Duration(q.v*float64(time.Second)))), line)
+			p.Legend.Add(q.name+" "+formatSeconds(q.v), line)
 		}
 		p.Legend.Top = true
 		if err := r.addChart("latency", "Latency distribution", p); err != nil {
@@ -500,7 +531,7 @@ func (r *HTMLReport) drawCharts(latencies []float64) error {
 		}
 	}
 	if len(r.Hubs) > 0 {
-		p := plot.New()
+		p := newPlot()
 		p.Title.Text = "Devices per IoT hub"
 		p.X.Label.Text = "devices assigned"
 		values := make(plotter.Values, len(r.Hubs))
