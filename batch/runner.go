@@ -686,7 +686,7 @@ func (r *Runner) stoppedEarly(ctx, pctx context.Context, err error) (*Result, er
 
 func (r *Runner) runOptions() map[string]string {
 	o := r.Options
-	return map[string]string{
+	opts := map[string]string{
 		"manifest":       o.ManifestPath,
 		"workers":        fmt.Sprint(o.Workers),
 		"rate":           fmt.Sprint(o.RegisterRate),
@@ -697,6 +697,10 @@ func (r *Runner) runOptions() map[string]string {
 		"reprovision":    fmt.Sprint(o.Reprovision),
 		"settle":         o.Settle.String(),
 	}
+	if o.Shard.Count > 0 {
+		opts["shard"] = o.Shard.String()
+	}
+	return opts
 }
 
 // dispatch streams the manifest into a bounded pool of workers. It reports

@@ -57,12 +57,17 @@ func TestShardProvisionMergedReport(t *testing.T) {
 			t.Fatalf("shard %s: %v", shard, err)
 		}
 	}
+	// The run history records the shard.
+	code, out, errs := runCmd(t, "status", "--ledger", filepath.Join(f.dir, "m.shard-1-of-3.ledger"), "--runs", "1", "--json")
+	if code != exitOK || !strings.Contains(out, `"shard": "1/3"`) {
+		t.Errorf("status --runs of shard 1: exit %d, want the option shard 1/3\nstdout:\n%s\nstderr:\n%s", code, out, errs)
+	}
 	if _, err := os.Stat(filepath.Join(f.dir, "m.ledger")); err == nil {
 		t.Error("a shard run wrote the unsharded default ledger m.ledger")
 	}
 
 	csvPath := filepath.Join(f.dir, "fleet.csv")
-	code, out, errs := runCmd(t, "report", "--ledger", filepath.Join(f.dir, "m.shard-*.ledger"), "--out", csvPath)
+	code, out, errs = runCmd(t, "report", "--ledger", filepath.Join(f.dir, "m.shard-*.ledger"), "--out", csvPath)
 	if code != exitOK {
 		t.Fatalf("merged report: exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errs)
 	}
