@@ -82,7 +82,7 @@ both rows are written, both are listed, and the command exits 3 unless
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 	if *format == string(report.HTML) {
-		return writeHTMLReport(ctx, e, set, *ledgerPath, *out)
+		return writeHTMLReport(ctx, e, set, lf, *out)
 	}
 	f, err := report.ParseFormat(*format)
 	if err != nil {

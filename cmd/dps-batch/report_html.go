@@ -15,12 +15,18 @@ const htmlReportExample = "dps-batch report --ledger devices.ledger --format htm
 // writeHTMLReport is report --format html: the run report of the ledger at
 // ledgerPath written to out ("-" = stdout) through a temporary file, so a
 // failed report never leaves a truncated one where a good one was.
-func writeHTMLReport(ctx context.Context, e *env, set map[string]bool, ledgerPath, out string) error {
-	for _, name := range []string{"state", "per-device", "force", "with-keys", "manifest", "report-columns", "column", "strict", "group-key-file", "group-key-env"} {
+func writeHTMLReport(ctx context.Context, e *env, set map[string]bool, lf *ledgerFlags, out string) error {
+	for _, name := range []string{"state", "per-device", "force", "with-keys", "manifest", "report-columns", "column", "strict", "group-key-file", "group-key-env", "allow-conflicts"} {
 		if set[name] {
 			return usagef(htmlReportExample, "--%s does not apply to --format html: the HTML report shows the whole ledger", name)
 		}
 	}
+	if lf.merged() {
+		// Never a report of the first ledger only, looking like the fleet's.
+		return usagef(htmlReportExample+"   # one per ledger",
+			"--format html reads one ledger: several --ledger values (or a glob, or --station) are merged into CSV or JSON lines reports only, for now")
+	}
+	ledgerPath := lf.first
 	led, err := openForReading(ctx, ledgerPath, htmlReportExample)
 	if err != nil {
 		return err

@@ -51,6 +51,7 @@ func TestReportHTMLUsage(t *testing.T) {
 		{"--ledger", filepath.Join(dir, "none.ledger"), "--format", "html", "--out", filepath.Join(dir, "r.html")},
 		{"--ledger", filepath.Join(dir, "none.ledger"), "--format", "html", "--state", "failed"},
 		{"--ledger", filepath.Join(dir, "none.ledger"), "--format", "html", "--per-device", dir},
+		{"--ledger", filepath.Join(dir, "a.ledger"), "--ledger", filepath.Join(dir, "b.ledger"), "--format", "html"},
 	} {
 		code, _, errs := runCmd(t, append([]string{"report"}, args...)...)
 		if code != exitUsage || !strings.Contains(errs, "--format html") {
