@@ -144,8 +144,26 @@ func TestMetricsEndpoint(t *testing.T) {
 			t.Errorf("mid-run %s%v = %v, want > 0", c.name, c.labels, v)
 		}
 	}
-	if v := metricValue(mid, "dpsbatch_devices_total", map[string]string{"outcome": "assigned"}); v >= n {
+	assigned := map[string]string{"outcome": "assigned"}
+	if v := metricValue(mid, "dpsbatch_devices_total", assigned); v >= n {
 		t.Errorf("mid-run assigned = %v: the run was over", v)
+	}
+	// A later scrape during the run shows the counters risen.
+	for rose := false; !rose; {
+		time.Sleep(200 * time.Millisecond)
+		select {
+		case r := <-done:
+			done <- r
+			t.Fatal("the run ended before a second scrape")
+		default:
+		}
+		later := scrape(t, addr)
+		for _, name := range []string{"dpsbatch_requests_total", "dpsbatch_registrations_billable_total", "dpsbatch_devices_total"} {
+			if a, b := metricValue(mid, name, nil), metricValue(later, name, nil); b < a {
+				t.Fatalf("%s fell from %v to %v", name, a, b)
+			}
+		}
+		rose = metricValue(later, "dpsbatch_devices_total", assigned) > metricValue(mid, "dpsbatch_devices_total", assigned)
 	}
 
 	r := <-done
