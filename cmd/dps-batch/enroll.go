@@ -317,7 +317,7 @@ func enroll(ctx context.Context, e *env, f *enrollFlags) (*batch.EnrollResult, e
 	if f.dryRun {
 		return nil, enrollDryRun(ctx, e, f, r, client.Host())
 	}
-	exp, stopMetrics, err := f.metrics.serve(e, func(x *metrics.Exporter) { x.Enroll(r.Stats) })
+	exp, stopMetrics, err := f.metrics.serve(ctx, e, func(x *metrics.Exporter) { x.Enroll(r.Stats) })
 	if err != nil {
 		return nil, err
 	}

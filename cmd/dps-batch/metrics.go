@@ -1,9 +1,11 @@
 package main
 
 import (
+	"context"
 	"flag"
 	"fmt"
 	"net"
+	"time"
 
 	"github.com/dps-batch/dps-batch/metrics"
 )
@@ -13,18 +15,23 @@ import (
 type metricsFlags struct {
 	listen      string
 	allowRemote bool
+	linger      time.Duration
 }
 
 func (m *metricsFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&m.listen, "metrics-listen", "", "serve Prometheus metrics of the run at http://`ADDR`/metrics while it runs, e.g. 127.0.0.1:9464 (README: Metrics); loopback only unless --metrics-allow-remote")
 	fs.BoolVar(&m.allowRemote, "metrics-allow-remote", false, "allow --metrics-listen on an address other than loopback (the endpoint has no authentication)")
+	fs.DurationVar(&m.linger, "metrics-linger", 0, "with --metrics-listen: keep serving this long after the run (`duration`, e.g. 30s: two scrape intervals), so the last scrape sees the final counts; Ctrl-C ends it")
 }
 
 // check validates the flags before anything starts.
 func (m *metricsFlags) check() error {
+	if m.linger < 0 {
+		return usagef("--metrics-linger 30s", "--metrics-linger must not be negative, got %s", m.linger)
+	}
 	if m.listen == "" {
-		if m.allowRemote {
-			return usagef("--metrics-listen 0.0.0.0:9464 --metrics-allow-remote", "--metrics-allow-remote needs --metrics-listen")
+		if m.allowRemote || m.linger > 0 {
+			return usagef("--metrics-listen 127.0.0.1:9464 --metrics-linger 30s", "--metrics-allow-remote and --metrics-linger need --metrics-listen")
 		}
 		return nil
 	}
@@ -40,8 +47,9 @@ var metricsScraped func(addr string)
 
 // serve starts the endpoint when --metrics-listen is given, with the
 // metrics wire registers; the returned Exporter (nil without the flag) is
-// the run's observer, and stop ends serving.
-func (m *metricsFlags) serve(e *env, wire func(*metrics.Exporter)) (exp *metrics.Exporter, stop func(), err error) {
+// the run's observer, and stop ends serving, after --metrics-linger unless
+// ctx ends or a stop is asked for first.
+func (m *metricsFlags) serve(ctx context.Context, e *env, wire func(*metrics.Exporter)) (exp *metrics.Exporter, stop func(), err error) {
 	if m.listen == "" {
 		return nil, func() {}, nil
 	}
@@ -56,6 +64,16 @@ func (m *metricsFlags) serve(e *env, wire func(*metrics.Exporter)) (exp *metrics
 	return exp, func() {
 		if metricsScraped != nil {
 			metricsScraped(srv.Addr.String())
+		}
+		if m.linger > 0 {
+			fmt.Fprintf(e.stderr, "metrics: serving the final counts for %s more (Ctrl-C ends it)\n", m.linger)
+			t := time.NewTimer(m.linger)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+			case <-e.drain:
+			}
+			t.Stop()
 		}
 		_ = srv.Close()
 	}, nil

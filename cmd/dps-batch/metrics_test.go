@@ -295,3 +295,35 @@ func TestEnrollMetrics(t *testing.T) {
 		t.Error("dpsbatch_pacer_rate_per_minute{pacer=\"service\"} missing or 0 (enroll's default rate is limited)")
 	}
 }
+
+// TestMetricsLinger: with --metrics-linger the endpoint still serves the
+// final counts after the run, for a scrape that comes after it ended.
+func TestMetricsLinger(t *testing.T) {
+	f := newSASFleet(t, 3)
+	addr := closedPort(t)
+	ended := make(chan struct{})
+	metricsScraped = func(string) { close(ended) }
+	t.Cleanup(func() { metricsScraped = nil })
+	done := make(chan int, 1)
+	go func() {
+		code, _, _ := runCmd(t, f.args("--metrics-listen", addr, "--metrics-linger", "3s")...)
+		done <- code
+	}()
+	select {
+	case <-ended:
+	case code := <-done:
+		t.Fatalf("exit %d before the run's end was seen", code)
+	case <-time.After(30 * time.Second):
+		t.Fatal("the run did not end within 30 s")
+	}
+	m := scrape(t, addr) // after the run: the linger serves it
+	if v := metricValue(m, "dpsbatch_devices_total", map[string]string{"outcome": "assigned"}); v != 3 {
+		t.Errorf("after the run: assigned = %v, want 3", v)
+	}
+	if code := <-done; code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+	if code, _, errs := runCmd(t, f.args("--metrics-linger", "3s")...); code != exitUsage || !strings.Contains(errs, "need --metrics-listen") {
+		t.Errorf("--metrics-linger alone: exit %d\n%s", code, errs)
+	}
+}

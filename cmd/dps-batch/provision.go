@@ -274,7 +274,7 @@ func provision(ctx context.Context, e *env, p *provisionFlags) error {
 	if err := validateManifest(ctx, e, p, r); err != nil {
 		return err
 	}
-	exp, stopMetrics, err := p.metrics.serve(e, func(x *metrics.Exporter) { x.Provision(r.Stats) })
+	exp, stopMetrics, err := p.metrics.serve(ctx, e, func(x *metrics.Exporter) { x.Provision(r.Stats) })
 	if err != nil {
 		return err
 	}
