@@ -803,6 +803,12 @@ func (r *Runner) device(ctx context.Context, drain <-chan struct{}, rd *manifest
 	if found && action != ActionSkip {
 		// Work to do: every write that follows starts from the whole row.
 		full, ok, err := r.Ledger.Device(ctx, dev.RegistrationID)
+		if err != nil && ctx.Err() != nil {
+			// The run was cancelled before this device started: nothing
+			// was sent for it, and its row is as it was.
+			r.Stats.finish(OutcomeUnfinished, 0, "")
+			return nil
+		}
 		if err != nil {
 			return fmt.Errorf("read ledger for device %s: %w", dev.RegistrationID, err)
 		}
