@@ -13,7 +13,6 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -45,13 +44,9 @@ type EnrollRunner struct {
 	succeeded atomic.Bool  // some request got a 2xx: the host and credentials work
 	unreached atomic.Int32 // requests in a row that could not connect, before any success
 
-	halted   chan struct{}
-	haltOnce sync.Once
-	haltMu   sync.Mutex
-	haltErr  error
+	halts *halter // set by Run; devices halt the run through it
 
-	warnMu sync.Mutex
-	warned map[string]int
+	warns warnLimiter
 }
 
 func (r *EnrollRunner) now() time.Time {
@@ -343,21 +338,8 @@ func (r *EnrollRunner) Run(ctx context.Context, drain <-chan struct{}) (*EnrollR
 	r.runID = runID
 	res := &EnrollResult{Plan: plan, RunID: runID}
 
-	r.halted = make(chan struct{})
-	r.haltOnce = sync.Once{}
-	r.haltErr = nil
-	stop := make(chan struct{})
-	watchCtx, stopWatch := context.WithCancel(ctx)
-	go func() {
-		select {
-		case <-drain:
-		case <-r.halted:
-		case <-watchCtx.Done():
-			return
-		}
-		r.Stats.stopping.Store(true)
-		close(stop)
-	}()
+	r.halts = newHalter()
+	stop, stopWatch := stopOn(ctx, drain, r.halts, func() { r.Stats.stopping.Store(true) })
 	stopped, err := r.dispatch(ctx, stop)
 	stopWatch()
 	r.flushWarnings()
@@ -413,45 +395,19 @@ func (r *EnrollRunner) runOptions() map[string]string {
 }
 
 // halt stops the run like a drain does and makes Run return err (the first one).
-func (r *EnrollRunner) halt(err error) {
-	r.haltMu.Lock()
-	if r.haltErr == nil {
-		r.haltErr = err
-	}
-	r.haltMu.Unlock()
-	r.haltOnce.Do(func() { close(r.halted) })
-}
+func (r *EnrollRunner) halt(err error) { r.halts.halt(err) }
 
-func (r *EnrollRunner) haltError() error {
-	r.haltMu.Lock()
-	defer r.haltMu.Unlock()
-	return r.haltErr
-}
+func (r *EnrollRunner) haltError() error { return r.halts.Err() }
 
 // warnRepeated logs a warning unless warnsPerKind of the same kind were
 // logged already in this run.
 func (r *EnrollRunner) warnRepeated(kind, msg string, args ...any) {
-	r.warnMu.Lock()
-	if r.warned == nil {
-		r.warned = map[string]int{}
-	}
-	r.warned[kind]++
-	n := r.warned[kind]
-	r.warnMu.Unlock()
-	if n <= warnsPerKind {
-		r.log().Warn(msg, args...)
-	}
+	r.warns.warn(r.log(), kind, msg, args...)
 }
 
+// flushWarnings logs how many warnings were held back, once per kind.
 func (r *EnrollRunner) flushWarnings() {
-	r.warnMu.Lock()
-	defer r.warnMu.Unlock()
-	for kind, n := range r.warned {
-		if n > warnsPerKind {
-			r.log().Warn("more enrollments failed the same way; the ledger and report list each one", "count", n-warnsPerKind, "like", kind)
-		}
-	}
-	r.warned = nil
+	r.warns.flush(r.log(), "more enrollments failed the same way; the ledger and report list each one")
 }
 
 // enItem is one device's work in a batch.

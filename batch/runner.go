@@ -144,13 +144,9 @@ type Runner struct {
 	runID         int64
 	validated     bool // Validate passed; Run need not read every file again
 
-	halted   chan struct{} // closed by halt
-	haltOnce sync.Once
-	haltMu   sync.Mutex
-	haltErr  error // why the run was halted
+	halts *halter // set by Run; devices halt the run through it
 
-	warnMu sync.Mutex
-	warned map[string]int // warnings per kind, for warnRepeated
+	warns warnLimiter
 
 	loadedMu sync.Mutex
 	loaded   map[int]manifests.Kept // X.509 devices Validate loaded, by line; taken by dispatch
@@ -292,51 +288,19 @@ func (r *Runner) now() time.Time {
 // halt stops the run as a drain does (no new device, no new register
 // request; requests in flight complete and are recorded) and makes Run
 // return err, the first one given.
-func (r *Runner) halt(err error) {
-	r.haltMu.Lock()
-	if r.haltErr == nil {
-		r.haltErr = err
-	}
-	r.haltMu.Unlock()
-	r.haltOnce.Do(func() { close(r.halted) })
-}
+func (r *Runner) halt(err error) { r.halts.halt(err) }
 
-func (r *Runner) haltError() error {
-	r.haltMu.Lock()
-	defer r.haltMu.Unlock()
-	return r.haltErr
-}
-
-// warnsPerKind is how many warnings of one kind a run prints; the rest are
-// counted and summed up once at the end (every device's detail is in the
-// ledger and the report).
-const warnsPerKind = 3
+func (r *Runner) haltError() error { return r.halts.Err() }
 
 // warnRepeated logs a warning unless warnsPerKind of the same kind were
 // logged already in this run.
 func (r *Runner) warnRepeated(kind, msg string, args ...any) {
-	r.warnMu.Lock()
-	if r.warned == nil {
-		r.warned = map[string]int{}
-	}
-	r.warned[kind]++
-	n := r.warned[kind]
-	r.warnMu.Unlock()
-	if n <= warnsPerKind {
-		r.log().Warn(msg, args...)
-	}
+	r.warns.warn(r.log(), kind, msg, args...)
 }
 
 // flushWarnings logs how many warnings were held back, once per kind.
 func (r *Runner) flushWarnings() {
-	r.warnMu.Lock()
-	defer r.warnMu.Unlock()
-	for kind, n := range r.warned {
-		if n > warnsPerKind {
-			r.log().Warn("more devices failed the same way; the report lists each one", "count", n-warnsPerKind, "like", kind)
-		}
-	}
-	r.warned = nil
+	r.warns.flush(r.log(), "more devices failed the same way; the report lists each one")
 }
 
 func (r *Runner) log() *slog.Logger {
@@ -554,21 +518,8 @@ func (r *Runner) Run(ctx context.Context, drain <-chan struct{}) (*Result, error
 	// halts it (a systemic or fatal error): either way in-flight requests
 	// complete and are recorded, so a stop creates no doubt about what a
 	// request did at DPS.
-	r.halted = make(chan struct{})
-	r.haltOnce = sync.Once{}
-	r.haltErr = nil
-	stop := make(chan struct{})
-	watchCtx, stopWatch := context.WithCancel(ctx)
-	go func() {
-		select {
-		case <-drain:
-		case <-r.halted:
-		case <-watchCtx.Done():
-			return
-		}
-		r.Stats.stopping.Store(true)
-		close(stop)
-	}()
+	r.halts = newHalter()
+	stop, stopWatch := stopOn(ctx, drain, r.halts, func() { r.Stats.stopping.Store(true) })
 	stopped, err := r.dispatch(ctx, stop)
 	stopWatch()
 	r.flushWarnings()
