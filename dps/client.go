@@ -6,6 +6,7 @@ import (
 	"crypto/rand"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/base64"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
@@ -264,7 +265,21 @@ type Response struct {
 // (nil or "null" omit it) and must be a JSON object. A successful response
 // (usually 202, status "assigning") carries the operation id to poll.
 func (c *Client) Register(ctx context.Context, d *Device, payload json.RawMessage) (*Response, error) {
+	return c.RegisterWithCSR(ctx, d, payload, nil)
+}
+
+// RegisterWithCSR is Register with the device's certificate signing request
+// (DER PKCS#10, subject CN = the registration id) in the body, so that DPS
+// issues the device a certificate: the final operation result's
+// registrationState.issuedCertificateChain holds it, leaf first. It needs
+// api-version CertificateIssuanceAPIVersion (Config.APIVersion); other
+// versions do not know the field, so the request is refused here. A nil csr
+// is Register.
+func (c *Client) RegisterWithCSR(ctx context.Context, d *Device, payload json.RawMessage, csr []byte) (*Response, error) {
 	const op = "register"
+	if csr != nil && c.cfg.APIVersion != CertificateIssuanceAPIVersion {
+		return nil, c.failure(op, d, "", fmt.Errorf("%w: a CSR needs api-version %s, not %s", ErrInvalidRequest, CertificateIssuanceAPIVersion, c.cfg.APIVersion))
+	}
 	payload = bytes.TrimSpace(payload)
 	if len(payload) == 0 || string(payload) == "null" {
 		payload = nil
@@ -274,7 +289,11 @@ func (c *Client) Register(ctx context.Context, d *Device, payload json.RawMessag
 	if err := c.checkDevice(op, d); err != nil {
 		return nil, err
 	}
-	body, err := json.Marshal(DeviceRegistration{RegistrationID: d.RegistrationID, Payload: payload})
+	reg := DeviceRegistration{RegistrationID: d.RegistrationID, Payload: payload}
+	if csr != nil {
+		reg.CSR = base64.StdEncoding.EncodeToString(csr)
+	}
+	body, err := json.Marshal(reg)
 	if err != nil {
 		return nil, c.failure(op, d, "", fmt.Errorf("%w: encode body: %v", ErrInvalidRequest, err))
 	}

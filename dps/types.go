@@ -53,6 +53,12 @@ const (
 type DeviceRegistration struct {
 	RegistrationID string          `json:"registrationId"`
 	Payload        json.RawMessage `json:"payload,omitempty"`
+	// CSR is the device's PKCS#10 certificate signing request, base64 DER
+	// without PEM armour, whose subject CN is the registration id. Only the
+	// register PUT of api-version CertificateIssuanceAPIVersion carries it
+	// (a status lookup with one is a bad request); DPS then returns the
+	// issued chain in the final operation result.
+	CSR string `json:"csr,omitempty"`
 }
 
 // RegistrationOperationStatus is the body DPS returns for a register PUT and
@@ -155,3 +161,9 @@ const DefaultEndpoint = "https://global.azure-devices-provisioning.net"
 
 // DefaultAPIVersion is the documented stable device API version.
 const DefaultAPIVersion = "2021-10-01"
+
+// CertificateIssuanceAPIVersion is the device API version (a preview) whose
+// register PUT carries a CSR and whose final operation result carries the
+// certificate chain DPS issued (DeviceRegistrationResult.IssuedCertificateChain).
+// The status lookup never returns that chain.
+const CertificateIssuanceAPIVersion = "2025-07-01-preview"
