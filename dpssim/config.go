@@ -155,6 +155,29 @@ type Config struct {
 	// RS256 or HS256) the service API accepts, standing in for Microsoft
 	// Entra ID. Empty means bearer tokens are refused.
 	EntraIssuers []EntraIssuer `json:"entraIssuers,omitempty"`
+	// CredentialPolicies are the certificate-issuing policies (Azure Device
+	// Registry credential policies) that enrollments name with
+	// credentialPolicyName: a device of such an enrollment that sends a CSR
+	// with its register PUT (api-version 2025-07-01-preview) gets a
+	// certificate issued by the policy's CA in the final operation result.
+	CredentialPolicies []CredentialPolicy `json:"credentialPolicies,omitempty"`
+}
+
+// CredentialPolicy issues device certificates from a CA, as an Azure Device
+// Registry credential policy does for DPS.
+type CredentialPolicy struct {
+	// Name is what enrollments give as credentialPolicyName.
+	Name string `json:"name"`
+	// CertificateFile is the issuing CA's certificate (PEM), optionally
+	// followed by its chain up to and including the root; the issued chain
+	// is the leaf followed by these. "" makes a fresh P-384 root and
+	// issuing CA at start (see the /_sim/ inspection for its PEM).
+	CertificateFile string `json:"certificateFile,omitempty"`
+	// KeyFile is the issuing CA's private key (PEM, EC P-384).
+	KeyFile string `json:"keyFile,omitempty"`
+	// ValidityDays is the issued certificates' validity: 7 to 90 (the
+	// preview's limits); 0 means 30.
+	ValidityDays int `json:"validityDays,omitempty"`
 }
 
 // DefaultServicePolicy is the shared access policy DPS creates with every
@@ -296,6 +319,10 @@ type IndividualEnrollment struct {
 	// ProvisioningStatus is "enabled" (the default when empty) or
 	// "disabled"; a disabled enrollment's operations end "disabled".
 	ProvisioningStatus string `json:"provisioningStatus,omitempty"`
+	// CredentialPolicyName names the CredentialPolicy that issues its
+	// device a certificate from the CSR sent at registration; "" issues
+	// none.
+	CredentialPolicyName string `json:"credentialPolicyName,omitempty"`
 }
 
 // EnrollmentGroup admits every device that proves membership: a certificate
@@ -311,6 +338,9 @@ type EnrollmentGroup struct {
 	IoTHub string `json:"iotHub,omitempty"`
 	// ProvisioningStatus is "enabled" (default) or "disabled".
 	ProvisioningStatus string `json:"provisioningStatus,omitempty"`
+	// CredentialPolicyName names the CredentialPolicy that issues the
+	// group's devices certificates; "" issues none.
+	CredentialPolicyName string `json:"credentialPolicyName,omitempty"`
 }
 
 // Attestation holds exactly one attestation mechanism.
