@@ -25,6 +25,11 @@ const (
 	StateDisabled    State = "disabled"    // final: enrollment disabled
 	StateFailed      State = "failed"      // permanent failure (DPS 'failed' or a non-retryable error)
 	StateRetryable   State = "retryable"   // gave up this run on a retryable error; retried on the next run
+	// StateIssuedLost: final: DPS assigned the device and issued it a
+	// certificate (the registration sent a CSR), but the certificate never
+	// reached a durable file, and DPS hands it over only once. Registering
+	// again (billable, --reissue) is the only way to a certificate.
+	StateIssuedLost State = "issued-lost"
 )
 
 // stateCodes are the integers stored in devices.state. Never renumber them:
@@ -42,22 +47,54 @@ var stateCodes = map[State]int{
 // States returns every state, in the order a device normally moves through
 // them; summaries can use it for a stable order.
 func States() []State {
-	return []State{StatePending, StateRegistering, StateAssigning, StateAssigned, StateDisabled, StateFailed, StateRetryable}
+	return []State{StatePending, StateRegistering, StateAssigning, StateAssigned, StateIssuedLost, StateDisabled, StateFailed, StateRetryable}
 }
 
-// Final reports whether s is a final state: assigned, disabled or failed.
+// Final reports whether s is a final state: assigned, issued-lost, disabled
+// or failed.
 func (s State) Final() bool {
-	return s == StateAssigned || s == StateDisabled || s == StateFailed
+	return s == StateAssigned || s == StateIssuedLost || s == StateDisabled || s == StateFailed
 }
 
-// stateOf maps a stored code back to its State.
-func stateOf(code int) (State, error) {
+// stateOf maps a stored code and cert_lost flag back to its State.
+func stateOf(code int, certLost ...int) (State, error) {
+	lost := len(certLost) > 0 && certLost[0] != 0
 	for s, c := range stateCodes {
 		if c == code {
+			if lost {
+				if s != StateAssigned {
+					return "", fmt.Errorf("state code %d with cert_lost set", code)
+				}
+				return StateIssuedLost, nil
+			}
 			return s, nil
 		}
 	}
 	return "", fmt.Errorf("unknown state code %d", code)
+}
+
+// storedState returns the state code and cert_lost flag that store s
+// (issued-lost is stored as assigned with cert_lost = 1: see
+// migrations/0005_issued_certificates.sql).
+func storedState(s State) (code, certLost int, ok bool) {
+	if s == StateIssuedLost {
+		return stateCodes[StateAssigned], 1, true
+	}
+	code, ok = stateCodes[s]
+	return code, 0, ok
+}
+
+// stateCondition is the SQL condition selecting devices in state s, and
+// its arguments.
+func stateCondition(s State) (string, []any, bool) {
+	code, lost, ok := storedState(s)
+	if !ok {
+		return "", nil, false
+	}
+	if code == stateCodes[StateAssigned] {
+		return "(state = ? AND cert_lost = ?)", []any{code, lost}, true
+	}
+	return "state = ?", []any{code}, true
 }
 
 // Device is the ledger's row for one device: its state and the last thing
@@ -98,7 +135,21 @@ type Device struct {
 	// object of at most MaxReturnedPayload bytes, "" when DPS returned none.
 	// KeptPayload turns what DPS sent into this value.
 	ReturnedPayload string
+	// Issued describes the certificate DPS issued at the last registration
+	// (a CSR was sent) once its chain is durably written; zero otherwise.
+	Issued IssuedCert
 }
+
+// IssuedCert identifies a certificate DPS issued to a device, without the
+// certificate itself (that is in the file the manifest names).
+type IssuedCert struct {
+	Fingerprint string    // "sha256:" + lower-case hex of the leaf's DER
+	Serial      string    // the leaf's serial number, upper-case hex
+	NotAfter    time.Time // the leaf's notAfter, to the millisecond
+}
+
+// IsZero reports whether no issued certificate is recorded.
+func (c IssuedCert) IsZero() bool { return c.Fingerprint == "" }
 
 // MaxReturnedPayload is the largest returned payload the ledger keeps, in
 // bytes. DPS answers are at most 96 KB; what a device needs flashed with
@@ -240,13 +291,13 @@ const deviceColumns = `registration_id, state, operation_id, assigned_hub, devic
 	error_code, error_message, hint, http_status, request_id, attempts, polls, fingerprint,
 	first_attempt_at, finished_at, updated_at, run_id,
 	campaign_id, put_at, dps_etag, dps_updated, dps_created,
-	returned_payload`
+	returned_payload, issued_fingerprint, issued_serial, issued_not_after, cert_lost`
 
 const deviceSQL = `SELECT ` + deviceColumns + ` FROM devices WHERE registration_id = ?`
 
 // upsertSQL writes a whole device row. updated_at is argument 17 (index 16).
 const upsertSQL = `INSERT INTO devices (` + deviceColumns + `)
-	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 	ON CONFLICT (registration_id) DO UPDATE SET
 		state = excluded.state, operation_id = excluded.operation_id,
 		assigned_hub = excluded.assigned_hub, device_id = excluded.device_id,
@@ -259,7 +310,9 @@ const upsertSQL = `INSERT INTO devices (` + deviceColumns + `)
 		run_id = excluded.run_id, campaign_id = excluded.campaign_id,
 		put_at = excluded.put_at, dps_etag = excluded.dps_etag,
 		dps_updated = excluded.dps_updated, dps_created = excluded.dps_created,
-		returned_payload = excluded.returned_payload
+		returned_payload = excluded.returned_payload,
+		issued_fingerprint = excluded.issued_fingerprint, issued_serial = excluded.issued_serial,
+		issued_not_after = excluded.issued_not_after, cert_lost = excluded.cert_lost
 	RETURNING id`
 
 // updatedAtArg is the index of updated_at in the upsert arguments.
@@ -279,7 +332,7 @@ func deviceArgs(d Device) ([]any, error) {
 	if d.RegistrationID == "" {
 		return nil, fmt.Errorf("device has an empty registration id")
 	}
-	code, ok := stateCodes[d.State]
+	code, certLost, ok := storedState(d.State)
 	if !ok {
 		return nil, fmt.Errorf("device %s: unknown state %q", d.RegistrationID, d.State)
 	}
@@ -291,7 +344,7 @@ func deviceArgs(d Device) ([]any, error) {
 		d.ErrorCode, d.ErrorMessage, d.Hint, d.HTTPStatus, packID(d.RequestID), d.Attempts, d.Polls, d.Fingerprint,
 		msOrNull(d.FirstAttemptAt), msOrNull(d.FinishedAt), nil, idOrNull(d.RunID),
 		d.CampaignID, msOrNull(d.PutAt), d.Record.ETag, d.Record.Updated, d.Record.Created,
-		d.ReturnedPayload,
+		d.ReturnedPayload, d.Issued.Fingerprint, d.Issued.Serial, msOrNull(d.Issued.NotAfter), certLost,
 	}, nil
 }
 
@@ -324,17 +377,19 @@ func scanDevice(s rowScanner) (Device, error) {
 		state                   int
 		reqID                   any
 		first, finished, update sql.NullInt64
-		run, putAt              sql.NullInt64
+		run, putAt, notAfter    sql.NullInt64
+		certLost                int
 	)
 	err := s.Scan(&d.RegistrationID, &state, &d.OperationID, &d.AssignedHub, &d.DeviceID, &d.Substatus,
 		&d.ErrorCode, &d.ErrorMessage, &d.Hint, &d.HTTPStatus, &reqID, &d.Attempts, &d.Polls, &d.Fingerprint,
 		&first, &finished, &update, &run,
 		&d.CampaignID, &putAt, &d.Record.ETag, &d.Record.Updated, &d.Record.Created,
-		&d.ReturnedPayload)
+		&d.ReturnedPayload, &d.Issued.Fingerprint, &d.Issued.Serial, &notAfter, &certLost)
 	if err != nil {
 		return Device{}, err
 	}
-	if d.State, err = stateOf(state); err != nil {
+	d.Issued.NotAfter = timeOf(notAfter)
+	if d.State, err = stateOf(state, certLost); err != nil {
 		return Device{}, fmt.Errorf("device %s: %w", d.RegistrationID, err)
 	}
 	d.RequestID = unpackID(reqID)
@@ -422,17 +477,17 @@ func (l *Ledger) Each(ctx context.Context, states []State, fn func(Device) error
 	)
 	where.WriteString("registration_id > ?")
 	if len(states) > 0 {
-		where.WriteString(" AND state IN (")
+		where.WriteString(" AND (")
 		for i, s := range states {
-			code, ok := stateCodes[s]
+			cond, condArgs, ok := stateCondition(s)
 			if !ok {
 				return fmt.Errorf("ledger %s: list devices: unknown state %q", l.path, s)
 			}
 			if i > 0 {
-				where.WriteString(", ")
+				where.WriteString(" OR ")
 			}
-			where.WriteString("?")
-			args = append(args, code)
+			where.WriteString(cond)
+			args = append(args, condArgs...)
 		}
 		where.WriteString(")")
 	}
@@ -504,18 +559,18 @@ func (l *Ledger) Counts(ctx context.Context) (Counts, error) {
 	}
 	defer tx.Rollback()
 
-	rows, err := tx.QueryContext(ctx, "SELECT state, count(*), total(attempts), total(polls) FROM devices GROUP BY state")
+	rows, err := tx.QueryContext(ctx, "SELECT state, cert_lost, count(*), total(attempts), total(polls) FROM devices GROUP BY state, cert_lost")
 	if err != nil {
 		return Counts{}, l.classify("count devices", err)
 	}
 	for rows.Next() {
-		var code, n int
+		var code, lost, n int
 		var attempts, polls float64
-		if err := rows.Scan(&code, &n, &attempts, &polls); err != nil {
+		if err := rows.Scan(&code, &lost, &n, &attempts, &polls); err != nil {
 			rows.Close()
 			return Counts{}, l.classify("count devices", err)
 		}
-		s, err := stateOf(code)
+		s, err := stateOf(code, lost)
 		if err != nil {
 			rows.Close()
 			return Counts{}, l.classify("count devices", err)
@@ -529,7 +584,7 @@ func (l *Ledger) Counts(ctx context.Context) (Counts, error) {
 		return Counts{}, l.classify("count devices", err)
 	}
 
-	rows, err = tx.QueryContext(ctx, "SELECT assigned_hub, count(*) FROM devices WHERE state = ? GROUP BY assigned_hub", stateCodes[StateAssigned])
+	rows, err = tx.QueryContext(ctx, "SELECT assigned_hub, count(*) FROM devices WHERE state = ? AND cert_lost = 0 GROUP BY assigned_hub", stateCodes[StateAssigned])
 	if err != nil {
 		return Counts{}, l.classify("count devices per hub", err)
 	}

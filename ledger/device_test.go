@@ -251,7 +251,7 @@ func fleet(tb testing.TB, l *ledger.Ledger, n int) map[ledger.State]int {
 	want := map[ledger.State]int{}
 	for i := range n {
 		d := ledger.Device{RegistrationID: fmt.Sprintf("d-%05d", i), State: states[i%len(states)], Attempts: 1, Polls: 2}
-		if d.State == ledger.StateAssigned {
+		if d.State == ledger.StateAssigned || d.State == ledger.StateIssuedLost {
 			d.AssignedHub = fmt.Sprintf("hub-%d", i%3)
 		}
 		MustPut(tb, l, d)
@@ -272,7 +272,7 @@ func TestCounts(t *testing.T) {
 		t.Fatal(err)
 	}
 	want := ledger.Counts{Total: 700, ByState: wantStates, ByHub: map[string]int{}, Attempts: 700, Polls: 1400}
-	for i := 3; i < 700; i += 7 { // assigned devices
+	for i := 3; i < 700; i += len(ledger.States()) { // assigned devices; issued-lost ones (i+1) are not counted per hub
 		want.ByHub[fmt.Sprintf("hub-%d", i%3)]++
 	}
 	if !reflect.DeepEqual(got, want) {
@@ -387,13 +387,13 @@ func TestState_Final(t *testing.T) {
 	}{
 		{ledger.StatePending, false}, {ledger.StateRegistering, false}, {ledger.StateAssigning, false},
 		{ledger.StateAssigned, true}, {ledger.StateDisabled, true}, {ledger.StateFailed, true},
-		{ledger.StateRetryable, false},
+		{ledger.StateRetryable, false}, {ledger.StateIssuedLost, true},
 	} {
 		if got := tt.s.Final(); got != tt.want {
 			t.Errorf("%s.Final()=%v, want %v", tt.s, got, tt.want)
 		}
 	}
-	if got, want := len(ledger.States()), 7; got != want {
+	if got, want := len(ledger.States()), 8; got != want {
 		t.Errorf("len(States())=%d, want %d", got, want)
 	}
 }
@@ -430,5 +430,48 @@ func TestKeptPayload(t *testing.T) {
 				t.Errorf("KeptPayload(%.60q)=%.60q, want %.60q", tt.in, got, tt.want)
 			}
 		})
+	}
+}
+
+// TestIssuedLostRoundTrip: issued-lost is stored as assigned with cert_lost
+// set and read back as issued-lost, through Device, Each with a state
+// filter, Briefs and Counts; an issued certificate's identity round-trips.
+func TestIssuedLostRoundTrip(t *testing.T) {
+	ctx := context.Background()
+	l := MustOpen(t, tempPath(t), ledger.Options{})
+	notAfter := time.Date(2027, 1, 2, 3, 4, 5, 678_000_000, time.UTC)
+	MustPut(t, l, ledger.Device{RegistrationID: "ok", State: ledger.StateAssigned, AssignedHub: "hub-a",
+		Issued: ledger.IssuedCert{Fingerprint: "sha256:ab", Serial: "0A1B", NotAfter: notAfter}})
+	MustPut(t, l, ledger.Device{RegistrationID: "lost", State: ledger.StateIssuedLost, AssignedHub: "hub-a"})
+
+	d, _, err := l.Device(ctx, "ok")
+	if err != nil || d.State != ledger.StateAssigned || d.Issued.Serial != "0A1B" || !d.Issued.NotAfter.Equal(notAfter) {
+		t.Errorf("Device(ok)=%+v err=%v", d, err)
+	}
+	d, _, err = l.Device(ctx, "lost")
+	if err != nil || d.State != ledger.StateIssuedLost || !d.Issued.IsZero() {
+		t.Errorf("Device(lost)=%+v err=%v, want issued-lost", d, err)
+	}
+	var got []string
+	if err := l.Each(ctx, []ledger.State{ledger.StateIssuedLost}, func(d ledger.Device) error {
+		got = append(got, d.RegistrationID)
+		return nil
+	}); err != nil || len(got) != 1 || got[0] != "lost" {
+		t.Errorf("Each(issued-lost)=%v err=%v", got, err)
+	}
+	got = nil
+	if err := l.Each(ctx, []ledger.State{ledger.StateAssigned}, func(d ledger.Device) error {
+		got = append(got, d.RegistrationID)
+		return nil
+	}); err != nil || len(got) != 1 || got[0] != "ok" {
+		t.Errorf("Each(assigned)=%v err=%v", got, err)
+	}
+	b, err := l.Briefs(ctx, []string{"ok", "lost"})
+	if err != nil || b["lost"].State != ledger.StateIssuedLost || b["ok"].State != ledger.StateAssigned {
+		t.Errorf("Briefs=%+v err=%v", b, err)
+	}
+	c, err := l.Counts(ctx)
+	if err != nil || c.ByState[ledger.StateIssuedLost] != 1 || c.ByState[ledger.StateAssigned] != 1 || c.ByHub["hub-a"] != 1 {
+		t.Errorf("Counts=%+v err=%v", c, err)
 	}
 }

@@ -492,7 +492,10 @@ func TestOpen_UpgradeFromSchema2(t *testing.T) {
 
 	// Make the file what dps-batch wrote before migration 0003.
 	db := rawDB(t, path)
-	for _, q := range []string{"DROP TABLE enrollments", "DROP TABLE service_binding", "ALTER TABLE devices DROP COLUMN returned_payload", "DELETE FROM migrations WHERE version >= 3"} {
+	for _, q := range []string{"DROP TABLE enrollments", "DROP TABLE service_binding", "ALTER TABLE devices DROP COLUMN returned_payload",
+		"ALTER TABLE devices DROP COLUMN issued_fingerprint", "ALTER TABLE devices DROP COLUMN issued_serial",
+		"ALTER TABLE devices DROP COLUMN issued_not_after", "ALTER TABLE devices DROP COLUMN cert_lost",
+		"DELETE FROM migrations WHERE version >= 3"} {
 		if _, err := db.Exec(q); err != nil {
 			t.Fatalf("%s: %v", q, err)
 		}
@@ -532,7 +535,7 @@ func TestOpen_UpgradeFromSchema2(t *testing.T) {
 	}
 	db = rawDB(t, path)
 	var v int
-	if err := db.QueryRow("SELECT max(version) FROM migrations").Scan(&v); err != nil || v != 4 {
-		t.Errorf("schema version after upgrade=%d err=%v, want 4", v, err)
+	if err := db.QueryRow("SELECT max(version) FROM migrations").Scan(&v); err != nil || v != 5 {
+		t.Errorf("schema version after upgrade=%d err=%v, want 5", v, err)
 	}
 }

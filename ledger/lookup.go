@@ -26,7 +26,7 @@ type Brief struct {
 
 // briefsSQL selects up to LookupChunk devices by id; shorter lists are
 // padded with their last id (a repeated IN value matches its row once).
-var briefsSQL = `SELECT registration_id, state, operation_id, fingerprint, finished_at, campaign_id FROM devices WHERE registration_id IN (?` +
+var briefsSQL = `SELECT registration_id, state, cert_lost, operation_id, fingerprint, finished_at, campaign_id FROM devices WHERE registration_id IN (?` +
 	strings.Repeat(", ?", LookupChunk-1) + `)`
 
 // Briefs returns the Brief of every device in ids that the ledger knows,
@@ -68,14 +68,15 @@ func (l *Ledger) Briefs(ctx context.Context, ids []string) (map[string]Brief, er
 			var (
 				id       string
 				code     int
+				lost     int
 				finished sql.NullInt64
 				b        Brief
 			)
-			if err := rows.Scan(&id, &code, &b.OperationID, &b.Fingerprint, &finished, &b.CampaignID); err != nil {
+			if err := rows.Scan(&id, &code, &lost, &b.OperationID, &b.Fingerprint, &finished, &b.CampaignID); err != nil {
 				rows.Close()
 				return nil, l.classify(op, err)
 			}
-			if b.State, err = stateOf(code); err != nil {
+			if b.State, err = stateOf(code, lost); err != nil {
 				rows.Close()
 				return nil, l.classify(op, fmt.Errorf("device %s: %w", id, err))
 			}
