@@ -81,6 +81,27 @@ type Options struct {
 	// as its TLS handshake. About 4 KB each with ECDSA P-256 keys, 8 KB
 	// with RSA 2048; 0 keeps none.
 	KeepX509 int
+	// IssueCerts requests DPS certificate issuance (device API
+	// dps.CertificateIssuanceAPIVersion): every row must then yield a CSR,
+	// from its csr_key_path (an EC P-384 private key: Load makes the CSR,
+	// subject CN = registration id, signed ECDSA-SHA384), its csr_path (a
+	// ready PKCS#10 CSR, checked the same way) or CSRKeyDir, and each
+	// device gets Device.CSR, CSRPublicKey and IssuedCertPath. When false,
+	// a header with csr_key_path, csr_path or issued_cert_path is an error
+	// (the devices would be registered without certificates), unless
+	// IgnoreCSRColumns. Used by OpenWith, Validate and Load.
+	IssueCerts bool
+	// CSRKeyDir, with IssueCerts, is the folder of the keys for rows that
+	// have neither csr_key_path nor csr_path: such a row's csr_key_path is
+	// CSRKeyDir/<registration id>.key. A relative CSRKeyDir is relative
+	// to the current directory, not the manifest's folder. The files are
+	// only read here; whoever sets it makes them first.
+	CSRKeyDir string
+	// IgnoreCSRColumns is for callers that read a manifest without
+	// registering its devices (enrollments, reports, deregistration):
+	// with IssueCerts off, csr_key_path, csr_path and issued_cert_path are
+	// read into Row and not checked, instead of being a header error.
+	IgnoreCSRColumns bool
 }
 
 // Device is a loaded, validated manifest row, ready to register.
@@ -104,6 +125,19 @@ type Device struct {
 	// leaf DER) for X.509, "key:"+the first 16 hex digits of
 	// SHA-256("dps-batch/v1\x00"+key) for symmetric keys.
 	Fingerprint string
+	// CSR is the PKCS#10 certificate signing request (DER) to send with
+	// the registration when Options.IssueCerts is set; nil otherwise. A
+	// CSR made from csr_key_path is made anew by each Load (ECDSA
+	// signatures are randomised); the private key is not kept.
+	CSR []byte `json:"-"`
+	// CSRPublicKey is the CSR's public key (an *ecdsa.PublicKey on P-384),
+	// for matching the issued leaf certificate; nil when not issuing.
+	CSRPublicKey crypto.PublicKey `json:"-"`
+	// IssuedCertPath is where the issued certificate chain is to be
+	// written, resolved against the manifest's folder; "" when not
+	// issuing. Its folder may not exist yet (its nearest existing
+	// ancestor was writable at load time): the writer creates it.
+	IssuedCertPath string
 }
 
 // String describes the device without its credentials, so that printing a
@@ -132,9 +166,12 @@ func (r *Reader) Load(row Row, opts Options) (*Device, []Problem) {
 	dev := &Device{Line: row.Line, RegistrationID: row.RegistrationID}
 
 	hasX509 := row.CertPath != "" || row.KeyPath != "" || row.ChainPath != ""
-	if err := dps.ValidateRegistrationID(row.RegistrationID, hasX509); err != nil {
+	// An issued certificate's CN is the registration id: X.509's limit.
+	cnLimit := hasX509 || opts.IssueCerts
+	if err := dps.ValidateRegistrationID(row.RegistrationID, cnLimit); err != nil {
+		l.idBad = true
 		limit := dps.MaxRegistrationIDLength
-		if hasX509 {
+		if cnLimit {
 			limit = dps.MaxX509RegistrationIDLength
 		}
 		msg := err.Error()
@@ -170,6 +207,10 @@ func (r *Reader) Load(row Row, opts Options) (*Device, []Problem) {
 	}
 	if dev.SymmetricKey != nil {
 		dev.Fingerprint = keyFingerprint(dev.SymmetricKey)
+	}
+	if opts.IssueCerts {
+		dev.CSR, dev.CSRPublicKey = l.csr(opts.CSRKeyDir)
+		dev.IssuedCertPath = l.issuedCertPath()
 	}
 	if l.errors > 0 {
 		return nil, l.problems
@@ -208,6 +249,7 @@ type loader struct {
 	problems []Problem
 	errors   int
 	skipSigs bool // Options.SkipSignatureChecks
+	idBad    bool // the registration id is not valid
 }
 
 func (l *loader) add(col, path, msg, hint string) {
@@ -339,10 +381,7 @@ func (l *loader) x509() (*tls.Certificate, string) {
 		l.add(colKeyPath, "", "key_path is empty",
 			"X.509 devices need key_path: the device certificate's private key (PEM)")
 	} else if data, mode, ok := l.readFile(colKeyPath, row.KeyPath, keyFile); ok {
-		if mode.Perm()&0o077 != 0 && runtime.GOOS != "windows" {
-			l.warn(colKeyPath, row.KeyPath, fmt.Sprintf("private key file is open to other users (mode %04o, want 0600)", mode.Perm()),
-				"restrict it: chmod 600 "+shellQuote(row.KeyPath))
-		}
+		l.checkKeyMode(colKeyPath, row.KeyPath, mode)
 		var iss *issue
 		key, iss = parseKey(data, combined)
 		if iss != nil {
@@ -378,6 +417,15 @@ func (l *loader) x509() (*tls.Certificate, string) {
 	}
 	sum := sha256.Sum256(leaf.Raw)
 	return tc, "sha256:" + hex.EncodeToString(sum[:])
+}
+
+// checkKeyMode warns when a private key file (written as in the manifest)
+// is open to other users.
+func (l *loader) checkKeyMode(column, written string, mode fs.FileMode) {
+	if mode.Perm()&0o077 != 0 && runtime.GOOS != "windows" {
+		l.warn(column, written, fmt.Sprintf("private key file is open to other users (mode %04o, want 0600)", mode.Perm()),
+			"restrict it: chmod 600 "+shellQuote(written))
+	}
 }
 
 // checkLeaf checks what DPS requires of the device certificate itself.

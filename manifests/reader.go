@@ -13,6 +13,10 @@
 //	chain_path       X.509, optional: more chain certificates, e.g. a shared ca/intermediate.pem
 //	symmetric_key    individual-enrollment symmetric key, base64 (16 to 64 bytes decoded)
 //	payload          optional JSON object sent to custom allocation policies
+//	csr_key_path     certificate issuance: the device's operational private key (PEM, EC P-384)
+//	csr_path         certificate issuance: a ready PKCS#10 CSR (PEM), instead of csr_key_path
+//	issued_cert_path certificate issuance, optional: where the issued chain is written
+//	                 (default issued/<registration id>.pem)
 //
 // Other columns (an MES export's hub, batch or notes) are ignored, with
 // one warning in Validate's Summary, and their values are kept with each row
@@ -24,6 +28,16 @@
 // symmetric_key. A row with neither belongs to a symmetric-key enrollment
 // group: its key is derived from the group key given in [Options.GroupKey].
 // Relative paths resolve against the manifest's folder.
+//
+// The csr_ columns and issued_cert_path are for DPS certificate issuance
+// (device API 2025-07-01-preview), requested with [Options.IssueCerts]:
+// DPS issues each device an operational certificate for a PKCS#10 request
+// sent with its registration. Every row then needs a CSR: csr_key_path (the
+// loader makes the CSR, subject CN = registration id, ECDSA with SHA-384),
+// csr_path, or a key in [Options.CSRKeyDir]. The preview accepts EC P-384
+// keys only. Without IssueCerts these columns are a header error, since the
+// devices would be registered without certificates, unless
+// [Options.IgnoreCSRColumns] says the caller does not register devices.
 //
 // Reading rules: a UTF-8 byte order mark before the header is ignored; header
 // names are matched case-insensitively after trimming spaces; every field is
@@ -55,6 +69,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/dps-batch/dps-batch/dps"
 	"github.com/jszwec/csvutil"
 )
 
@@ -66,10 +81,17 @@ const (
 	colChainPath      = "chain_path"
 	colSymmetricKey   = "symmetric_key"
 	colPayload        = "payload"
+	colCSRKeyPath     = "csr_key_path"
+	colCSRPath        = "csr_path"
+	colIssuedCertPath = "issued_cert_path"
 )
 
 // knownColumns lists the manifest columns in their documented order.
-var knownColumns = []string{colRegistrationID, colCertPath, colKeyPath, colChainPath, colSymmetricKey, colPayload}
+var knownColumns = []string{colRegistrationID, colCertPath, colKeyPath, colChainPath, colSymmetricKey, colPayload,
+	colCSRKeyPath, colCSRPath, colIssuedCertPath}
+
+// csrColumns are the columns of certificate issuance (Options.IssueCerts).
+var csrColumns = []string{colCSRKeyPath, colCSRPath, colIssuedCertPath}
 
 // MaxLineLength is the longest physical manifest line accepted, in bytes.
 // It keeps a wrong file (a binary, a huge one-line blob) from being read
@@ -94,6 +116,11 @@ type Row struct {
 	SymmetricKey string `csv:"symmetric_key"`
 	// Payload is the custom allocation payload text; empty for none.
 	Payload string `csv:"payload"`
+	// CSRKeyPath, CSRPath and IssuedCertPath are the certificate issuance
+	// paths as written (see Options.IssueCerts); empty when absent.
+	CSRKeyPath     string `csv:"csr_key_path"`
+	CSRPath        string `csv:"csr_path"`
+	IssuedCertPath string `csv:"issued_cert_path"`
 	// Extra holds the values of the row's extra columns: those the
 	// manifest format does not define, kept when Options.Strict is off.
 	// Empty when the header has none.
@@ -403,6 +430,20 @@ func checkHeader(names []string, line int, opts Options) headerInfo {
 	if has(colChainPath) && !has(colCertPath) {
 		add(colCertPath, "column is missing", "chain_path only makes sense with cert_path and key_path")
 	}
+	switch {
+	case opts.IssueCerts:
+		if !has(colCSRKeyPath) && !has(colCSRPath) && opts.CSRKeyDir == "" {
+			add(colCSRKeyPath, "column is missing: certificate issuance needs a CSR for every device",
+				"add a csr_key_path column (the device's EC P-384 key) or a csr_path column (its PKCS#10 CSR), or make a key per device with --generate-csr-keys DIR")
+		}
+	case !opts.IgnoreCSRColumns:
+		for _, c := range csrColumns {
+			if has(c) {
+				add(c, "column is for certificate issuance, which is off: it would be ignored and the devices registered without certificates",
+					"add --issue-certs (api-version "+dps.CertificateIssuanceAPIVersion+") or remove the columns")
+			}
+		}
+	}
 	if len(extraNames) > 0 {
 		hint := "--strict refuses unknown columns; --column OURS=YOURS maps one of yours to ours (" + strings.Join(knownColumns, ", ") + ")"
 		for _, e := range extraNames {
@@ -585,6 +626,8 @@ type loadCache struct {
 	mu     sync.Mutex
 	chains map[string]*chainFile // by resolved path
 	sigs   map[[2]*chainCert]error
+
+	folders map[string]*folderCheck // output folders checked, by resolved path
 }
 
 // maxCachedChains bounds the chain cache; beyond it chain files are parsed

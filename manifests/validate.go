@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"hash/maphash"
 	"io"
+	"path/filepath"
 	"runtime"
 	"slices"
 	"sync"
@@ -92,6 +93,7 @@ func Validate(ctx context.Context, path string, opts Options, maxProblems int) (
 		s.add(p, maxProblems)
 	}
 	ids := idHashes{seed: maphash.MakeSeed()}
+	paths := idHashes{seed: ids.seed} // issued_cert_path files, with IssueCerts
 	loads := newParallelLoader(r, opts)
 	for {
 		if err := ctx.Err(); err != nil {
@@ -102,6 +104,11 @@ func Validate(ctx context.Context, path string, opts Options, maxProblems int) (
 			s.Rows++
 			if res.row.RegistrationID != "" {
 				ids.add(res.row.RegistrationID)
+			}
+			if opts.IssueCerts {
+				if p := r.issuedPath(res.row, checkIssuanceID(res.row.RegistrationID)); p != "" {
+					paths.add(p)
+				}
 			}
 			for _, p := range res.problems {
 				s.add(p, maxProblems)
@@ -127,10 +134,10 @@ func Validate(ctx context.Context, path string, opts Options, maxProblems int) (
 		return nil, err
 	}
 
-	if repeated := ids.repeated(); len(repeated) > 0 {
-		seed := ids.seed
-		ids.chunks = nil // free the hashes before the second pass
-		if err := s.addDuplicates(ctx, path, opts, seed, repeated, maxProblems); err != nil {
+	repeatedIDs, repeatedPaths := ids.repeated(), paths.repeated()
+	if len(repeatedIDs) > 0 || len(repeatedPaths) > 0 {
+		ids.chunks, paths.chunks = nil, nil // free the hashes before the second pass
+		if err := s.addDuplicates(ctx, path, opts, ids.seed, repeatedIDs, repeatedPaths, maxProblems); err != nil {
 			return nil, err
 		}
 	}
@@ -161,15 +168,18 @@ func (s *Summary) add(p Problem, max int) {
 }
 
 // addDuplicates re-reads the manifest, keeping the exact ids of the rows
-// whose hash is in repeated, and reports every row that repeats an earlier
-// id. Such rows no longer count in ByKind.
-func (s *Summary) addDuplicates(ctx context.Context, path string, opts Options, seed maphash.Seed, repeated map[uint64]struct{}, maxProblems int) error {
+// whose hash is in repeatedIDs and the exact issued_cert_path files of
+// those whose file's hash is in repeatedPaths, and reports every row that
+// repeats an earlier id or, with another id, an earlier row's
+// issued_cert_path. Such rows no longer count in ByKind.
+func (s *Summary) addDuplicates(ctx context.Context, path string, opts Options, seed maphash.Seed, repeatedIDs, repeatedPaths map[uint64]struct{}, maxProblems int) error {
 	r, err := OpenWith(path, opts)
 	if err != nil {
 		return err
 	}
 	defer r.Close()
 	firstLine := make(map[string]int)
+	firstPath := make(map[string]int)
 	for n := 0; ; n++ {
 		if n%1024 == 0 {
 			if err := ctx.Err(); err != nil {
@@ -187,22 +197,42 @@ func (s *Summary) addDuplicates(ctx context.Context, path string, opts Options, 
 			}
 			return err
 		}
-		if row.RegistrationID == "" {
+		dup := false
+		if _, ok := repeatedIDs[maphash.String(seed, row.RegistrationID)]; ok && row.RegistrationID != "" {
+			if first, ok := firstLine[row.RegistrationID]; !ok {
+				firstLine[row.RegistrationID] = row.Line
+			} else {
+				s.add(Problem{
+					Line: row.Line, RegistrationID: safeID(row.RegistrationID), Column: colRegistrationID,
+					Message: fmt.Sprintf("duplicate registration id (first on row %d)", first),
+					Hint:    "registration ids must be unique; remove the repeated row or give it its own id",
+				}, maxProblems)
+				dup = true
+			}
+		}
+		if len(repeatedPaths) > 0 {
+			if p := r.issuedPath(row, checkIssuanceID(row.RegistrationID)); p != "" {
+				if _, ok := repeatedPaths[maphash.String(seed, p)]; ok {
+					if first, ok := firstPath[p]; !ok {
+						firstPath[p] = row.Line
+					} else if !dup { // a repeated id repeats its default file: said already
+						written := row.IssuedCertPath
+						if written == "" {
+							written = filepath.Join(DefaultIssuedCertDir, row.RegistrationID+".pem")
+						}
+						s.add(Problem{
+							Line: row.Line, RegistrationID: safeID(row.RegistrationID), Column: colIssuedCertPath, Path: written,
+							Message: fmt.Sprintf("another device's issued certificate is written to the same file (first on row %d)", first),
+							Hint:    "give each row its own issued_cert_path, or leave it empty for the default " + DefaultIssuedCertDir + "/<registration id>.pem",
+						}, maxProblems)
+						dup = true
+					}
+				}
+			}
+		}
+		if !dup {
 			continue
 		}
-		if _, ok := repeated[maphash.String(seed, row.RegistrationID)]; !ok {
-			continue
-		}
-		first, ok := firstLine[row.RegistrationID]
-		if !ok {
-			firstLine[row.RegistrationID] = row.Line
-			continue
-		}
-		s.add(Problem{
-			Line: row.Line, RegistrationID: safeID(row.RegistrationID), Column: colRegistrationID,
-			Message: fmt.Sprintf("duplicate registration id (first on row %d)", first),
-			Hint:    "registration ids must be unique; remove the repeated row or give it its own id",
-		}, maxProblems)
 		// Duplicates are rare: loading the row again to learn whether it
 		// was counted is cheaper than remembering every row's kind.
 		delete(s.X509, row.Line)
