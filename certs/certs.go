@@ -8,7 +8,8 @@
 // tests and demos, not for production: there is no revocation, no policy and
 // no protection of the CA keys beyond file permissions.
 //
-// Defaults follow common practice for test PKIs: ECDSA P-256 keys, 128-bit
+// Defaults follow common practice for test PKIs: ECDSA P-256 keys (P-384 on
+// request, and for the keys and CSRs of DPS certificate issuance), 128-bit
 // random serial numbers, NotBefore backdated five minutes to allow for clock
 // skew, five years of validity for CAs and one year for leaves.
 package certs
@@ -38,12 +39,13 @@ type KeyType string
 // The supported key types.
 const (
 	ECDSAP256 KeyType = "ecdsa-p256" // ECDSA on NIST P-256; the default
+	ECDSAP384 KeyType = "ecdsa-p384" // ECDSA on NIST P-384: what DPS certificate issuance (preview) accepts
 	RSA2048   KeyType = "rsa2048"    // RSA with a 2048-bit modulus; slow to generate
 	Ed25519   KeyType = "ed25519"    // Ed25519; not accepted by every TLS stack
 )
 
 // KeyTypes lists the supported key types, default first.
-var KeyTypes = []KeyType{ECDSAP256, RSA2048, Ed25519}
+var KeyTypes = []KeyType{ECDSAP256, ECDSAP384, RSA2048, Ed25519}
 
 // ParseKeyType returns the KeyType named s; "" means the default.
 func ParseKeyType(s string) (KeyType, error) {
@@ -55,7 +57,7 @@ func ParseKeyType(s string) (KeyType, error) {
 			return kt, nil
 		}
 	}
-	return "", fmt.Errorf("unknown key type %q (want %s, %s or %s)", s, ECDSAP256, RSA2048, Ed25519)
+	return "", fmt.Errorf("unknown key type %q (want %s, %s, %s or %s)", s, ECDSAP256, ECDSAP384, RSA2048, Ed25519)
 }
 
 // Default validity periods, used when Options.Validity is zero.
@@ -355,6 +357,12 @@ func generateKey(kt KeyType) (crypto.Signer, error) {
 		k, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 		if err != nil {
 			return nil, fmt.Errorf("generate ECDSA P-256 key: %w", err)
+		}
+		return k, nil
+	case ECDSAP384:
+		k, err := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+		if err != nil {
+			return nil, fmt.Errorf("generate ECDSA P-384 key: %w", err)
 		}
 		return k, nil
 	case RSA2048:

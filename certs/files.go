@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
 )
 
 // File modes for what the package writes: certificates are public, keys are
@@ -183,4 +184,77 @@ func WriteSecretFile(path string, data []byte, force bool) error {
 // large file is never held in memory. path's directory must exist.
 func WriteSecretStream(path string, force bool, fill func(io.Writer) error) error {
 	return writeStream(path, keyFileMode, force, fill)
+}
+
+// writeNew writes f only if f.path does not exist yet, atomically and
+// durably: f's data goes to a synced temporary file in the same folder,
+// which is then hard-linked to f.path. Unlike a rename, the link fails when
+// f.path exists, so two writers can never both create it (the loser gets
+// ErrExists) and nobody ever sees a partial file. The temporary name is
+// removed and the folder synced, so the new name survives a crash.
+func writeNew(f file) error {
+	tmp, err := writeTemp(f)
+	if err != nil {
+		return err
+	}
+	linkErr := os.Link(tmp, f.path)
+	_ = os.Remove(tmp)
+	switch {
+	case errors.Is(linkErr, fs.ErrExist):
+		return fmt.Errorf("%s %w", f.path, ErrExists)
+	case linkErr != nil:
+		return fmt.Errorf("write %s: %w", f.path, linkErr)
+	}
+	return syncDir(filepath.Dir(f.path))
+}
+
+// mkdirDurable creates dir and any missing parents with mode, and syncs the
+// folder above each one it created so the new folders survive a crash.
+func mkdirDurable(dir string, mode fs.FileMode) error {
+	var missing []string
+	for d := filepath.Clean(dir); ; d = filepath.Dir(d) {
+		_, err := os.Stat(d)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, fs.ErrNotExist) {
+			return fmt.Errorf("create directory %s: %w", dir, err)
+		}
+		missing = append(missing, d)
+		if filepath.Dir(d) == d {
+			break
+		}
+	}
+	if len(missing) == 0 {
+		return nil
+	}
+	if err := os.MkdirAll(dir, mode); err != nil {
+		return fmt.Errorf("create directory %s: %w", dir, err)
+	}
+	for _, d := range missing {
+		if err := syncDir(filepath.Dir(d)); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// syncDir flushes dir's entries (names created, renamed or removed in it)
+// to stable storage. Windows cannot sync a directory; there it does nothing.
+func syncDir(dir string) error {
+	if runtime.GOOS == "windows" {
+		return nil
+	}
+	d, err := os.Open(dir)
+	if err != nil {
+		return fmt.Errorf("sync directory %s: %w", dir, err)
+	}
+	err = d.Sync()
+	if cerr := d.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fmt.Errorf("sync directory %s: %w", dir, err)
+	}
+	return nil
 }

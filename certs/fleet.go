@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync/atomic"
@@ -52,6 +53,22 @@ var (
 	manifestHeader           = []string{"registration_id", "cert_path", "key_path", "chain_path"}
 	groupManifestHeader      = []string{"registration_id"}
 	individualManifestHeader = []string{"registration_id", "symmetric_key"}
+	// issueManifestColumns follow the columns of the kind in a fleet made
+	// with FleetOptions.Issue.
+	issueManifestColumns = []string{"csr_key_path", "issued_cert_path"}
+)
+
+// Folders of a fleet made with FleetOptions.Issue, relative to its Dir.
+const (
+	FleetIssuingDir = "issuing"  // the P-384 CA that issues operational certificates
+	FleetCSRKeyDir  = "csr-keys" // one P-384 operational key per device (folder 0700, keys 0600)
+	FleetIssuedDir  = "issued"   // where the issued chains go, one per device; made empty
+)
+
+// CN of a fleet's issuing CAs (FleetOptions.Issue).
+const (
+	fleetIssuingRootCN = "dps-batch Test Issuing Root CA (P-384)"
+	fleetIssuingCACN   = "dps-batch Test Issuing CA (P-384)"
 )
 
 // FleetOptions describes a fleet of test devices to generate.
@@ -66,8 +83,15 @@ type FleetOptions struct {
 	Prefix string
 	// Attestation is AttestationX509, AttestationSymmetricGroup or
 	// AttestationSymmetricIndividual; "" means AttestationX509. Chain,
-	// KeyType, Validity, Workers and Progress apply to X.509 fleets only.
+	// KeyType and Validity apply to X.509 fleets only; Workers and
+	// Progress to X.509 fleets and to fleets with Issue.
 	Attestation string
+	// Issue prepares the fleet for certificates issued by DPS at
+	// registration (device API 2025-07-01-preview), with any attestation:
+	// a P-384 operational key per device (the key its CSR is made with), a
+	// P-384 issuing CA (root and intermediate) for a simulator credential
+	// policy, and the manifest columns csr_key_path and issued_cert_path.
+	Issue bool
 	// Chain is ChainRoot or ChainIntermediate; "" means ChainIntermediate.
 	Chain string
 	// KeyType is used for every key in the fleet; "" means ECDSAP256.
@@ -100,6 +124,16 @@ type Fleet struct {
 	IntermediateCertPath string // DIR/ca/intermediate.pem; "" when Chain is ChainRoot, and for symmetric fleets
 	IntermediateKeyPath  string // DIR/ca/intermediate.key; "" when Chain is ChainRoot, and for symmetric fleets
 	GroupKeyPath         string // DIR/group.key (mode 0600): the base64 group key; symmetric-group fleets only
+
+	// With FleetOptions.Issue only ("" and nil otherwise):
+	IssuingRootCertPath string // DIR/issuing/root.pem: the root the issued chains verify to
+	IssuingRootKeyPath  string // DIR/issuing/root.key
+	IssuingCACertPath   string // DIR/issuing/intermediate.pem: the CA that issues device certificates
+	IssuingCAKeyPath    string // DIR/issuing/intermediate.key: its key (EC P-384), a credential policy's keyFile
+	IssuingChainPath    string // DIR/issuing/chain.pem: intermediate then root, a credential policy's certificateFile
+	CSRKeyDir           string // DIR/csr-keys: the devices' operational keys, <id>.key
+	IssuedDir           string // DIR/issued: where provisioning writes each issued chain, <id>.pem
+	IssuingCA           *CA    // the issuing intermediate, with its key
 	// Root is the fleet's root CA; nil for symmetric fleets.
 	Root *CA
 	// GroupCA is the CA an enrollment group should reference: the
@@ -157,6 +191,18 @@ func (p *fleetPlan) id(i int) string {
 //	DIR/manifest.csv   registration_id,symmetric_key
 //
 // The keys are in the returned Fleet too, for a simulator configuration.
+//
+// With Issue, any kind of fleet also gets what certificate issuance at
+// registration needs:
+//
+//	DIR/issuing/root.pem, root.key                  a P-384 root CA
+//	DIR/issuing/intermediate.pem, intermediate.key  the P-384 CA that issues (a credential policy's key)
+//	DIR/issuing/chain.pem                           intermediate then root (a credential policy's certificate)
+//	DIR/csr-keys/<id>.key                           each device's P-384 operational key (mode 0600, folder 0700)
+//	DIR/issued/                                     an empty folder for the issued chains
+//
+// and two more manifest columns: csr_key_path (csr-keys/<id>.key) and
+// issued_cert_path (issued/<id>.pem).
 func GenerateFleet(ctx context.Context, opts FleetOptions) (*Fleet, error) {
 	p, err := planFleet(opts)
 	if err != nil {
@@ -177,6 +223,7 @@ func GenerateFleet(ctx context.Context, opts FleetOptions) (*Fleet, error) {
 		fl.IntermediateKeyPath = filepath.Join(p.Dir, "ca", "intermediate.key")
 	}
 	devDir := filepath.Join(p.Dir, "devices")
+	p.issuePaths(fl)
 
 	// Refuse before writing anything, so a refused run leaves no trace.
 	if !p.Force {
@@ -187,6 +234,9 @@ func GenerateFleet(ctx context.Context, opts FleetOptions) (*Fleet, error) {
 			if err := checkAbsent(path); err != nil {
 				return nil, err
 			}
+		}
+		if err := p.checkIssueAbsent(fl); err != nil {
+			return nil, err
 		}
 		for i := range p.Count {
 			id := p.id(i)
@@ -221,21 +271,48 @@ func GenerateFleet(ctx context.Context, opts FleetOptions) (*Fleet, error) {
 		chainPath = "ca/intermediate.pem"
 	}
 
+	if err := p.writeIssuingCA(fl); err != nil {
+		return nil, err
+	}
+
 	fl.RegistrationIDs = make([]string, p.Count)
 	for i := range fl.RegistrationIDs {
 		fl.RegistrationIDs[i] = p.id(i)
 	}
-	if err := generateDevices(ctx, p, fl.GroupCA, devDir, fl.RegistrationIDs); err != nil {
+	if err := os.MkdirAll(devDir, dirMode); err != nil {
+		return nil, fmt.Errorf("create %s: %w", devDir, err)
+	}
+	devOpts := Options{KeyType: p.KeyType, Validity: p.Validity, Now: p.Now}
+	err = p.forEachDevice(ctx, fl, func(id string) error {
+		leaf, err := fl.GroupCA.NewDevice(id, devOpts)
+		if err != nil {
+			return err
+		}
+		if _, err := WriteLeaf(devDir, leaf, id, false, p.Force); err != nil {
+			return fmt.Errorf("device %s: %w", id, err)
+		}
+		return nil
+	})
+	if err != nil {
 		return nil, err
 	}
 
+	header := manifestHeader
+	if p.Issue {
+		header = slices.Concat(header, issueManifestColumns)
+	}
 	err = writeStream(fl.ManifestPath, certFileMode, p.Force, func(w io.Writer) error {
 		cw := csv.NewWriter(w)
-		if err := cw.Write(manifestHeader); err != nil {
+		if err := cw.Write(header); err != nil {
 			return err
 		}
+		row := make([]string, 0, len(header))
 		for _, id := range fl.RegistrationIDs {
-			if err := cw.Write([]string{id, "devices/" + id + ".pem", "devices/" + id + ".key", chainPath}); err != nil {
+			row = append(row[:0], id, "devices/"+id+".pem", "devices/"+id+".key", chainPath)
+			if p.Issue {
+				row = append(row, issueColumns(id)...)
+			}
+			if err := cw.Write(row); err != nil {
 				return err
 			}
 		}
@@ -305,6 +382,7 @@ func generateSymmetricFleet(ctx context.Context, p *fleetPlan) (*Fleet, error) {
 	if p.Attestation == AttestationSymmetricGroup {
 		fl.GroupKeyPath = filepath.Join(p.Dir, "group.key")
 	}
+	p.issuePaths(fl)
 	if !p.Force {
 		for _, path := range []string{fl.ManifestPath, fl.GroupKeyPath} {
 			if path == "" {
@@ -313,6 +391,9 @@ func generateSymmetricFleet(ctx context.Context, p *fleetPlan) (*Fleet, error) {
 			if err := checkAbsent(path); err != nil {
 				return nil, err
 			}
+		}
+		if err := p.checkIssueAbsent(fl); err != nil {
+			return nil, err
 		}
 	} else if err := os.Remove(fl.ManifestPath); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("remove old manifest: %w", err)
@@ -346,6 +427,16 @@ func generateSymmetricFleet(ctx context.Context, p *fleetPlan) (*Fleet, error) {
 			fl.DeviceKeys[i] = keys[i*SymmetricKeySize : (i+1)*SymmetricKeySize : (i+1)*SymmetricKeySize]
 		}
 	}
+	if err := p.writeIssuingCA(fl); err != nil {
+		return nil, err
+	}
+	if p.Issue {
+		// Only the operational keys are made per device.
+		if err := p.forEachDevice(ctx, fl, nil); err != nil {
+			return nil, err
+		}
+		header = slices.Concat(header, issueManifestColumns)
+	}
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("fleet stopped before its manifest: %w", err)
 	}
@@ -360,6 +451,9 @@ func generateSymmetricFleet(ctx context.Context, p *fleetPlan) (*Fleet, error) {
 			if fl.DeviceKeys != nil {
 				row[1] = base64.StdEncoding.EncodeToString(fl.DeviceKeys[i])
 			}
+			if p.Issue {
+				copy(row[len(row)-len(issueManifestColumns):], issueColumns(id))
+			}
 			if err := cw.Write(row); err != nil {
 				return err
 			}
@@ -373,15 +467,19 @@ func generateSymmetricFleet(ctx context.Context, p *fleetPlan) (*Fleet, error) {
 	return fl, nil
 }
 
-// generateDevices issues and writes one certificate per id with a bounded
-// pool of workers. The first error cancels the rest.
-func generateDevices(ctx context.Context, p *fleetPlan, ca *CA, dir string, ids []string) error {
-	if err := os.MkdirAll(dir, dirMode); err != nil {
-		return fmt.Errorf("create %s: %w", dir, err)
+// forEachDevice runs device for every registration id of fl with a
+// bounded pool of workers, and with Issue also writes each device's
+// operational key (then syncs the key folder once, rather than once a key).
+// device may be nil. The first error cancels the rest.
+func (p *fleetPlan) forEachDevice(ctx context.Context, fl *Fleet, device func(id string) error) error {
+	ids := fl.RegistrationIDs
+	if p.Issue {
+		if err := mkdirDurable(fl.CSRKeyDir, csrDirMode); err != nil {
+			return err
+		}
 	}
 	g, ctx := errgroup.WithContext(ctx)
 	var next, done atomic.Int64
-	opts := Options{KeyType: p.KeyType, Validity: p.Validity, Now: p.Now}
 	for range min(p.Workers, len(ids)) {
 		g.Go(func() error {
 			for {
@@ -392,12 +490,15 @@ func generateDevices(ctx context.Context, p *fleetPlan, ca *CA, dir string, ids 
 				if err := ctx.Err(); err != nil {
 					return fmt.Errorf("fleet stopped after %d of %d devices: %w", done.Load(), len(ids), err)
 				}
-				leaf, err := ca.NewDevice(ids[i], opts)
-				if err != nil {
-					return err
+				if device != nil {
+					if err := device(ids[i]); err != nil {
+						return err
+					}
 				}
-				if _, err := WriteLeaf(dir, leaf, ids[i], false, p.Force); err != nil {
-					return fmt.Errorf("device %s: %w", ids[i], err)
+				if p.Issue {
+					if err := p.writeCSRKey(fl, ids[i]); err != nil {
+						return err
+					}
 				}
 				n := done.Add(1)
 				if p.Progress != nil {
@@ -406,7 +507,102 @@ func generateDevices(ctx context.Context, p *fleetPlan, ca *CA, dir string, ids 
 			}
 		})
 	}
-	return g.Wait()
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	if p.Issue {
+		return syncDir(fl.CSRKeyDir)
+	}
+	return nil
+}
+
+// writeCSRKey writes a new P-384 operational key for id. Like every fleet
+// file it refuses to replace an existing key unless forcing.
+func (p *fleetPlan) writeCSRKey(fl *Fleet, id string) error {
+	key, err := GenerateCSRKey()
+	if err != nil {
+		return fmt.Errorf("device %s: %w", id, err)
+	}
+	data, err := KeyPEM(key)
+	if err != nil {
+		return fmt.Errorf("device %s: %w", id, err)
+	}
+	if err := writeFiles(p.Force, file{filepath.Join(fl.CSRKeyDir, id+".key"), data, keyFileMode}); err != nil {
+		return fmt.Errorf("device %s: %w", id, err)
+	}
+	return nil
+}
+
+// issueColumns are the values of issueManifestColumns for id.
+func issueColumns(id string) []string {
+	return []string{FleetCSRKeyDir + "/" + id + ".key", FleetIssuedDir + "/" + id + ".pem"}
+}
+
+// issuePaths fills in fl's paths for Issue; it does nothing without.
+func (p *fleetPlan) issuePaths(fl *Fleet) {
+	if !p.Issue {
+		return
+	}
+	dir := filepath.Join(p.Dir, FleetIssuingDir)
+	fl.IssuingRootCertPath = filepath.Join(dir, "root.pem")
+	fl.IssuingRootKeyPath = filepath.Join(dir, "root.key")
+	fl.IssuingCACertPath = filepath.Join(dir, "intermediate.pem")
+	fl.IssuingCAKeyPath = filepath.Join(dir, "intermediate.key")
+	fl.IssuingChainPath = filepath.Join(dir, "chain.pem")
+	fl.CSRKeyDir = filepath.Join(p.Dir, FleetCSRKeyDir)
+	fl.IssuedDir = filepath.Join(p.Dir, FleetIssuedDir)
+}
+
+// checkIssueAbsent refuses when a file Issue would write exists.
+func (p *fleetPlan) checkIssueAbsent(fl *Fleet) error {
+	if !p.Issue {
+		return nil
+	}
+	for _, path := range []string{fl.IssuingRootCertPath, fl.IssuingRootKeyPath, fl.IssuingCACertPath, fl.IssuingCAKeyPath, fl.IssuingChainPath} {
+		if err := checkAbsent(path); err != nil {
+			return err
+		}
+	}
+	for i := range p.Count {
+		if err := checkAbsent(filepath.Join(fl.CSRKeyDir, p.id(i)+".key")); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// writeIssuingCA makes and writes the P-384 issuing root and intermediate
+// and the chain file, and the empty folder for issued chains; it does
+// nothing without Issue. The CAs get the default CA validity whatever the
+// fleet's Validity: they must outlive every certificate issued from them.
+func (p *fleetPlan) writeIssuingCA(fl *Fleet) error {
+	if !p.Issue {
+		return nil
+	}
+	opts := Options{KeyType: ECDSAP384, Now: p.Now}
+	root, err := NewRoot(fleetIssuingRootCN, opts)
+	if err != nil {
+		return err
+	}
+	ca, err := root.NewIntermediate(fleetIssuingCACN, opts)
+	if err != nil {
+		return err
+	}
+	dir := filepath.Dir(fl.IssuingChainPath)
+	if _, err := WriteCA(dir, root, "root", p.Force); err != nil {
+		return err
+	}
+	if _, err := WriteCA(dir, ca, "intermediate", p.Force); err != nil {
+		return err
+	}
+	if err := WriteCertFile(fl.IssuingChainPath, p.Force, ca.Cert, root.Cert); err != nil {
+		return err
+	}
+	if err := os.MkdirAll(fl.IssuedDir, dirMode); err != nil {
+		return fmt.Errorf("create %s: %w", fl.IssuedDir, err)
+	}
+	fl.IssuingCA = ca
+	return nil
 }
 
 // writeStream writes path atomically from fill, refusing to replace an

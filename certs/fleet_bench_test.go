@@ -7,19 +7,34 @@ import (
 )
 
 // BenchmarkGenerateFleet measures a whole fleet run (CAs, device keys and
-// certificates, files, manifest) and reports the rate in devices per second.
+// certificates, files, manifest) and reports the rate in devices per second;
+// the issue cases add a P-384 operational key per device (FleetOptions.Issue).
 //
 //	go test -run '^$' -bench GenerateFleet -benchtime 1x ./certs
 func BenchmarkGenerateFleet(b *testing.B) {
-	for _, count := range []int{1000, 10000} {
-		b.Run(fmt.Sprintf("devices=%d", count), func(b *testing.B) {
+	for _, tc := range []struct {
+		count       int
+		attestation string
+		issue       bool
+	}{
+		{1000, AttestationX509, false},
+		{10000, AttestationX509, false},
+		{1000, AttestationX509, true},
+		{1000, AttestationSymmetricGroup, true},
+	} {
+		name := fmt.Sprintf("devices=%d", tc.count)
+		if tc.issue {
+			name = fmt.Sprintf("issue/%s/devices=%d", tc.attestation, tc.count)
+		}
+		b.Run(name, func(b *testing.B) {
 			for b.Loop() {
 				dir := b.TempDir()
-				if _, err := GenerateFleet(context.Background(), FleetOptions{Dir: dir, Count: count}); err != nil {
+				opts := FleetOptions{Dir: dir, Count: tc.count, Attestation: tc.attestation, Issue: tc.issue}
+				if _, err := GenerateFleet(context.Background(), opts); err != nil {
 					b.Fatal(err)
 				}
 			}
-			b.ReportMetric(float64(count*b.N)/b.Elapsed().Seconds(), "devices/s")
+			b.ReportMetric(float64(tc.count*b.N)/b.Elapsed().Seconds(), "devices/s")
 		})
 	}
 }
