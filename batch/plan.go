@@ -1,6 +1,7 @@
 package batch
 
 import (
+	"strings"
 	"time"
 
 	"github.com/dps-batch/dps-batch/ledger"
@@ -45,6 +46,9 @@ func (a Action) String() string {
 // Policy holds the user's choices that change what a re-run does.
 type Policy struct {
 	RetryFailed bool // re-register devices whose last outcome was a permanent failure or disabled
+	// Reissue re-registers (billable) issued-lost devices: assigned, but
+	// the certificate DPS issued them was not kept.
+	Reissue bool
 	Reprovision bool // re-register assigned devices on purpose (billable)
 	// ReprovisionBefore limits Reprovision to devices that reached their
 	// final state before this time. Zero means every assigned device.
@@ -61,15 +65,17 @@ type Policy struct {
 
 // campaignKind names the campaign a policy runs, "" for none.
 func (p Policy) campaignKind() string {
-	switch {
-	case p.Reprovision && p.RetryFailed:
-		return "reprovision+retry-failed"
-	case p.Reprovision:
-		return "reprovision"
-	case p.RetryFailed:
-		return "retry-failed"
+	var kinds []string
+	if p.Reprovision {
+		kinds = append(kinds, "reprovision")
 	}
-	return ""
+	if p.RetryFailed {
+		kinds = append(kinds, "retry-failed")
+	}
+	if p.Reissue {
+		kinds = append(kinds, "reissue")
+	}
+	return strings.Join(kinds, "+")
 }
 
 // inCampaign reports whether d was already registered in p's campaign.
@@ -100,6 +106,11 @@ func Decide(d ledger.Device, found bool, fingerprint string, p Policy) Action {
 		}
 		if d.Fingerprint != "" && fingerprint != "" && d.Fingerprint != fingerprint {
 			return ActionChanged
+		}
+		return ActionSkip
+	case ledger.StateIssuedLost:
+		if (p.Reissue || p.Reprovision) && !p.inCampaign(d) {
+			return ActionRegister
 		}
 		return ActionSkip
 	case ledger.StateFailed, ledger.StateDisabled:

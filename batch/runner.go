@@ -27,7 +27,9 @@ import (
 // Client is what the runner needs of a DPS client; *dps.Client implements it.
 // Tests wrap the real client to count calls or inject faults.
 type Client interface {
-	Register(ctx context.Context, d *dps.Device, payload json.RawMessage) (*dps.Response, error)
+	// RegisterWithCSR is a register PUT; csr (DER PKCS#10) is nil unless
+	// the device asks DPS to issue it a certificate.
+	RegisterWithCSR(ctx context.Context, d *dps.Device, payload json.RawMessage, csr []byte) (*dps.Response, error)
 	OperationStatus(ctx context.Context, d *dps.Device, operationID string) (*dps.Response, error)
 	RegistrationStatus(ctx context.Context, d *dps.Device) (*dps.Response, error)
 }
@@ -241,7 +243,7 @@ func (r *Runner) campaign(ctx context.Context) (open *ledger.Campaign, continuin
 		if err != nil || !found || last.Outcome != ledger.CampaignCompleted {
 			return nil, false, err
 		}
-		r.Options.Policy.Reprovision, r.Options.Policy.RetryFailed = false, false
+		r.Options.Policy.Reprovision, r.Options.Policy.RetryFailed, r.Options.Policy.Reissue = false, false, false
 		r.campaignDone = true
 		return &last, false, nil
 	}
@@ -647,6 +649,12 @@ func (r *Runner) runOptions() map[string]string {
 		"retry_failed":   fmt.Sprint(o.RetryFailed),
 		"reprovision":    fmt.Sprint(o.Reprovision),
 		"settle":         o.Settle.String(),
+	}
+	if o.Reissue {
+		opts["reissue"] = "true"
+	}
+	if o.Manifest.IssueCerts {
+		opts["issue_certs"] = "true"
 	}
 	if o.Shard.Count > 0 {
 		opts["shard"] = o.Shard.String()

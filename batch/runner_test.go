@@ -353,9 +353,9 @@ type countingClient struct {
 	n atomic.Int64
 }
 
-func (c *countingClient) Register(ctx context.Context, d *dps.Device, p json.RawMessage) (*dps.Response, error) {
+func (c *countingClient) RegisterWithCSR(ctx context.Context, d *dps.Device, p json.RawMessage, csr []byte) (*dps.Response, error) {
 	c.n.Add(1)
-	return c.Client.Register(ctx, d, p)
+	return c.Client.RegisterWithCSR(ctx, d, p, csr)
 }
 
 func TestValidationSendsNothing(t *testing.T) {

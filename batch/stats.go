@@ -18,11 +18,12 @@ const (
 	OutcomeUnfinished                // gave up for now (attempts, deadline, stop); a re-run continues it
 	OutcomeSkipped                   // nothing to do: already final in the ledger
 	OutcomeChanged                   // assigned, but the manifest credentials changed: reported, not touched
+	OutcomeIssuedLost                // assigned in this run, but the certificate DPS issued was not kept (see ledger.StateIssuedLost)
 	numOutcomes
 )
 
 func (o Outcome) String() string {
-	return [...]string{"assigned", "disabled", "failed", "unfinished", "skipped", "changed"}[o]
+	return [...]string{"assigned", "disabled", "failed", "unfinished", "skipped", "changed", "issued-lost"}[o]
 }
 
 // Stats are the live counters of a run, safe for concurrent use. The
@@ -41,6 +42,8 @@ type Stats struct {
 	retries          atomic.Int64
 	throttled        atomic.Int64
 	skipFailed       atomic.Int64              // skipped devices whose ledger state is failed or disabled
+	certsWritten     atomic.Int64              // issued certificate chains written durably (or recovered from their file)
+	certsLost        atomic.Int64              // devices assigned whose issued certificate was not kept
 	stopping         atomic.Bool               // the run was asked to stop (drain): no estimate of the end
 	pacers           atomic.Pointer[[2]*Pacer] // register and poll pacers, for Rates
 	observer         Observer                  // Options.Observer, set before dispatch; nil = none
@@ -71,6 +74,10 @@ type Snapshot struct {
 	Throttled int // 429 answers
 	// SkippedFailures counts skipped devices that are failed or disabled in the ledger.
 	SkippedFailures int
+	// CertsWritten counts issued certificate chains written durably this
+	// run (--issue-certs); CertsLost counts assigned devices whose issued
+	// certificate was not kept (issued-lost).
+	CertsWritten, CertsLost int
 	// Stopping is true once the run was asked to stop: in-flight devices
 	// finish, no new one starts, and there is no time left to estimate.
 	Stopping bool
@@ -78,7 +85,7 @@ type Snapshot struct {
 
 // Done is the number of devices this run has finished working on.
 func (s Snapshot) Done() int {
-	return s.Outcomes[OutcomeAssigned] + s.Outcomes[OutcomeDisabled] + s.Outcomes[OutcomeFailed] + s.Outcomes[OutcomeUnfinished]
+	return s.Outcomes[OutcomeAssigned] + s.Outcomes[OutcomeIssuedLost] + s.Outcomes[OutcomeDisabled] + s.Outcomes[OutcomeFailed] + s.Outcomes[OutcomeUnfinished]
 }
 
 // Rate is devices finished per second so far.
@@ -117,6 +124,8 @@ func (st *Stats) Snapshot() Snapshot {
 		Retries:          int(st.retries.Load()),
 		Throttled:        int(st.throttled.Load()),
 		SkippedFailures:  int(st.skipFailed.Load()),
+		CertsWritten:     int(st.certsWritten.Load()),
+		CertsLost:        int(st.certsLost.Load()),
 		Stopping:         st.stopping.Load(),
 	}
 	if ns := st.started.Load(); ns != 0 {

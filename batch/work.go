@@ -229,7 +229,11 @@ func (w *work) register(ctx context.Context) (step, error) {
 		return stepStop, err
 	}
 	w.r.Stats.registerRequests.Add(1)
-	resp, err := w.r.Client.Register(ctx, w.d, w.dev.Payload)
+	var csr []byte
+	if w.issuing() {
+		csr = w.dev.CSR
+	}
+	resp, err := w.r.Client.RegisterWithCSR(ctx, w.d, w.dev.Payload, csr)
 	a := answer{kind: "register", err: err, att: w.attempt("register", resp, err)}
 	ev := registerEvent(resp, err)
 	if err != nil {
@@ -520,10 +524,28 @@ func (w *work) final(ctx context.Context, st dps.Status, rs *dps.DeviceRegistrat
 	w.rec.ErrorCode, w.rec.ErrorMessage, w.rec.Hint = rs.ErrorCode, rs.ErrorMessage, ""
 	w.rec.AssignedHub, w.rec.DeviceID = "", ""
 	outcome := OutcomeAssigned
+	var halt error
 	switch st {
 	case dps.StatusAssigned:
 		w.rec.State = ledger.StateAssigned
 		w.rec.AssignedHub, w.rec.DeviceID = rs.AssignedHub, rs.DeviceID
+		if w.issuing() {
+			// The chain must be durable before the ledger says assigned.
+			io := w.keepIssued(rs, att.Kind)
+			switch {
+			case io.lost != "":
+				w.rec.State = ledger.StateIssuedLost
+				w.rec.ErrorMessage, w.rec.Hint = io.lost, reissueHint
+				outcome, halt = OutcomeIssuedLost, io.halt
+				w.r.Stats.certsLost.Add(1)
+			default:
+				w.rec.Issued = io.cert
+				w.r.Stats.certsWritten.Add(1)
+				if io.recovered {
+					w.r.log().Info("issued certificate recovered from its file", "device", w.rec.RegistrationID, "path", w.dev.IssuedCertPath)
+				}
+			}
+		}
 	case dps.StatusDisabled:
 		w.rec.State = ledger.StateDisabled
 		w.rec.Hint = dps.HintForStatus(st, rs.ErrorCode)
@@ -535,6 +557,12 @@ func (w *work) final(ctx context.Context, st dps.Status, rs *dps.DeviceRegistrat
 	}
 	if err := w.put(ctx, att); err != nil {
 		return err
+	}
+	if halt != nil {
+		w.r.halt(halt)
+	}
+	if outcome == OutcomeIssuedLost {
+		w.r.warnRepeated("issued-lost", "issued certificate lost", "device", w.rec.RegistrationID, "error", w.rec.ErrorMessage, "hint", w.rec.Hint)
 	}
 	w.r.log().Debug("device finished", "device", w.rec.RegistrationID, "status", string(st),
 		"hub", w.rec.AssignedHub, "attempt", w.rec.Attempts, "request_id", w.rec.RequestID)

@@ -91,7 +91,7 @@ func runDeregister(ctx context.Context, e *env, args []string) error {
 		Stats:  &batch.EnrollStats{},
 		Options: batch.EnrollOptions{
 			ManifestPath:      manifest,
-			Manifest:          manifests.Options{Strict: strict, Columns: columns},
+			Manifest:          manifests.Options{Strict: strict, Columns: columns, IgnoreCSRColumns: true},
 			Mode:              batch.EnrollModeDeregister,
 			DeleteEnrollments: enrollments,
 			RetryFailed:       retryFailed,

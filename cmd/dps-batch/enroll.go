@@ -300,7 +300,7 @@ func enroll(ctx context.Context, e *env, f *enrollFlags) (*batch.EnrollResult, e
 		Stats:  &batch.EnrollStats{},
 		Options: batch.EnrollOptions{
 			ManifestPath: manifest,
-			Manifest:     manifests.Options{Strict: f.strict, Columns: f.columns},
+			Manifest:     manifests.Options{Strict: f.strict, Columns: f.columns, IgnoreCSRColumns: true},
 			Mode:         mode,
 			Template:     tpl,
 			DeviceIDFrom: f.deviceIDFrom,

@@ -115,7 +115,7 @@ func runKeysDerive(ctx context.Context, e *env, args []string) error {
 			"no group key: give --group-key-file FILE, or set %s", env)
 	}
 
-	opts := manifests.Options{GroupKey: groupKey, Strict: strict, Columns: columns}
+	opts := manifests.Options{GroupKey: groupKey, Strict: strict, Columns: columns, IgnoreCSRColumns: true}
 	if err := validateForKeys(ctx, e, manifest, opts); err != nil {
 		return err
 	}

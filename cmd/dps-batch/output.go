@@ -155,6 +155,7 @@ func progressLine(s batch.Snapshot) string {
 		name string
 	}{
 		{s.Outcomes[batch.OutcomeFailed], "failed"},
+		{s.Outcomes[batch.OutcomeIssuedLost], "cert lost"},
 		{s.Outcomes[batch.OutcomeDisabled], "disabled"},
 		{s.Outcomes[batch.OutcomeUnfinished], "left"},
 		{s.InFlight, "in flight"},
@@ -203,6 +204,11 @@ type summaryJSON struct {
 	ReportCmd  string         `json:"reportCommand"`
 	PrevFailed int            `json:"skippedFailures"`
 	RunID      int64          `json:"runId"`
+	// CertsWritten and CertsLost are set with --issue-certs: issued
+	// certificate chains written durably, and devices whose issued
+	// certificate was lost (issued-lost).
+	CertsWritten *int `json:"certificatesWritten,omitempty"`
+	CertsLost    *int `json:"certificatesLost,omitempty"`
 }
 
 // printSummary prints what the run did and what to run next.
@@ -219,8 +225,11 @@ func printSummary(w io.Writer, p *provisionFlags, res *batch.Result, asJSON bool
 			ElapsedSec: s.Elapsed.Seconds(), PerSecond: s.Rate(), P50Sec: res.P50.Seconds(), P95Sec: res.P95.Seconds(),
 			Resumable: res.Resumable(), ReportCmd: report, PrevFailed: s.SkippedFailures, RunID: res.RunID,
 		}
-		for o := batch.OutcomeAssigned; o <= batch.OutcomeChanged; o++ {
+		for o := batch.OutcomeAssigned; o <= batch.OutcomeIssuedLost; o++ {
 			out.Outcomes[o.String()] = s.Outcomes[o]
+		}
+		if p.issueCerts {
+			out.CertsWritten, out.CertsLost = &s.CertsWritten, &s.CertsLost
 		}
 		for st, n := range res.Counts {
 			out.States[string(st)] = n
@@ -245,7 +254,17 @@ func printSummary(w io.Writer, p *provisionFlags, res *batch.Result, asJSON bool
 	if n := s.Outcomes[batch.OutcomeChanged]; n > 0 {
 		fmt.Fprintf(w, "  credentials-changed %d", n)
 	}
+	if n := s.Outcomes[batch.OutcomeIssuedLost]; n > 0 {
+		fmt.Fprintf(w, "  issued-lost %d", n)
+	}
 	fmt.Fprintln(w)
+	if p.issueCerts {
+		fmt.Fprintf(w, "  issued certificates written: %d", s.CertsWritten)
+		if s.CertsLost > 0 {
+			fmt.Fprintf(w, "; lost: %d (DPS hands a certificate over once: --reissue registers those devices again, billable)", s.CertsLost)
+		}
+		fmt.Fprintln(w)
+	}
 	printLeft(w, res)
 	if s.SkippedFailures > 0 {
 		fmt.Fprintf(w, "  %d device(s) failed or were disabled in an earlier run and were skipped (--retry-failed registers them again)\n", s.SkippedFailures)

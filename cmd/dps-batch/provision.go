@@ -51,6 +51,8 @@ type provisionFlags struct {
 	deviceTimeout, requestTimeout, settle                       time.Duration
 	retryFailed, reprovision, dryRun, verbose, quiet, jsonOut   bool
 	newCampaign, rebind                                         bool
+	issueCerts, reissue                                         bool   // --issue-certs, --reissue
+	csrKeyDir                                                   string // --generate-csr-keys DIR
 	failFast                                                    int
 	strict                                                      bool                // --strict: refuse unknown manifest columns
 	columns                                                     manifests.ColumnMap // --column OURS=YOURS
@@ -83,6 +85,9 @@ func (p *provisionFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&p.groupKeyEnv, "group-key-env", "DPS_GROUP_KEY", "environment `variable` holding the base64 group key (used when --group-key-file is not given)")
 	fs.BoolVar(&p.retryFailed, "retry-failed", false, "register again devices that failed or were disabled in an earlier run")
 	fs.BoolVar(&p.reprovision, "reprovision", false, "register again devices that are already assigned (billable), as a campaign recorded in the ledger: running the same command again continues it, and no device is registered twice by one campaign")
+	fs.BoolVar(&p.issueCerts, "issue-certs", false, "have DPS issue each device a certificate (preview, api-version "+dps.CertificateIssuanceAPIVersion+"): send the row's CSR (csr_key_path or csr_path) with its registration and write the issued chain to issued_cert_path before recording it assigned")
+	fs.BoolVar(&p.reissue, "reissue", false, "register again (billable) the devices whose issued certificate was lost (state issued-lost), as a campaign like --reprovision")
+	fs.StringVar(&p.csrKeyDir, "generate-csr-keys", "", "with --issue-certs: make a P-384 operational key `DIR/<registration id>.key` (0600) for every row that gives neither csr_key_path nor csr_path; existing key files are kept")
 	fs.BoolVar(&p.newCampaign, "new-campaign", false, "with --reprovision or --retry-failed: start a new campaign even though one is unfinished (the unfinished one is abandoned; its devices may be registered again)")
 	fs.IntVar(&p.failFast, "fail-fast", batch.DefaultFuseDevices, "stop the run when the first `N` devices all fail the same way (wrong endpoint, ID scope, CA or group key) and none succeeds; 0 = never")
 	fs.BoolVar(&p.rebind, "rebind", false, "bind the ledger to this --endpoint and --id-scope although it was made with others; allowed only while DPS has accepted nothing recorded in it")
@@ -137,8 +142,23 @@ func (p *provisionFlags) check() error {
 		p.reprovision = true
 		p.reprovisionCutoff = t
 	}
-	if p.newCampaign && !p.reprovision && !p.retryFailed {
-		return usagef("--reprovision --new-campaign", "--new-campaign starts a re-registration campaign: give it with --reprovision or --retry-failed")
+	if p.newCampaign && !p.reprovision && !p.retryFailed && !p.reissue {
+		return usagef("--reprovision --new-campaign", "--new-campaign starts a re-registration campaign: give it with --reprovision, --retry-failed or --reissue")
+	}
+	if p.csrKeyDir != "" || p.reissue {
+		p.issueCerts = true
+	}
+	switch {
+	case p.issueCerts && p.apiVersion != dps.DefaultAPIVersion && p.apiVersion != dps.CertificateIssuanceAPIVersion:
+		return usagef("--issue-certs (it selects --api-version "+dps.CertificateIssuanceAPIVersion+")",
+			"--issue-certs needs --api-version %s, the device API that carries a CSR; got --api-version %s", dps.CertificateIssuanceAPIVersion, p.apiVersion)
+	case p.issueCerts || p.apiVersion == dps.CertificateIssuanceAPIVersion:
+		p.issueCerts = true
+		p.apiVersion = dps.CertificateIssuanceAPIVersion
+	}
+	if p.csrKeyDir != "" && p.dryRun {
+		return usagef("dps-batch provision --manifest "+p.manifest+" --issue-certs --generate-csr-keys DIR (without --dry-run), or make keys with dps-batch certs csr",
+			"--dry-run writes nothing, so it cannot make the keys --generate-csr-keys asks for")
 	}
 	if p.settle < 0 {
 		return usagef("--settle 30s", "--settle must not be negative, got %s", p.settle)
@@ -161,7 +181,12 @@ func (p *provisionFlags) check() error {
 
 // policy is what the flags ask of devices that already reached a final state.
 func (p *provisionFlags) policy() batch.Policy {
-	return batch.Policy{RetryFailed: p.retryFailed, Reprovision: p.reprovision, ReprovisionBefore: p.reprovisionCutoff, NewCampaign: p.newCampaign}
+	return batch.Policy{RetryFailed: p.retryFailed, Reprovision: p.reprovision, ReprovisionBefore: p.reprovisionCutoff, NewCampaign: p.newCampaign, Reissue: p.reissue}
+}
+
+// manifestOptions are the manifest reading options the flags ask for.
+func (p *provisionFlags) manifestOptions(groupKey []byte) manifests.Options {
+	return manifests.Options{GroupKey: groupKey, Strict: p.strict, Columns: p.columns, IssueCerts: p.issueCerts, CSRKeyDir: p.csrKeyDir}
 }
 
 // fuseOption maps --fail-fast 0 (never) to the runner's "never" value.
@@ -245,6 +270,11 @@ func provision(ctx context.Context, e *env, p *provisionFlags) error {
 	if p.dryRun {
 		return dryRun(ctx, e, p, groupKey)
 	}
+	if p.csrKeyDir != "" {
+		if err := generateCSRKeys(ctx, e, p); err != nil {
+			return err
+		}
+	}
 	client, err := newDPSClient(p)
 	if err != nil {
 		return err
@@ -257,7 +287,7 @@ func provision(ctx context.Context, e *env, p *provisionFlags) error {
 		Stats:  &batch.Stats{},
 		Options: batch.Options{
 			ManifestPath:   p.manifest,
-			Manifest:       manifests.Options{GroupKey: groupKey, Strict: p.strict, Columns: p.columns},
+			Manifest:       p.manifestOptions(groupKey),
 			Workers:        p.workers,
 			RegisterRate:   p.rate,
 			PollRate:       p.pollRate,
@@ -356,7 +386,7 @@ func validateManifest(ctx context.Context, e *env, p *provisionFlags, r *batch.R
 func dryRun(ctx context.Context, e *env, p *provisionFlags, groupKey []byte) error {
 	r := &batch.Runner{Options: batch.Options{
 		ManifestPath: p.manifest,
-		Manifest:     manifests.Options{GroupKey: groupKey, Strict: p.strict, Columns: p.columns},
+		Manifest:     p.manifestOptions(groupKey),
 		RegisterRate: p.rate,
 		PollRate:     p.pollRate,
 		Workers:      p.workers,
@@ -392,7 +422,7 @@ func dryRun(ctx context.Context, e *env, p *provisionFlags, groupKey []byte) err
 	} else {
 		fmt.Fprintf(w, "Dry run: manifest %s is valid (%d devices). Nothing was sent.\n", p.manifest, plan.Devices)
 	}
-	if kind := p.policy(); kind.Reprovision || kind.RetryFailed {
+	if kind := p.policy(); kind.Reprovision || kind.RetryFailed || kind.Reissue {
 		if open != nil && !p.newCampaign {
 			fmt.Fprintf(w, "  continues campaign #%d (%s, started %s): devices it already registered are skipped\n",
 				open.ID, open.Kind, open.StartedAt.Local().Format(time.DateTime))
