@@ -30,6 +30,8 @@ GET  /_sim/enrollments/{registrationId}           one individual enrollment id
 GET  /_sim/enrollmentGroups                       every enrollment group id: exists, creates, updates, deletes
 GET  /_sim/enrollmentGroups/{enrollmentGroupId}   one enrollment group id
 GET  /_sim/servicePolicies                        the service API's shared access policies: names and rights (no keys)
+GET  /_sim/credential-policies                    credential policies: name, validity, CA chain PEM (issuing CA first, root last), root PEM
+GET  /_sim/credential-policies/{name}             one credential policy
 
 Per registration, "registers" counts the register PUTs that took effect at this server (started an
 operation), whatever the client saw: on time or late (faults.lateEffectRate, counted when the effect
@@ -37,6 +39,12 @@ happens, even if the client had gone), with the answer lost (dropResponseRate) o
 (registerBadBodyRate). Refused PUTs (401, 409203, 429, injected 5xx, dropped before taking effect) do
 not count, nor do records loaded from the config's "registrations" ("fromConfig": true).
 "registerTimes" lists when each counted registration took effect, to count them per time window.
+
+Certificates issued at registration (device api-version 2025-07-01-preview, a csr in the register PUT, an
+enrollment naming a credential policy): per registration, "certificatesIssued" counts the certificates
+issued (one per operation assigned with a csr), "chainsDelivered" the answers carrying the chain that
+were written, "chainsLost" those lost instead (faults.loseIssuedAnswerRate, dropResponseRate), and
+"lastIssuedSerial", "lastIssuedSha256Thumbprint" and "lastIssuedNotAfter" describe the last leaf issued.
 
 The service API (enrollments, enrollmentGroups, registrations; SAS or bearer token) is served on this
 port too. Per enrollment id, "creates" counts the creates that took effect (PUT, bulk create, bulk
@@ -174,6 +182,15 @@ func (s *Server) serveAdmin(w http.ResponseWriter, r *http.Request) {
 			out = append(out, policyInfo{Name: sp.Name, Rights: sp.Rights})
 		}
 		adminJSON(w, http.StatusOK, out)
+	case p == "/credential-policies" && get:
+		adminJSON(w, http.StatusOK, s.CredentialPolicies())
+	case strings.HasPrefix(p, "/credential-policies/") && get:
+		name := strings.TrimPrefix(p, "/credential-policies/")
+		if cp, ok := s.CredentialPolicy(name); ok {
+			adminJSON(w, http.StatusOK, cp)
+		} else {
+			adminError(w, http.StatusNotFound, fmt.Errorf("no credential policy %q", name))
+		}
 	case p == "/certificates" && get:
 		adminJSON(w, http.StatusOK, s.Certificates())
 	case strings.HasPrefix(p, "/certificates/") && strings.HasSuffix(p, "/verificationCode") && (get || post):

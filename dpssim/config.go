@@ -95,11 +95,14 @@ const (
 //	  "lookupWhileAssigning": "assigning",
 //	  "registrations": [
 //	    {"registrationId": "dev-1", "status": "assigned", "assignedHub": "hub-2.azure-devices.net"}
+//	  ],
+//	  "credentialPolicies": [
+//	    {"name": "factory", "certificateFile": "issuing/ca-chain.pem", "keyFile": "issuing/ca.key", "validityDays": 30}
 //	  ]
 //	}
 //
-// File paths (file, certificateFile, signingCertificateFile) are relative to
-// the directory of the configuration file.
+// File paths (file, certificateFile, signingCertificateFile, keyFile) are
+// relative to the directory of the configuration file.
 type Config struct {
 	// IDScope is the scope devices put first in every path; "" means
 	// DefaultIDScope.
@@ -161,6 +164,10 @@ type Config struct {
 	// with its register PUT (api-version 2025-07-01-preview) gets a
 	// certificate issued by the policy's CA in the final operation result.
 	CredentialPolicies []CredentialPolicy `json:"credentialPolicies,omitempty"`
+	// IssuedChainEveryPoll returns an issued certificate chain in every
+	// final answer of its operation instead of only the first; see
+	// Knobs.IssuedChainEveryPoll.
+	IssuedChainEveryPoll bool `json:"issuedChainEveryPoll,omitempty"`
 }
 
 // CredentialPolicy issues device certificates from a CA, as an Azure Device
@@ -175,6 +182,11 @@ type CredentialPolicy struct {
 	CertificateFile string `json:"certificateFile,omitempty"`
 	// KeyFile is the issuing CA's private key (PEM, EC P-384).
 	KeyFile string `json:"keyFile,omitempty"`
+	// Certificate is CertificateFile's content (PEM) given inline; set one
+	// of the two.
+	Certificate string `json:"certificate,omitempty"`
+	// Key is KeyFile's content (PEM) given inline; set one of the two.
+	Key string `json:"key,omitempty"`
 	// ValidityDays is the issued certificates' validity: 7 to 90 (the
 	// preview's limits); 0 means 30.
 	ValidityDays int `json:"validityDays,omitempty"`
@@ -481,6 +493,17 @@ type Faults struct {
 	// operation completes at once; a 200 with its final status and full
 	// registrationState but no operationId). "" means "truncated".
 	RegisterBadBody string `json:"registerBadBody"`
+
+	// LoseIssuedAnswerRate is the probability (0..1) that an answer
+	// carrying an issued certificate chain (the first final poll of an
+	// operation whose device sent a CSR, or a synchronous register answer)
+	// is lost: the certificate is issued and the chain marked handed over,
+	// then the connection is closed instead of answering. The status lookup
+	// does not return the chain, so the certificate is gone for the client
+	// (RegistrationInfo.CertificatesIssued counts it, ChainsDelivered does
+	// not). Drawn per poll (or register PUT) like the other faults. 0 means
+	// never.
+	LoseIssuedAnswerRate float64 `json:"loseIssuedAnswerRate"`
 }
 
 // Duration is a time.Duration that reads and writes JSON as a Go duration
@@ -578,6 +601,7 @@ func (c *Config) readFiles(dir string) error {
 	c.Registrations = append([]ExistingRegistration(nil), c.Registrations...)
 	c.ServicePolicies = append([]ServicePolicy(nil), c.ServicePolicies...)
 	c.EntraIssuers = append([]EntraIssuer(nil), c.EntraIssuers...)
+	c.CredentialPolicies = append([]CredentialPolicy(nil), c.CredentialPolicies...)
 	// inline takes the content of *file into *content, refusing both.
 	inline := func(where, contentName, fileName string, content, file *string) error {
 		if *file == "" {
@@ -625,6 +649,16 @@ func (c *Config) readFiles(dir string) error {
 			g.Attestation.X509 = &x2
 		}
 	}
+	for i := range c.CredentialPolicies {
+		cp := &c.CredentialPolicies[i]
+		where := fmt.Sprintf("credentialPolicies[%d] (%s)", i, cp.Name)
+		if err := inline(where, "certificate", "certificateFile", &cp.Certificate, &cp.CertificateFile); err != nil {
+			return err
+		}
+		if err := inline(where, "key", "keyFile", &cp.Key, &cp.KeyFile); err != nil {
+			return err
+		}
+	}
 	for i := range c.EntraIssuers {
 		ei := &c.EntraIssuers[i]
 		if err := inline(fmt.Sprintf("entraIssuers[%d] (%s)", i, ei.Issuer), "publicKeyPEM", "publicKeyFile", &ei.PublicKeyPEM, &ei.PublicKeyFile); err != nil {
@@ -650,6 +684,10 @@ type instance struct {
 	policies     []*policy      // service API shared access policies
 	issuers      []*entraIssuer // trusted bearer token issuers
 	policyByName map[string]*policy
+	// credPolicies are the credential policies by name, credPolicyOrder
+	// in configuration order. Fixed at start.
+	credPolicies    map[string]*credPolicy
+	credPolicyOrder []*credPolicy
 
 	// The enrollments change at run time through the service API. Readers
 	// (every device request) take mu for reading; the group slices are
@@ -687,6 +725,9 @@ type enrollment struct {
 	hubs []string
 	// policy overrides the instance's allocation policy; "" = the instance's.
 	policy string
+	// credPolicy issues the enrollment's devices certificates from their
+	// CSRs; nil = none (a CSR is refused).
+	credPolicy *credPolicy
 	// X.509, individual: the device certificates (primary, then secondary).
 	certs []*x509.Certificate
 	// X.509, group: the CAs (primary, then secondary).
@@ -779,6 +820,9 @@ func compile(cfg Config) (*instance, error) {
 		ca.verified.Store(c.Verified)
 		in.cas = append(in.cas, ca)
 		in.caByName[c.Name] = ca
+	}
+	if err := in.compileCredentialPolicies(cfg.CredentialPolicies); err != nil {
+		return nil, err
 	}
 	for i, ie := range cfg.Individual {
 		field := fmt.Sprintf("individualEnrollments[%d] (%s)", i, ie.RegistrationID)
@@ -917,6 +961,11 @@ func (in *instance) compileIndividual(ie IndividualEnrollment) (*enrollment, err
 	if err := in.commonFields(e, ie.IoTHub, ie.ProvisioningStatus); err != nil {
 		return nil, err
 	}
+	cp, err := in.credentialPolicy(ie.CredentialPolicyName)
+	if err != nil {
+		return nil, err
+	}
+	e.credPolicy = cp
 	a := ie.Attestation
 	switch {
 	case a.X509 != nil && a.SymmetricKey != nil:
@@ -958,6 +1007,11 @@ func (in *instance) compileGroup(g EnrollmentGroup) (*enrollment, error) {
 	if err := in.commonFields(e, g.IoTHub, g.ProvisioningStatus); err != nil {
 		return nil, err
 	}
+	cp, err := in.credentialPolicy(g.CredentialPolicyName)
+	if err != nil {
+		return nil, err
+	}
+	e.credPolicy = cp
 	a := g.Attestation
 	switch {
 	case a.X509 != nil && a.SymmetricKey != nil:
@@ -1083,6 +1137,7 @@ func knobsFromConfig(cfg Config) (Knobs, error) {
 		k.RetryAfterSeconds = *cfg.RetryAfterSeconds
 	}
 	k.LookupWhileAssigning = cfg.LookupWhileAssigning
+	k.IssuedChainEveryPoll = cfg.IssuedChainEveryPoll
 	if err := k.validate(); err != nil {
 		return k, err
 	}

@@ -2,6 +2,7 @@ package dpssim
 
 import (
 	"bytes"
+	"crypto/x509"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -112,6 +113,15 @@ func (s *Server) serveDevice(w http.ResponseWriter, r *http.Request) {
 			c.fail(aerr)
 			return
 		}
+		if !supportsCSR(c.apiVersion) {
+			// Older api-versions do not know the field: ignored.
+			body.csr, body.hasCSR = "", false
+		}
+		if kind == kindLookup && body.hasCSR {
+			c.fail(&apiError{status: http.StatusBadRequest, code: dps.CodeBadRequest,
+				msg: "csr is not allowed in the registration status lookup: send it with the register PUT (the lookup never returns an issued certificate)"})
+			return
+		}
 	}
 	now := s.now()
 	att, aerr := s.authenticate(r, id, body.tpm, now)
@@ -168,6 +178,13 @@ func route(r *http.Request) (kind, scope, id, opID string, aerr *apiError) {
 type deviceRegistration struct {
 	payload json.RawMessage
 	tpm     bool
+	// csr is the csr member as sent (hasCSR: present and not null);
+	// register checks it when the api-version knows the field.
+	csr    string
+	hasCSR bool
+	// checkedCSR is csr once checked (register PUTs of
+	// 2025-07-01-preview); nil when none was sent.
+	checkedCSR *x509.CertificateRequest
 }
 
 // readDeviceRegistration reads a DeviceRegistration body: JSON (any
@@ -193,6 +210,7 @@ func readDeviceRegistration(r *http.Request, pathID string) (deviceRegistration,
 		RegistrationID *string         `json:"registrationId"`
 		Payload        json.RawMessage `json:"payload"`
 		TPM            json.RawMessage `json:"tpm"`
+		CSR            json.RawMessage `json:"csr"`
 	}
 	if err := json.Unmarshal(b, &v); err != nil {
 		return deviceRegistration{}, &apiError{status: http.StatusBadRequest, code: dps.CodeBadRequest, msg: "malformed JSON body: " + err.Error()}
@@ -209,6 +227,12 @@ func readDeviceRegistration(r *http.Request, pathID string) (deviceRegistration,
 		dr.payload = json.RawMessage(p)
 	}
 	dr.tpm = len(v.TPM) > 0 && !bytes.Equal(bytes.TrimSpace(v.TPM), []byte("null"))
+	if present(v.CSR) {
+		dr.hasCSR = true
+		if err := json.Unmarshal(v.CSR, &dr.csr); err != nil {
+			return deviceRegistration{}, csrError("it must be a JSON string holding the base64 DER of a PKCS#10 certificate signing request")
+		}
+	}
 	return dr, nil
 }
 
@@ -219,6 +243,20 @@ func (s *Server) register(c *call, att attested, body deviceRegistration, scope 
 	rec.registerRequests++
 	seq := rec.registerRequests
 	s.mu.Unlock()
+	// A CSR is checked before the request can take effect: a bad one
+	// registers nothing.
+	if body.hasCSR {
+		if att.enr.credPolicy == nil {
+			c.fail(csrError("enrollment %s names no credential policy (credentialPolicyName), so no certificate can be issued; register without a csr, or link a credential policy to the enrollment", att.enr.name()))
+			return
+		}
+		csr, aerr := checkCSR(body.csr, c.regID)
+		if aerr != nil {
+			c.fail(aerr)
+			return
+		}
+		body.checkedCSR = csr
+	}
 	if !c.inject(k, seq, k.Faults.RegisterErrorRate) {
 		return
 	}
@@ -274,6 +312,8 @@ type effectResult struct {
 	final *dps.DeviceRegistrationResult
 	aerr  *apiError
 	k     *Knobs
+	// chain is set when final carries an issued chain.
+	chain *chainAnswer
 }
 
 // takeEffect is the moment a register PUT takes effect: 409203 while the
@@ -301,7 +341,8 @@ func (s *Server) takeEffect(a effectArgs) effectResult {
 		return effectResult{k: k, aerr: &apiError{status: http.StatusTooManyRequests, code: dps.CodeThrottled, retryAfter: retryAfterSeconds(wait),
 			msg: fmt.Sprintf("registration rate exceeded: at most %d registrations per minute", k.Quotas.registrationsPerMinute())}}
 	}
-	op := &operation{id: s.opPrefix + newUUID(), apiVersion: a.apiVersion, readyAt: now.Add(time.Duration(k.AssignmentDelay))}
+	op := &operation{id: s.opPrefix + newUUID(), apiVersion: a.apiVersion, readyAt: now.Add(time.Duration(k.AssignmentDelay)),
+		csr: a.body.checkedCSR, cn: a.regID}
 	if a.sync {
 		op.readyAt = now
 	}
@@ -328,7 +369,11 @@ func (s *Server) takeEffect(a effectArgs) effectResult {
 	r := effectResult{op: op, k: k}
 	if a.sync {
 		s.settle(rec, now)
-		r.final = op.final
+		var carries bool
+		r.final, carries = withChain(op, k)
+		if carries {
+			r.chain = &chainAnswer{rec: rec, op: op}
+		}
 	}
 	return r
 }
@@ -388,9 +433,17 @@ func (s *Server) registerLate(c *call, eff effectArgs, k *Knobs, seq int, badBod
 // the operation id, or the unusable answer badBody names.
 func (c *call) answerRegister(res effectResult, seq int, badBody, scope string) {
 	k := res.k
-	c.maybeDropResponse(k, seq)
 	loc := "https://" + c.r.Host + "/" + url.PathEscape(scope) + "/registrations/" + url.PathEscape(c.regID) + "/register"
 	accepted := dps.RegistrationOperationStatus{OperationID: res.op.id, Status: dps.StatusAssigning}
+	type syncAnswer struct {
+		Status            dps.Status                    `json:"status"`
+		RegistrationState *dps.DeviceRegistrationResult `json:"registrationState"`
+	}
+	if res.chain != nil {
+		c.handOverChain(k, seq, *res.chain, http.StatusOK, syncAnswer{res.final.Status, res.final}, loc)
+	} else {
+		c.maybeDropResponse(k, seq)
+	}
 	switch badBody {
 	case BadBodyTruncated:
 		c.s.stats.faults.Add(1)
@@ -410,10 +463,10 @@ func (c *call) answerRegister(res effectResult, seq int, badBody, scope string) 
 		}{dps.StatusAssigning}, k.RetryAfterSeconds, loc)
 	case BadBodySyncAssigned:
 		c.s.stats.faults.Add(1)
-		c.reply(http.StatusOK, struct {
-			Status            dps.Status                    `json:"status"`
-			RegistrationState *dps.DeviceRegistrationResult `json:"registrationState"`
-		}{res.final.Status, res.final}, -1, loc)
+		c.reply(http.StatusOK, syncAnswer{res.final.Status, res.final}, -1, loc)
+		if res.chain != nil {
+			c.chainDelivered(*res.chain)
+		}
 	default:
 		c.reply(http.StatusAccepted, accepted, k.RetryAfterSeconds, loc)
 	}
@@ -423,7 +476,7 @@ func (c *call) answerRegister(res effectResult, seq int, badBody, scope string) 
 // allocation policy and the payload. s.mu held.
 func (s *Server) decide(rec *registration, att attested, id string, payload json.RawMessage) outcome {
 	e := att.enr
-	o := outcome{enrollment: e.name(), x509: att.x509, symKey: att.symKey}
+	o := outcome{enrollment: e.name(), x509: att.x509, symKey: att.symKey, policy: e.credPolicy}
 	if s.in.echoPayload {
 		o.payload = payload
 	}
@@ -543,21 +596,33 @@ func (s *Server) poll(c *call, opID string) {
 	op.polls++
 	status := http.StatusOK
 	body := dps.RegistrationOperationStatus{OperationID: op.id}
+	var chain *chainAnswer
 	if !op.done || op.polls <= k.Faults.StayAssigningPolls {
 		status = http.StatusAccepted
 		body.Status = dps.StatusAssigning
 		body.RegistrationState = &dps.DeviceRegistrationResult{RegistrationID: rec.id, Status: dps.StatusAssigning}
 	} else {
+		var carries bool
 		body.Status = op.final.Status
-		body.RegistrationState = op.final
+		body.RegistrationState, carries = withChain(op, k)
+		if carries {
+			chain = &chainAnswer{rec: rec, op: op}
+		}
 	}
 	s.mu.Unlock()
-	c.maybeDropResponse(k, seq)
+	if chain != nil {
+		c.handOverChain(k, seq, *chain, status, body, "")
+	} else {
+		c.maybeDropResponse(k, seq)
+	}
 	retry := -1
 	if status == http.StatusAccepted {
 		retry = k.RetryAfterSeconds
 	}
 	c.reply(status, body, retry, "")
+	if chain != nil {
+		c.chainDelivered(*chain)
+	}
 }
 
 // lookup answers the registration status POST with the current state. A

@@ -275,6 +275,9 @@ type EnrollmentInfo struct {
 	ProvisioningStatus string `json:"provisioningStatus,omitempty"`
 	// ETag is the current etag while it exists.
 	ETag string `json:"etag,omitempty"`
+	// CredentialPolicyName is the credential policy it names while it
+	// exists; "" for none.
+	CredentialPolicyName string `json:"credentialPolicyName,omitempty"`
 	// Creates counts creates that took effect (PUT without an existing
 	// enrollment, bulk create, bulk update of a missing one); Updates
 	// replacements; Deletes deletions.
@@ -349,6 +352,7 @@ func (in *instance) info(c *enrollmentCounts) EnrollmentInfo {
 		ei.Attestation = e.doc.Attestation.Type
 		ei.ProvisioningStatus = e.doc.ProvisioningStatus
 		ei.ETag = e.doc.ETag
+		ei.CredentialPolicyName = e.doc.CredentialPolicyName
 	}
 	return ei
 }

@@ -29,6 +29,12 @@ type Knobs struct {
 	// LookupNotFound (404 + 404201, whatever earlier record exists) or
 	// LookupPrevious (the last completed record unchanged; 404201 if none).
 	LookupWhileAssigning string `json:"lookupWhileAssigning"`
+	// IssuedChainEveryPoll returns an issued certificate chain
+	// (registrationState.issuedCertificateChain) in every final answer of
+	// its operation. false (the default) hands it over once, as DPS does:
+	// in the first final answer, and later polls of the same operation show
+	// the assigned state without it.
+	IssuedChainEveryPoll bool `json:"issuedChainEveryPoll"`
 }
 
 // Values of Knobs.LookupWhileAssigning.
@@ -87,6 +93,7 @@ func (k Knobs) validate() error {
 		{"lateEffectRate", f.LateEffectRate},
 		{"lookupBare404Rate", f.LookupBare404Rate},
 		{"registerBadBodyRate", f.RegisterBadBodyRate},
+		{"loseIssuedAnswerRate", f.LoseIssuedAnswerRate},
 	} {
 		if math.IsNaN(r.v) || r.v < 0 || r.v > 1 {
 			return fmt.Errorf("faults.%s %v: want a probability from 0 to 1", r.name, r.v)
@@ -201,6 +208,7 @@ const (
 	drawLateEffect   = "late-effect"
 	drawBare404      = "bare-404"
 	drawBadBody      = "bad-body"
+	drawLoseIssued   = "lose-issued"
 )
 
 // draw returns a number in [0, 1) that depends only on the seed, the request

@@ -1,6 +1,7 @@
 package dpssim
 
 import (
+	"crypto/x509"
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
@@ -254,6 +255,11 @@ type registration struct {
 	lateEffects                                 int         // late register PUTs processed
 	registerTimes                               []time.Time // when each counted registration took effect
 	pollLog                                     []time.Time // accepted poll times, oldest first
+
+	// Certificate issuance oracle: certificates issued from CSRs, answers
+	// carrying a chain written and lost, and the last leaf issued.
+	certsIssued, chainsDelivered, chainsLost int
+	lastIssued                               *x509.Certificate
 }
 
 // maxOpsKept bounds the superseded operations a device may still poll.
@@ -270,6 +276,15 @@ type operation struct {
 	done       bool
 	out        outcome
 	final      *dps.DeviceRegistrationResult // snapshot when done
+
+	// csr is the checked CSR of the register PUT (nil: none) and cn the
+	// registration id the issued certificate names.
+	csr *x509.CertificateRequest
+	cn  string
+	// issued is the chain issued when the operation was assigned (leaf
+	// first, base64 DER); handedOver says an answer carried it.
+	issued     []string
+	handedOver bool
 }
 
 type outcome struct {
@@ -282,6 +297,8 @@ type outcome struct {
 	enrollment string
 	x509       *dps.X509RegistrationResult
 	symKey     *dps.SymmetricKeyRegistrationResult
+	// policy issues a certificate from the operation's CSR on assignment.
+	policy *credPolicy
 }
 
 func (rec *registration) current() *operation {
@@ -318,6 +335,15 @@ func (s *Server) settle(rec *registration, now time.Time) {
 		return
 	}
 	op.done = true
+	if op.out.status == dps.StatusAssigned && op.csr != nil && op.out.policy != nil && !s.issueFor(rec, op) {
+		op.out.status = dps.StatusFailed
+		op.out.errCode = dps.CodeInternalServerError
+		op.out.errMsg = "certificate issuance failed"
+		if rec.countedHub != "" {
+			s.hubLoad[rec.countedHub]--
+			rec.countedHub = ""
+		}
+	}
 	o := op.out
 	rec.status = o.status
 	rec.enrollment = o.enrollment
@@ -422,6 +448,25 @@ type RegistrationInfo struct {
 	// device registered before this server started); false for devices
 	// first seen by this server.
 	FromConfig bool `json:"fromConfig,omitempty"`
+
+	// CertificatesIssued counts certificates issued to this device from
+	// the CSRs of its register PUTs (api-version 2025-07-01-preview), one
+	// per operation assigned with a CSR, whatever the client saw.
+	CertificatesIssued int `json:"certificatesIssued,omitempty"`
+	// ChainsDelivered counts answers carrying an issued chain
+	// (registrationState.issuedCertificateChain) that were written to the
+	// client: at most one per issued certificate unless
+	// Knobs.IssuedChainEveryPoll. ChainsLost counts such answers lost
+	// instead (Faults.LoseIssuedAnswerRate or DropResponseRate). An issued
+	// certificate with no delivered chain is lost for the client.
+	ChainsDelivered int `json:"chainsDelivered,omitempty"`
+	ChainsLost      int `json:"chainsLost,omitempty"`
+	// LastIssuedSerial (upper-case hex, as DPS writes serial numbers),
+	// LastIssuedSHA256 (upper-case hex SHA-256 of the DER) and
+	// LastIssuedNotAfter describe the last certificate issued.
+	LastIssuedSerial   string    `json:"lastIssuedSerial,omitempty"`
+	LastIssuedSHA256   string    `json:"lastIssuedSha256Thumbprint,omitempty"`
+	LastIssuedNotAfter time.Time `json:"lastIssuedNotAfter,omitzero"`
 }
 
 // Registrations returns every registration the simulator knows, sorted by
@@ -479,6 +524,7 @@ func (rec *registration) info() RegistrationInfo {
 	if op := rec.current(); op != nil {
 		ri.OperationID = op.id
 	}
+	rec.issuedInfo(&ri)
 	return ri
 }
 
@@ -550,6 +596,14 @@ type Stats struct {
 	// IndividualEnrollments and EnrollmentGroups are how many exist now.
 	IndividualEnrollments int `json:"individualEnrollments"`
 	EnrollmentGroups      int `json:"enrollmentGroups"`
+
+	// CertificatesIssued counts certificates issued from CSRs;
+	// ChainsDelivered answers carrying an issued chain that were written;
+	// ChainsLost such answers lost (Faults.LoseIssuedAnswerRate,
+	// DropResponseRate).
+	CertificatesIssued int64 `json:"certificatesIssued"`
+	ChainsDelivered    int64 `json:"chainsDelivered"`
+	ChainsLost         int64 `json:"chainsLost"`
 }
 
 type counters struct {
@@ -562,6 +616,8 @@ type counters struct {
 	enrollmentCreates, enrollmentUpdates, enrollmentDeletes          atomic.Int64
 	groupCreates, groupUpdates, groupDeletes, registrationDeletes    atomic.Int64
 	serviceByStatus                                                  [600]atomic.Int64
+
+	certsIssued, chainsDelivered, chainsLost atomic.Int64
 }
 
 // Stats returns the totals so far.
@@ -604,6 +660,9 @@ func (s *Server) Stats() Stats {
 		}
 	}
 	st.IndividualEnrollments, st.EnrollmentGroups = s.in.enrollmentCount()
+	st.CertificatesIssued = c.certsIssued.Load()
+	st.ChainsDelivered = c.chainsDelivered.Load()
+	st.ChainsLost = c.chainsLost.Load()
 	now := s.now()
 	s.mu.Lock()
 	for _, rec := range s.regs {

@@ -39,6 +39,9 @@ type enrollmentDoc struct {
 	AllocationPolicy           string                `json:"allocationPolicy,omitempty"`
 	IoTHubs                    []string              `json:"iotHubs,omitempty"`
 	CustomAllocationDefinition json.RawMessage       `json:"customAllocationDefinition,omitempty"`
+	// CredentialPolicyName links a credential policy that issues the
+	// devices certificates from their CSRs (service API 2025-07-01-preview).
+	CredentialPolicyName string `json:"credentialPolicyName,omitempty"`
 }
 
 // attestationDoc is an AttestationMechanism.
@@ -240,9 +243,11 @@ func (in *instance) compileDoc(group bool, pathID string, d *enrollmentDoc) (*en
 		if d.DeviceID != "" {
 			return nil, errors.New("deviceId is for individual enrollments, not enrollment groups")
 		}
-		e, err = in.compileGroup(EnrollmentGroup{EnrollmentGroupID: id, Attestation: att, IoTHub: pinned, ProvisioningStatus: status})
+		e, err = in.compileGroup(EnrollmentGroup{EnrollmentGroupID: id, Attestation: att, IoTHub: pinned, ProvisioningStatus: status,
+			CredentialPolicyName: d.CredentialPolicyName})
 	} else {
-		e, err = in.compileIndividual(IndividualEnrollment{RegistrationID: id, Attestation: att, DeviceID: d.DeviceID, IoTHub: pinned, ProvisioningStatus: status})
+		e, err = in.compileIndividual(IndividualEnrollment{RegistrationID: id, Attestation: att, DeviceID: d.DeviceID, IoTHub: pinned, ProvisioningStatus: status,
+			CredentialPolicyName: d.CredentialPolicyName})
 	}
 	if err != nil {
 		return nil, err
@@ -260,6 +265,9 @@ func (in *instance) compileDoc(group bool, pathID string, d *enrollmentDoc) (*en
 		ProvisioningStatus: ProvisioningEnabled,
 		AllocationPolicy:   d.AllocationPolicy,
 		IoTHubs:            append([]string(nil), d.IoTHubs...),
+	}
+	if e.credPolicy != nil {
+		out.CredentialPolicyName = e.credPolicy.name
 	}
 	if group {
 		out.EnrollmentGroupID = id
@@ -580,6 +588,9 @@ func (in *instance) configDoc(e *enrollment, start time.Time) *enrollmentDoc {
 		CreatedDateTimeUTC:     formatTime(start),
 		LastUpdatedDateTimeUTC: formatTime(start),
 		AllocationPolicy:       wirePolicy(in.allocation),
+	}
+	if e.credPolicy != nil {
+		d.CredentialPolicyName = e.credPolicy.name
 	}
 	if e.group {
 		d.EnrollmentGroupID = e.id
