@@ -22,7 +22,7 @@ import (
 // key may already be in use. Rows with an unusable id are left to the
 // manifest validation that follows, which reports them.
 func generateCSRKeys(ctx context.Context, e *env, p *provisionFlags) error {
-	rd, err := manifests.OpenWith(p.manifest, manifests.Options{Strict: p.strict, Columns: p.columns, IssueCerts: true})
+	rd, err := manifests.OpenWith(p.manifest, manifests.Options{Strict: p.strict, Columns: p.columns, IgnoreCSRColumns: true})
 	if err != nil {
 		return usagef("check the --manifest path: dps-batch provision --manifest path/to/devices.csv --id-scope 0ne00012345", "cannot read the manifest: %v", err)
 	}

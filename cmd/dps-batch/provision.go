@@ -510,13 +510,11 @@ func campaignHint(ce *batch.CampaignError) string {
 
 // campaignFlags are the provision flags of a campaign kind.
 func campaignFlags(kind string) string {
-	switch kind {
-	case "reprovision":
-		return "--reprovision"
-	case "retry-failed":
-		return "--retry-failed"
+	var flags []string
+	for _, k := range strings.Split(kind, "+") {
+		flags = append(flags, "--"+k) // campaign kinds are flag names: reprovision, retry-failed, reissue
 	}
-	return "--reprovision --retry-failed"
+	return strings.Join(flags, " ")
 }
 
 // openLedger opens (creating) the ledger, takes the run lock and checks the

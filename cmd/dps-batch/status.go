@@ -161,6 +161,10 @@ differently (exit 3 unless --allow-conflicts).`,
 	}
 	fmt.Fprintf(w, "Running provision again would: register %d, poll %d, check %d with a lookup first, skip %d (of which %d failed/disabled: --retry-failed registers them again)\n",
 		next["register"], next["poll"], next["lookup"], next["skip"], next["skipFailed"])
+	if n := counts.ByState[ledger.StateIssuedLost]; n > 0 {
+		fmt.Fprintf(w, "%d device(s) issued-lost: DPS assigned them and issued a certificate, but the certificate never reached its file, and DPS hands it over only once.\n"+
+			"  Remedy: run the same provision command with --reissue: it registers them again with their CSR (billable, one registration each) and writes the new certificate.\n", n)
+	}
 	return nil
 }
 

@@ -1,0 +1,292 @@
+package batch_test
+
+import (
+	"context"
+	"crypto"
+	"crypto/x509"
+	"encoding/base64"
+	"encoding/pem"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/dps-batch/dps-batch/batch"
+	"github.com/dps-batch/dps-batch/certs"
+	"github.com/dps-batch/dps-batch/dps"
+	"github.com/dps-batch/dps-batch/dpssim"
+	"github.com/dps-batch/dps-batch/ledger"
+	"github.com/dps-batch/dps-batch/manifests"
+)
+
+// issueFixture is a symmetric-key group fleet whose rows carry P-384
+// operational keys (csr_key_path), a simulator whose group names a
+// credential policy, and a client of the certificate-issuing api-version.
+func issueFixture(t *testing.T, n int, tweak func(*dpssim.Config)) *fixture {
+	t.Helper()
+	f := &fixture{dir: t.TempDir(), groupKey: randomKey(t)}
+	zero := 0
+	cfg := dpssim.Config{
+		IDScope:           dpssim.DefaultIDScope,
+		RetryAfterSeconds: &zero,
+		Groups: []dpssim.EnrollmentGroup{{EnrollmentGroupID: "sas-group", CredentialPolicyName: "line-1",
+			Attestation: dpssim.Attestation{SymmetricKey: &dpssim.SymmetricKeyAttestation{PrimaryKey: base64.StdEncoding.EncodeToString(f.groupKey)}}}},
+		CredentialPolicies: []dpssim.CredentialPolicy{{Name: "line-1", ValidityDays: 30}},
+		Quotas:             dpssim.Quotas{RegistrationsPerMinute: -1, PollsPer10sPerDevice: -1},
+	}
+	var rows strings.Builder
+	rows.WriteString("registration_id,csr_key_path\n")
+	must(t, os.Mkdir(filepath.Join(f.dir, "keys"), 0o700))
+	for i := range n {
+		id := fmt.Sprintf("cert-dev-%04d", i)
+		key, err := certs.GenerateCSRKey()
+		must(t, err)
+		der, err := x509.MarshalECPrivateKey(key)
+		must(t, err)
+		must(t, os.WriteFile(filepath.Join(f.dir, "keys", id+".key"), pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: der}), 0o600))
+		fmt.Fprintf(&rows, "%s,keys/%s.key\n", id, id)
+		f.ids = append(f.ids, id)
+	}
+	f.manifest = filepath.Join(f.dir, "manifest.csv")
+	must(t, os.WriteFile(f.manifest, []byte(rows.String()), 0o600))
+	if tweak != nil {
+		tweak(&cfg)
+	}
+	var err error
+	f.sim, err = dpssim.New(cfg)
+	must(t, err)
+	f.running, err = dpssim.StartTLS(f.sim, "127.0.0.1:0")
+	must(t, err)
+	t.Cleanup(func() { f.running.Close() })
+	f.client, err = dps.NewClient(dps.Config{Endpoint: f.running.URL, IDScope: dpssim.DefaultIDScope, RootCAs: f.running.CAPool,
+		APIVersion: dps.CertificateIssuanceAPIVersion})
+	must(t, err)
+	t.Cleanup(f.client.Close)
+	f.openLedger(t)
+	return f
+}
+
+func (f *fixture) issuingRunner() *batch.Runner {
+	r := f.runner(nil)
+	r.Options.Manifest = manifests.Options{GroupKey: f.groupKey, IssueCerts: true}
+	return r
+}
+
+// policyRoot returns the simulator's issuing root for the policy.
+func policyRoot(t *testing.T, f *fixture) *x509.CertPool {
+	t.Helper()
+	info, ok := f.sim.CredentialPolicy("line-1")
+	if !ok {
+		t.Fatal("simulator has no credential policy line-1")
+	}
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM([]byte(info.RootPEM)) {
+		t.Fatal("policy root PEM does not parse")
+	}
+	return pool
+}
+
+// verifyIssued checks the device's issued chain file: leaf first, CN = id,
+// the CSR key's certificate, verifying to the policy's root; and that the
+// ledger's identity of it matches the file and the simulator's last issue.
+func verifyIssued(t *testing.T, f *fixture, roots *x509.CertPool, id string) {
+	t.Helper()
+	data, err := os.ReadFile(filepath.Join(f.dir, "issued", id+".pem"))
+	if err != nil {
+		t.Errorf("device %s: %v", id, err)
+		return
+	}
+	chain, err := certs.ParseCertsPEM(data)
+	if err != nil || len(chain) < 2 {
+		t.Errorf("device %s: chain file: %d certificates, err %v", id, len(chain), err)
+		return
+	}
+	leaf := chain[0]
+	inter := x509.NewCertPool()
+	for _, c := range chain[1:] {
+		inter.AddCert(c)
+	}
+	if _, err := leaf.Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+		t.Errorf("device %s: issued chain does not verify: %v", id, err)
+	}
+	if leaf.Subject.CommonName != id {
+		t.Errorf("device %s: issued CN %q", id, leaf.Subject.CommonName)
+	}
+	keyPEM, err := os.ReadFile(filepath.Join(f.dir, "keys", id+".key"))
+	must(t, err)
+	key, err := certs.ParseKeyPEM(keyPEM)
+	must(t, err)
+	if !key.Public().(interface{ Equal(crypto.PublicKey) bool }).Equal(leaf.PublicKey) {
+		t.Errorf("device %s: issued certificate is not for the device's operational key", id)
+	}
+	d, _, err := f.ledger.Device(context.Background(), id)
+	must(t, err)
+	if want := strings.ToUpper(leaf.SerialNumber.Text(16)); d.Issued.Serial != want || !d.Issued.NotAfter.Equal(leaf.NotAfter.Truncate(time.Millisecond)) {
+		t.Errorf("device %s: ledger issued %+v, file serial %s notAfter %s", id, d.Issued, want, leaf.NotAfter)
+	}
+	if r, ok := f.sim.Registration(id); !ok || r.LastIssuedSerial != d.Issued.Serial {
+		t.Errorf("device %s: simulator's last issued serial %q, ledger %q", id, r.LastIssuedSerial, d.Issued.Serial)
+	}
+}
+
+// TestIssueCertsWritesVerifyingChains: every device sends its CSR, gets a
+// chain, and has it written before it is recorded assigned; the simulator
+// issued exactly one certificate per device.
+func TestIssueCertsWritesVerifyingChains(t *testing.T) {
+	f := issueFixture(t, 40, nil)
+	res, err := f.issuingRunner().Run(context.Background(), nil)
+	must(t, err)
+	if got := res.Snapshot.CertsWritten; got != 40 {
+		t.Errorf("CertsWritten=%d, want 40", got)
+	}
+	roots := policyRoot(t, f)
+	for _, id := range f.ids {
+		d, _, err := f.ledger.Device(context.Background(), id)
+		must(t, err)
+		if d.State != ledger.StateAssigned {
+			t.Errorf("device %s: state %s (%s), want assigned", id, d.State, d.ErrorMessage)
+			continue
+		}
+		verifyIssued(t, f, roots, id)
+		r, _ := f.sim.Registration(id)
+		if r.Registers != 1 || r.CertificatesIssued != 1 {
+			t.Errorf("device %s: %d registrations, %d certificates issued at the server, want 1 and 1", id, r.Registers, r.CertificatesIssued)
+		}
+	}
+}
+
+// TestLostIssuedAnswerIsIssuedLostThenReissued: when the answer carrying the
+// chain is lost, the device ends issued-lost with the remedy, a re-run
+// registers nothing, and --reissue registers exactly those devices once
+// more and writes their new certificates.
+func TestLostIssuedAnswerIsIssuedLostThenReissued(t *testing.T) {
+	f := issueFixture(t, 30, func(c *dpssim.Config) {
+		c.Faults.Seed = 7
+		c.Faults.LoseIssuedAnswerRate = 0.4
+	})
+	ctx := context.Background()
+	res, err := f.issuingRunner().Run(ctx, nil)
+	must(t, err)
+	lost := map[string]bool{}
+	for _, id := range f.ids {
+		d, _, err := f.ledger.Device(ctx, id)
+		must(t, err)
+		switch d.State {
+		case ledger.StateIssuedLost:
+			lost[id] = true
+			if !strings.Contains(d.Hint, "--reissue") {
+				t.Errorf("device %s: issued-lost hint %q, want the --reissue remedy", id, d.Hint)
+			}
+		case ledger.StateAssigned:
+		default:
+			t.Errorf("device %s: state %s (%s)", id, d.State, d.ErrorMessage)
+		}
+		r, _ := f.sim.Registration(id)
+		if r.Registers != 1 {
+			t.Errorf("device %s: %d registrations at the server, want 1", id, r.Registers)
+		}
+		if lost[id] != (r.ChainsDelivered == 0) {
+			t.Errorf("device %s: ledger issued-lost=%v but the server delivered %d chains", id, lost[id], r.ChainsDelivered)
+		}
+	}
+	if len(lost) == 0 || len(lost) == len(f.ids) {
+		t.Fatalf("%d of %d devices issued-lost; the fault rate should lose some, not all", len(lost), len(f.ids))
+	}
+	if res.Snapshot.CertsLost != len(lost) || res.Snapshot.Outcomes[batch.OutcomeIssuedLost] != len(lost) {
+		t.Errorf("summary: %d lost, %d issued-lost outcomes; ledger has %d", res.Snapshot.CertsLost, res.Snapshot.Outcomes[batch.OutcomeIssuedLost], len(lost))
+	}
+
+	// The same command again registers nothing.
+	if _, err := f.issuingRunner().Run(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range f.ids {
+		if r, _ := f.sim.Registration(id); r.Registers != 1 {
+			t.Errorf("device %s: %d registrations after a plain re-run, want 1", id, r.Registers)
+		}
+	}
+
+	// --reissue: exactly the issued-lost devices, once each (no faults now).
+	must(t, f.sim.SetFaults(dpssim.Faults{}))
+	r := f.issuingRunner()
+	r.Options.Policy.Reissue = true
+	if _, err := r.Run(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	roots := policyRoot(t, f)
+	for _, id := range f.ids {
+		want := 1
+		if lost[id] {
+			want = 2
+		}
+		if r, _ := f.sim.Registration(id); r.Registers != want {
+			t.Errorf("device %s (issued-lost %v): %d registrations after --reissue, want %d", id, lost[id], r.Registers, want)
+		}
+		d, _, err := f.ledger.Device(ctx, id)
+		must(t, err)
+		if d.State != ledger.StateAssigned {
+			t.Errorf("device %s: state %s after --reissue, want assigned", id, d.State)
+			continue
+		}
+		verifyIssued(t, f, roots, id)
+	}
+	// And --reissue again does nothing: its campaign completed.
+	r = f.issuingRunner()
+	r.Options.Policy.Reissue = true
+	if _, err := r.Run(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range f.ids {
+		want := 1
+		if lost[id] {
+			want = 2
+		}
+		if r, _ := f.sim.Registration(id); r.Registers != want {
+			t.Errorf("device %s: %d registrations after a second --reissue, want %d", id, r.Registers, want)
+		}
+	}
+}
+
+// TestIssuedChainRecoveredFromFile: a process that wrote the chain and died
+// before recording assigned is recovered from the file by the next run,
+// without registering again, although the operation no longer returns the
+// chain.
+func TestIssuedChainRecoveredFromFile(t *testing.T) {
+	f := issueFixture(t, 3, nil)
+	ctx := context.Background()
+	if _, err := f.issuingRunner().Run(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	// Rewind the ledger to "assigning" (the state before the final answer
+	// was recorded), as a kill between the file's rename and the ledger
+	// write leaves it.
+	for _, id := range f.ids {
+		d, _, err := f.ledger.Device(ctx, id)
+		must(t, err)
+		op := d.OperationID
+		d.State, d.Issued, d.FinishedAt = ledger.StateAssigning, ledger.IssuedCert{}, time.Time{}
+		d.PutAt = time.Now().Add(-time.Second)
+		d.OperationID = op
+		must(t, f.ledger.Put(ctx, d))
+	}
+	res, err := f.issuingRunner().Run(ctx, nil)
+	must(t, err)
+	roots := policyRoot(t, f)
+	for _, id := range f.ids {
+		d, _, err := f.ledger.Device(ctx, id)
+		must(t, err)
+		if d.State != ledger.StateAssigned {
+			t.Errorf("device %s: %s (%s), want assigned from the durable file", id, d.State, d.ErrorMessage)
+			continue
+		}
+		verifyIssued(t, f, roots, id)
+		if r, _ := f.sim.Registration(id); r.Registers != 1 {
+			t.Errorf("device %s: %d registrations, want 1", id, r.Registers)
+		}
+	}
+	if res.Snapshot.CertsWritten != 3 {
+		t.Errorf("CertsWritten=%d, want 3 recovered", res.Snapshot.CertsWritten)
+	}
+}
