@@ -18,7 +18,7 @@ const adminIndex = `dpssim inspection and admin API (no client certificate neede
 GET  /_sim/registrations                          every registration: status, hub, deviceId, request counts
 GET  /_sim/registrations/{registrationId}         one registration
 GET  /_sim/stats                                  totals: registers, conflicts, late effects, polls, lookups, throttled, faults, by HTTP status
-GET  /_sim/knobs                                  run-time tunables: retryAfterSeconds, assignmentDelay, quotas, faults, lookupWhileAssigning
+GET  /_sim/knobs                                  run-time tunables: retryAfterSeconds, assignmentDelay, quotas, faults, lookupWhileAssigning, issuedChainEveryPoll
 PUT  /_sim/knobs                                  change some of them, e.g. {"faults":{"registerErrorRate":0.2}}
 POST /_sim/hold                                   hold register requests before they take effect
 POST /_sim/release                                let held register requests proceed

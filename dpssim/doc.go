@@ -42,6 +42,18 @@
 // device API attests against at once; Enrollments and EnrollmentInfo count
 // the creates, updates and deletes that took effect per id.
 //
+// Device api-version 2025-07-01-preview issues certificates at
+// registration: an enrollment names a credential policy
+// (Config.CredentialPolicies, CredentialPolicyName), the register PUT
+// carries a PKCS#10 CSR (checked at once: signature, CN = registration id,
+// EC P-384 only; 400 otherwise), and the final operation answer carries
+// registrationState.issuedCertificateChain (leaf, intermediates, root),
+// handed over once (Knobs.IssuedChainEveryPoll to repeat it) and never by
+// the status lookup. Faults.LoseIssuedAnswerRate loses that answer;
+// RegistrationInfo.CertificatesIssued and ChainsDelivered count what was
+// issued and what reached the client, and /_sim/credential-policies
+// (Server.CredentialPolicies) gives the CA chain to verify against.
+//
 // Under /_sim/ the same listener serves inspection (per-registration counts
 // of register PUTs, polls and lookups; totals by HTTP status) and admin
 // endpoints (run-time knobs, hold/release, CA proof of possession), without

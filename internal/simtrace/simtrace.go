@@ -17,6 +17,7 @@
 package simtrace
 
 import (
+	"fmt"
 	"log/slog"
 	"net/http"
 	"sort"
@@ -127,4 +128,32 @@ func Count(history []Event, kind string) int {
 		}
 	}
 	return n
+}
+
+// Issued is the server-side oracle of certificates issued at registration
+// for one device, as the simulator reports it (dpssim.RegistrationInfo
+// CertificatesIssued, ChainsDelivered; /_sim/registrations
+// "certificatesIssued", "chainsDelivered").
+type Issued struct {
+	Issued    int // certificates issued, whatever the client saw
+	Delivered int // answers carrying an issued chain that were written
+}
+
+// Judge checks a device's end state as the client recorded it against the
+// oracle: hasChain says the client kept an issued chain, lost that it marked
+// the device's certificate lost. It returns "" when they agree, else why
+// not. A chain needs a delivered answer; an issued certificate needs either
+// a chain or the lost mark (the status lookup never returns the chain); a
+// lost mark with a delivered chain is allowed (the process may have died
+// before the chain was durable).
+func (x Issued) Judge(hasChain, lost bool) string {
+	switch {
+	case hasChain && lost:
+		return "the device has a chain and is marked lost"
+	case hasChain && x.Delivered == 0:
+		return fmt.Sprintf("the device has a chain, but the server delivered none (%d issued)", x.Issued)
+	case !hasChain && !lost && x.Issued > 0:
+		return fmt.Sprintf("the server issued %d certificate(s) (%d delivered), but the device has no chain and is not marked lost", x.Issued, x.Delivered)
+	}
+	return ""
 }

@@ -81,3 +81,27 @@ func TestSinceAndFromRecord(t *testing.T) {
 		t.Errorf("Since(later) = %v, want none", got)
 	}
 }
+
+func TestIssuedJudge(t *testing.T) {
+	tests := []struct {
+		x              Issued
+		hasChain, lost bool
+		ok             bool
+	}{
+		{Issued{}, false, false, true},
+		{Issued{Issued: 1, Delivered: 1}, true, false, true},
+		{Issued{Issued: 1, Delivered: 1}, false, true, true},
+		{Issued{Issued: 1}, false, true, true},
+		{Issued{Issued: 1}, true, false, false},
+		{Issued{Issued: 1}, false, false, false},
+		{Issued{Issued: 1, Delivered: 1}, false, false, false},
+		{Issued{Issued: 1, Delivered: 1}, true, true, false},
+		{Issued{}, true, false, false},
+	}
+	for _, tt := range tests {
+		got := tt.x.Judge(tt.hasChain, tt.lost)
+		if (got == "") != tt.ok {
+			t.Errorf("%+v.Judge(chain %v, lost %v) = %q, want ok %v", tt.x, tt.hasChain, tt.lost, got, tt.ok)
+		}
+	}
+}
