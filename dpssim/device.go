@@ -113,9 +113,13 @@ func (s *Server) serveDevice(w http.ResponseWriter, r *http.Request) {
 			c.fail(aerr)
 			return
 		}
-		if !supportsCSR(c.apiVersion) {
-			// Older api-versions do not know the field: ignored.
-			body.csr, body.hasCSR = "", false
+		// Other api-versions do not know the field: it is ignored.
+		if supportsCSR(c.apiVersion) && present(body.csrRaw) {
+			body.hasCSR = true
+			if kind == kindRegister && json.Unmarshal(body.csrRaw, &body.csr) != nil {
+				c.fail(csrError("it must be a JSON string holding the base64 DER of a PKCS#10 certificate signing request"))
+				return
+			}
 		}
 		if kind == kindLookup && body.hasCSR {
 			c.fail(&apiError{status: http.StatusBadRequest, code: dps.CodeBadRequest,
@@ -178,8 +182,10 @@ func route(r *http.Request) (kind, scope, id, opID string, aerr *apiError) {
 type deviceRegistration struct {
 	payload json.RawMessage
 	tpm     bool
-	// csr is the csr member as sent (hasCSR: present and not null);
-	// register checks it when the api-version knows the field.
+	// csrRaw is the csr member as sent; csr its string value and hasCSR
+	// whether one was sent (not null), both set only for api-versions
+	// that know the field.
+	csrRaw json.RawMessage
 	csr    string
 	hasCSR bool
 	// checkedCSR is csr once checked (register PUTs of
@@ -227,12 +233,7 @@ func readDeviceRegistration(r *http.Request, pathID string) (deviceRegistration,
 		dr.payload = json.RawMessage(p)
 	}
 	dr.tpm = len(v.TPM) > 0 && !bytes.Equal(bytes.TrimSpace(v.TPM), []byte("null"))
-	if present(v.CSR) {
-		dr.hasCSR = true
-		if err := json.Unmarshal(v.CSR, &dr.csr); err != nil {
-			return deviceRegistration{}, csrError("it must be a JSON string holding the base64 DER of a PKCS#10 certificate signing request")
-		}
-	}
+	dr.csrRaw = v.CSR
 	return dr, nil
 }
 

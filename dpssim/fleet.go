@@ -143,8 +143,14 @@ func WriteConfig(path string, cfg Config, force bool) error {
 	return writeFileAtomic(path, buf.Bytes(), hasKeys(cfg))
 }
 
-// hasKeys reports whether cfg holds symmetric keys.
+// hasKeys reports whether cfg holds symmetric keys or a credential
+// policy's CA key.
 func hasKeys(cfg Config) bool {
+	for _, cp := range cfg.CredentialPolicies {
+		if cp.Key != "" {
+			return true
+		}
+	}
 	for _, e := range cfg.Individual {
 		if e.Attestation.SymmetricKey != nil {
 			return true

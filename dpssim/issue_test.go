@@ -378,14 +378,18 @@ func TestIssueRefusesBadCSR(t *testing.T) {
 	raw := newRawDevice(t, run, "bad-b64", nil, dps.DeriveDeviceKeyBytes(groupKey, "bad-b64"))
 	raw.apiVersion = dps.CertificateIssuanceAPIVersion
 	pemCSR := string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE REQUEST", Bytes: newCSR(t, "bad-b64", p384Key())}))
-	for _, tc := range []struct{ csr, want string }{
+	for _, tc := range []struct {
+		csr  any
+		want string
+	}{
 		{"***not base64***", "not base64"},
 		{pemCSR, "PEM"},
+		{42, "JSON string"},
 	} {
-		body, _ := json.Marshal(map[string]string{"registrationId": "bad-b64", "csr": tc.csr})
+		body, _ := json.Marshal(map[string]any{"registrationId": "bad-b64", "csr": tc.csr})
 		r := raw.do(http.MethodPut, raw.registerPath(), string(body), nil)
 		if r.status != http.StatusBadRequest {
-			t.Fatalf("register with csr %.20q: %d %s, want 400", tc.csr, r.status, r.body)
+			t.Fatalf("register with csr %.20v: %d %s, want 400", tc.csr, r.status, r.body)
 		}
 		e := r.errBody(t)
 		if e.ErrorCode != dps.CodeBadRequest || e.TrackingID == "" || e.TimestampUTC == "" || !strings.Contains(e.Message, tc.want) {
@@ -393,7 +397,7 @@ func TestIssueRefusesBadCSR(t *testing.T) {
 		}
 	}
 	if ri := simRegistration(t, run, "bad-b64"); ri.Registers != 0 || ri.RegisterRequests != 2 {
-		t.Errorf("bad-b64: registers %d of %d requests, want 0 of 2", ri.Registers, ri.RegisterRequests)
+		t.Errorf("bad-b64: registers %d of %d requests, want 0 of 2 (a csr that is no string is refused before authentication)", ri.Registers, ri.RegisterRequests)
 	}
 	if st := sim.Stats(); st.Registers != 0 || st.CertificatesIssued != 0 {
 		t.Errorf("stats: registers %d, issued %d, want 0, 0", st.Registers, st.CertificatesIssued)
@@ -423,7 +427,7 @@ func TestIssueCSRInLookup(t *testing.T) {
 	if r := raw.do(http.MethodPost, lookupPath(), body, nil); r.status != http.StatusNotFound {
 		t.Errorf("lookup with csr (%s): %d %s, want 404 as without it", raw.apiVersion, r.status, r.body)
 	}
-	r = raw.do(http.MethodPut, raw.registerPath(), body, nil)
+	r = raw.do(http.MethodPut, raw.registerPath(), `{"registrationId":"`+id+`","csr":{"not":"a string"}}`, nil)
 	if r.status != http.StatusAccepted {
 		t.Fatalf("register with csr (%s): %d %s, want 202", raw.apiVersion, r.status, r.body)
 	}
