@@ -1,6 +1,7 @@
 package dpssim
 
 import (
+	"bytes"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
@@ -136,7 +137,7 @@ func compileCredentialPolicy(cp CredentialPolicy) (*credPolicy, error) {
 		}
 	}
 	last := chain[len(chain)-1]
-	if err := last.CheckSignatureFrom(last); err != nil || !bytesEqual(last.RawSubject, last.RawIssuer) {
+	if err := last.CheckSignatureFrom(last); err != nil || !bytes.Equal(last.RawSubject, last.RawIssuer) {
 		return nil, fmt.Errorf("certificate: the chain ends with %q, which is not a self-signed root: append the issuers up to and including the root", last.Subject.CommonName)
 	}
 	key, err := certs.ParseKeyPEM([]byte(cp.Key))
@@ -154,8 +155,6 @@ func compileCredentialPolicy(cp CredentialPolicy) (*credPolicy, error) {
 	p.encodeChain()
 	return p, nil
 }
-
-func bytesEqual(a, b []byte) bool { return string(a) == string(b) }
 
 // generate makes a fresh P-384 root and issuing CA for the policy.
 func (p *credPolicy) generate() error {
