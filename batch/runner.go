@@ -274,10 +274,11 @@ func (r *Result) Resumable() bool {
 	return r.Stopped || r.Snapshot.Outcomes[OutcomeUnfinished] > 0
 }
 
-// Failures is the number of devices that ended (now or earlier) failed or disabled.
+// Failures is the number of devices that ended (now or earlier) failed,
+// disabled or issued-lost: each needs the operator.
 func (r *Result) Failures() int {
 	s := r.Snapshot
-	return s.Outcomes[OutcomeFailed] + s.Outcomes[OutcomeDisabled] + s.SkippedFailures
+	return s.Outcomes[OutcomeFailed] + s.Outcomes[OutcomeDisabled] + s.Outcomes[OutcomeIssuedLost] + s.SkippedFailures + s.SkippedIssuedLost
 }
 
 func (r *Runner) now() time.Time {
@@ -781,6 +782,9 @@ func (r *Runner) device(ctx context.Context, drain <-chan struct{}, rd *manifest
 	case ActionSkip:
 		if rec.State == ledger.StateFailed || rec.State == ledger.StateDisabled {
 			r.Stats.skipFailed.Add(1)
+		}
+		if rec.State == ledger.StateIssuedLost {
+			r.Stats.skipIssuedLost.Add(1)
 		}
 		r.Stats.finish(OutcomeSkipped, 0, "")
 		return nil

@@ -42,6 +42,7 @@ type Stats struct {
 	retries          atomic.Int64
 	throttled        atomic.Int64
 	skipFailed       atomic.Int64              // skipped devices whose ledger state is failed or disabled
+	skipIssuedLost   atomic.Int64              // skipped devices whose ledger state is issued-lost
 	certsWritten     atomic.Int64              // issued certificate chains written durably (or recovered from their file)
 	certsLost        atomic.Int64              // devices assigned whose issued certificate was not kept
 	stopping         atomic.Bool               // the run was asked to stop (drain): no estimate of the end
@@ -78,6 +79,9 @@ type Snapshot struct {
 	// run (--issue-certs); CertsLost counts assigned devices whose issued
 	// certificate was not kept (issued-lost).
 	CertsWritten, CertsLost int
+	// SkippedIssuedLost counts skipped devices that are issued-lost in the
+	// ledger (--reissue registers them again).
+	SkippedIssuedLost int
 	// Stopping is true once the run was asked to stop: in-flight devices
 	// finish, no new one starts, and there is no time left to estimate.
 	Stopping bool
@@ -113,20 +117,21 @@ func (s Snapshot) ETA() time.Duration {
 // Snapshot copies the counters.
 func (st *Stats) Snapshot() Snapshot {
 	s := Snapshot{
-		Total:            int(st.total.Load()),
-		InFlight:         int(st.inFlight.Load()),
-		Registers:        int(st.registers.Load()),
-		RegisterRequests: int(st.registerRequests.Load()),
-		Unanswered:       int(st.unanswered.Load()),
-		Conflicts:        int(st.conflicts.Load()),
-		Polls:            int(st.polls.Load()),
-		Lookups:          int(st.lookups.Load()),
-		Retries:          int(st.retries.Load()),
-		Throttled:        int(st.throttled.Load()),
-		SkippedFailures:  int(st.skipFailed.Load()),
-		CertsWritten:     int(st.certsWritten.Load()),
-		CertsLost:        int(st.certsLost.Load()),
-		Stopping:         st.stopping.Load(),
+		Total:             int(st.total.Load()),
+		InFlight:          int(st.inFlight.Load()),
+		Registers:         int(st.registers.Load()),
+		RegisterRequests:  int(st.registerRequests.Load()),
+		Unanswered:        int(st.unanswered.Load()),
+		Conflicts:         int(st.conflicts.Load()),
+		Polls:             int(st.polls.Load()),
+		Lookups:           int(st.lookups.Load()),
+		Retries:           int(st.retries.Load()),
+		Throttled:         int(st.throttled.Load()),
+		SkippedFailures:   int(st.skipFailed.Load()),
+		SkippedIssuedLost: int(st.skipIssuedLost.Load()),
+		CertsWritten:      int(st.certsWritten.Load()),
+		CertsLost:         int(st.certsLost.Load()),
+		Stopping:          st.stopping.Load(),
 	}
 	if ns := st.started.Load(); ns != 0 {
 		s.Elapsed = time.Since(time.Unix(0, ns))

@@ -266,6 +266,9 @@ func printSummary(w io.Writer, p *provisionFlags, res *batch.Result, asJSON bool
 		fmt.Fprintln(w)
 	}
 	printLeft(w, res)
+	if s.SkippedIssuedLost > 0 {
+		fmt.Fprintf(w, "  %d device(s) are issued-lost from an earlier run and were skipped (--reissue registers them again, billable, for a new certificate)\n", s.SkippedIssuedLost)
+	}
 	if s.SkippedFailures > 0 {
 		fmt.Fprintf(w, "  %d device(s) failed or were disabled in an earlier run and were skipped (--retry-failed registers them again)\n", s.SkippedFailures)
 	}
