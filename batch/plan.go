@@ -48,7 +48,7 @@ type Policy struct {
 	RetryFailed bool // re-register devices whose last outcome was a permanent failure or disabled
 	// Reissue re-registers (billable) issued-lost devices: assigned, but
 	// the certificate DPS issued them was not kept.
-	Reissue bool
+	Reissue     bool
 	Reprovision bool // re-register assigned devices on purpose (billable)
 	// ReprovisionBefore limits Reprovision to devices that reached their
 	// final state before this time. Zero means every assigned device.
