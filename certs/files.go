@@ -1,6 +1,7 @@
 package certs
 
 import (
+	"crypto"
 	"crypto/x509"
 	"errors"
 	"fmt"
@@ -71,6 +72,34 @@ func WriteLeaf(dir string, leaf *Leaf, base string, fullChain, force bool) (Path
 	}
 	if err := writeFiles(force, files...); err != nil {
 		return Paths{}, err
+	}
+	return p, nil
+}
+
+// CSRPaths names the files WriteCSR writes. Key is empty when no key was
+// written.
+type CSRPaths struct {
+	CSR string // <base>.csr: the PKCS#10 CSR, PEM
+	Key string // <base>.key: the PKCS#8 private key, mode 0600
+}
+
+// WriteCSR writes csrDER as a PEM "CERTIFICATE REQUEST" to DIR/<base>.csr
+// and, when key is not nil, key to DIR/<base>.key (mode 0600), creating dir
+// if needed. Existing files are left untouched unless force is set; either
+// both files are written or neither is.
+func WriteCSR(dir, base string, csrDER []byte, key crypto.Signer, force bool) (CSRPaths, error) {
+	p := CSRPaths{CSR: filepath.Join(dir, base+".csr")}
+	files := []file{{p.CSR, CSRPEM(csrDER), certFileMode}}
+	if key != nil {
+		keyPEM, err := KeyPEM(key)
+		if err != nil {
+			return CSRPaths{}, fmt.Errorf("write CSR key %s: %w", base, err)
+		}
+		p.Key = filepath.Join(dir, base+".key")
+		files = append(files, file{p.Key, keyPEM, keyFileMode})
+	}
+	if err := writeFiles(force, files...); err != nil {
+		return CSRPaths{}, err
 	}
 	return p, nil
 }

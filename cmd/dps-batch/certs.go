@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"crypto"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -33,6 +34,7 @@ func certsVerbs() []certsVerb {
 		{"intermediate", "Create an intermediate CA signed by a CA", runCertsIntermediate},
 		{"device", "Create a device certificate whose CN is the registration id", runCertsDevice},
 		{"verification", "Create a proof-of-possession certificate for a DPS verification code", runCertsVerification},
+		{"csr", "Create a P-384 key and a CSR for a certificate DPS issues at registration (preview)", runCertsCSR},
 		{"fleet", "Create a test fleet of N devices (X.509 or symmetric keys), its manifest and a simulator config", runCertsFleet},
 	}
 }
@@ -46,7 +48,7 @@ const testKeysWarning = "warning: these are TEST keys for development and the lo
 // runCerts dispatches "dps-batch certs <verb>".
 func runCerts(ctx context.Context, e *env, args []string) error {
 	if len(args) == 0 {
-		return usagef("dps-batch certs --help", "a subcommand is required: root, intermediate, device, verification or fleet")
+		return usagef("dps-batch certs --help", "a subcommand is required: root, intermediate, device, verification, csr or fleet")
 	}
 	switch args[0] {
 	case "-h", "-help", "--help", "help":
@@ -58,16 +60,18 @@ func runCerts(ctx context.Context, e *env, args []string) error {
 			return v.run(ctx, e, args[1:])
 		}
 	}
-	return usagef("dps-batch certs --help", "unknown certs subcommand %q (want root, intermediate, device, verification or fleet)", args[0])
+	return usagef("dps-batch certs --help", "unknown certs subcommand %q (want root, intermediate, device, verification, csr or fleet)", args[0])
 }
 
 func printCertsUsage(w io.Writer) {
 	fmt.Fprintf(w, `Generate a test PKI for DPS X.509 attestation: CAs, device certificates,
 proof-of-possession certificates and whole fleets with a manifest; fleets may
 also be of symmetric-key devices (an enrollment group, or individual
-enrollments). Keys are written as unencrypted PKCS#8 PEM (or base64) with mode
-0600. These certificates and keys are for tests, demos and the local
-simulator, not for production.
+enrollments). For certificates DPS issues at registration (preview), "csr"
+makes a device's P-384 key and CSR and "fleet --issue" a fleet ready for it.
+Keys are written as unencrypted PKCS#8 PEM (or base64) with mode 0600. These
+certificates and keys are for tests, demos and the local simulator, not for
+production.
 
 Usage:
   dps-batch certs <subcommand> [flags]
@@ -87,6 +91,12 @@ Examples:
   # 200 devices of a symmetric-key enrollment group (group key in ./sensors/group.key)
   dps-batch certs fleet --attestation symmetric-group --count 200 --prefix sensor- --out ./sensors
 
+  # the same, with certificates issued by DPS at registration (P-384 keys, issuing CA)
+  dps-batch certs fleet --attestation symmetric-group --count 200 --out ./sensors --issue
+
+  # one device's P-384 operational key and CSR (./csr/dev-0001.key, ./csr/dev-0001.csr)
+  dps-batch certs csr --id dev-0001 --out ./csr
+
   # a root, an intermediate and one device, step by step
   dps-batch certs root --cn "My Test Root" --out ./pki
   dps-batch certs intermediate --cn "My Test Intermediate" --ca ./pki/root.pem --ca-key ./pki/root.key --out ./pki
@@ -103,7 +113,7 @@ type keyFlags struct {
 
 func addKeyFlags(fs *flag.FlagSet, defaultValidity time.Duration, validityHelp string) *keyFlags {
 	var k keyFlags
-	fs.StringVar(&k.keyType, "key-type", string(certs.ECDSAP256), "key `type`: ecdsa-p256, rsa2048 or ed25519")
+	fs.StringVar(&k.keyType, "key-type", string(certs.ECDSAP256), "key `type`: ecdsa-p256, ecdsa-p384, rsa2048 or ed25519")
 	fs.DurationVar(&k.validity, "validity", defaultValidity, validityHelp)
 	fs.BoolVar(&k.force, "force", false, "overwrite existing output files")
 	return &k
@@ -329,6 +339,84 @@ func runCertsVerification(_ context.Context, e *env, args []string) error {
 	return nil
 }
 
+const certsCSRPurpose = `Create a device's certificate signing request (CSR) for a certificate DPS issues
+at registration (DPS device API 2025-07-01-preview):
+  DIR/ID.csr   the CSR: PKCS#10, PEM; subject CN = the registration id, nothing else
+  DIR/ID.key   a new operational key: EC P-384, PKCS#8 PEM, mode 0600 (never printed);
+               not written when --key names an existing key
+
+Preview limits: EC keys on NIST P-384 (secp384r1) only, signed with ECDSA-SHA384
+(no RSA, P-256, P-521 or Ed25519 keys), and the subject CN must equal the
+registration id. The device still attests its registration as usual (symmetric key
+or onboarding certificate); its enrollment must name a credential policy
+(credentialPolicyName), which issues the certificate.
+
+Next: put the key in the manifest column csr_key_path (provision makes the CSR
+from it when it registers) or this CSR in csr_path, say where the issued chain
+goes in issued_cert_path, and run "dps-batch provision --issue-certs". DPS
+returns the chain once, in the registration's answer only.`
+
+func runCertsCSR(_ context.Context, e *env, args []string) error {
+	fs := newFlagSet(e, "certs csr", certsCSRPurpose,
+		`dps-batch certs csr --id dev-0001 --out ./csr`,
+		`dps-batch certs csr --id dev-0002 --key ./station/dev-0002.key --out ./csr`,
+		"# check it with openssl\n"+
+			"openssl req -in ./csr/dev-0001.csr -noout -verify -subject")
+	id := fs.String("id", "", "registration `id`, the CSR's subject CN: 1-64 of a-z 0-9 - . _ :, ending in a letter, digit or '-'; required")
+	out := fs.String("out", "", "output `directory` (created if needed); required")
+	keyFile := fs.String("key", "", "sign with this existing EC P-384 key `file` (PEM: PKCS#8 or SEC1, unencrypted) instead of making a new key; it is read, not changed")
+	force := fs.Bool("force", false, "overwrite existing output files")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	example := `dps-batch certs csr --id dev-0001 --out ./csr`
+	if err := requireFlag(fs, "id", *id, example); err != nil {
+		return err
+	}
+	if err := certs.ValidateRegistrationID(*id); err != nil {
+		return usagef("dps-batch certs csr --help", "--id: %s", err)
+	}
+	if err := requireFlag(fs, "out", *out, example); err != nil {
+		return err
+	}
+	var key crypto.Signer
+	if *keyFile != "" {
+		k, err := certs.LoadCSRKey(*keyFile)
+		if err != nil {
+			return usagef("point --key at an EC P-384 key (openssl ecparam -name secp384r1 -genkey -noout -out KEY), or leave --key out to make one", "--key: %s", err)
+		}
+		key = k
+	} else {
+		k, err := certs.GenerateCSRKey()
+		if err != nil {
+			return err
+		}
+		key = k
+	}
+	der, err := certs.NewCSR(*id, key)
+	if err != nil {
+		return err
+	}
+	var newKey crypto.Signer
+	if *keyFile == "" {
+		newKey = key
+	}
+	p, err := certs.WriteCSR(*out, *id, der, newKey, *force)
+	if err != nil {
+		return writeErr(err)
+	}
+	keyPath, keyNote := p.Key, "new, mode 0600"
+	if *keyFile != "" {
+		keyPath, keyNote = *keyFile, "given, unchanged"
+	}
+	w := e.stdout
+	fmt.Fprintf(w, "CSR for %s (subject CN %s; EC P-384, ECDSA-SHA384)\n  CSR: %s\n  key: %s (%s)\n", *id, *id, p.CSR, keyPath, keyNote)
+	fmt.Fprintf(w, "Next: in the manifest row of %s, set csr_key_path to %s (or csr_path to %s)\n"+
+		"and issued_cert_path to where the issued chain goes, then run dps-batch provision --issue-certs;\n"+
+		"the device's enrollment must name a credential policy.\n", *id, shellQuote(keyPath), shellQuote(p.CSR))
+	return nil
+}
+
 // defaultIDScope is the placeholder ID scope for simulator configurations.
 const defaultIDScope = "0ne00000000"
 
@@ -352,6 +440,17 @@ const certsFleetPurpose = `Create a fleet of test devices, its manifest and a si
   DIR/manifest.csv                          registration_id,symmetric_key: a random 32-byte key per device (mode 0600)
   DIR/sim.json                              one individual enrollment per device, with its key (mode 0600)
 
+--issue, with any --attestation: ready for certificates DPS issues at registration
+  (device API 2025-07-01-preview; P-384 keys only, CN = registration id)
+  DIR/csr-keys/ID.key                       each device's operational key, EC P-384 (mode 0600, folder 0700)
+  DIR/issuing/root.pem, root.key            a P-384 root CA: openssl verify -CAfile DIR/issuing/root.pem
+  DIR/issuing/intermediate.pem, .key        the P-384 CA that issues the certificates
+  DIR/issuing/chain.pem                     intermediate then root
+  DIR/issued/                               empty: provision --issue-certs writes each issued chain here
+  DIR/manifest.csv                          gains csr_key_path (csr-keys/ID.key) and issued_cert_path (issued/ID.pem)
+  DIR/sim.json                              gains a credential policy (--credential-policy, 30-day certificates,
+                                            issuing from DIR/issuing) that the fleet's enrollments name
+
 Registration ids are PREFIX + index zero-padded to at least 5 digits (dev-00001).
 The manifest is written last: a fleet directory with a manifest is complete.
 Keys are never printed.`
@@ -365,14 +464,18 @@ func runCertsFleet(ctx context.Context, e *env, args []string) error {
 			"dps-batch certs fleet --attestation symmetric-group --count 100 --out ./sensors --id-scope 0ne00000000\n"+
 			"dps-batch sim --config ./sensors/sim.json --listen 127.0.0.1:8443 --ca-out ./sensors/sim-ca.pem &\n"+
 			"dps-batch provision --manifest ./sensors/manifest.csv --id-scope 0ne00000000 --group-key-file ./sensors/group.key \\\n"+
-			"    --endpoint https://127.0.0.1:8443 --ca-file ./sensors/sim-ca.pem")
+			"    --endpoint https://127.0.0.1:8443 --ca-file ./sensors/sim-ca.pem",
+		"# with certificates issued at registration (the command prints the rest)\n"+
+			"dps-batch certs fleet --attestation symmetric-group --count 100 --out ./sensors --issue")
 	count := fs.Int("count", 0, "`number` of devices; required, at least 1")
 	out := fs.String("out", "", "output `directory` (created if needed); required")
 	prefix := fs.String("prefix", "dev-", "registration id `prefix`")
 	attestation := fs.String("attestation", certs.AttestationX509, "how the devices attest (`kind`): x509 (certificates under a test CA), symmetric-group (keys derived from one enrollment group key) or symmetric-individual (a random key per device)")
 	chain := fs.String("chain", certs.ChainIntermediate, "x509: `issuer` of the devices: intermediate (root > intermediate > device) or root (root > device)")
 	idScope := fs.String("id-scope", defaultIDScope, "DPS ID `scope` written to the simulator configuration")
-	workers := fs.Int("workers", 0, "x509: `number` of devices generated at once; 0 means one per CPU")
+	workers := fs.Int("workers", 0, "x509 or --issue: `number` of devices generated at once; 0 means one per CPU")
+	issue := fs.Bool("issue", false, "prepare the fleet for certificates DPS issues at registration (preview): a P-384 operational key per device, a P-384 issuing CA, the manifest columns csr_key_path and issued_cert_path, and a credential policy in sim.json; with any --attestation")
+	policy := fs.String("credential-policy", defaultFleetCredentialPolicy, "with --issue: `name` of the credential policy in sim.json that the fleet's enrollments name")
 	kf := addKeyFlags(fs, 0, "x509: validity `duration` of every certificate (Go syntax: h, m, s); 0 means 43800h for CAs and 8760h for devices")
 	if err := parseFlags(fs, args); err != nil {
 		return err
@@ -404,8 +507,12 @@ func runCertsFleet(ctx context.Context, e *env, args []string) error {
 		var certFlags []string
 		fs.Visit(func(f *flag.Flag) {
 			switch f.Name {
-			case "chain", "key-type", "validity", "workers":
+			case "chain", "key-type", "validity":
 				certFlags = append(certFlags, "--"+f.Name)
+			case "workers":
+				if !*issue {
+					certFlags = append(certFlags, "--"+f.Name)
+				}
 			}
 		})
 		if len(certFlags) > 0 {
@@ -418,6 +525,14 @@ func runCertsFleet(ctx context.Context, e *env, args []string) error {
 	}
 	if err := requireFlag(fs, "id-scope", *idScope, example); err != nil {
 		return err
+	}
+	policySet := false
+	fs.Visit(func(f *flag.Flag) { policySet = policySet || f.Name == "credential-policy" })
+	if policySet && !*issue {
+		return usagef("add --issue, or leave out --credential-policy", "--credential-policy: only with --issue")
+	}
+	if *issue && strings.TrimSpace(*policy) == "" {
+		return usagef("dps-batch certs fleet --help", "--credential-policy must not be empty")
 	}
 	opts, err := kf.options("fleet")
 	if err != nil {
@@ -455,6 +570,7 @@ func runCertsFleet(ctx context.Context, e *env, args []string) error {
 		Validity:    opts.Validity,
 		Force:       kf.force,
 		Workers:     *workers,
+		Issue:       *issue,
 		Progress:    fleetProgress(e.stderr, *count),
 	})
 	if err != nil {
@@ -464,8 +580,12 @@ func runCertsFleet(ctx context.Context, e *env, args []string) error {
 		return writeErr(err)
 	}
 	elapsed := time.Since(start)
+	issuance, err := newFleetIssuance(fleet, *policy)
+	if err != nil {
+		return err
+	}
 	if symmetric {
-		return printSymmetricFleet(e, fleet, *idScope, simPath, kf.force, elapsed)
+		return printSymmetricFleet(e, fleet, *idScope, simPath, issuance, kf.force, elapsed)
 	}
 
 	w := e.stdout
@@ -479,22 +599,86 @@ func runCertsFleet(ctx context.Context, e *env, args []string) error {
 	fmt.Fprintf(w, "  devices:         %s (%s ... %s)\n", filepath.Join(fleet.Dir, "devices"),
 		fleet.RegistrationIDs[0], fleet.RegistrationIDs[len(fleet.RegistrationIDs)-1])
 	fmt.Fprintf(w, "  manifest:        %s\n", fleet.ManifestPath)
-	simPath, err = writeFleetSimConfig(fleet.Dir, *idScope, certs.CertPEM(fleet.GroupCA.Cert), kf.force)
+	printIssuing(w, fleet)
+	simPath, err = writeIssuingFleetSimConfig(fleet.Dir, *idScope, certs.CertPEM(fleet.GroupCA.Cert), issuance, kf.force)
 	if err != nil {
 		// The certificates are complete and usable without it.
 		fmt.Fprintf(e.stderr, "warning: simulator configuration not written: %s\n", err)
 	} else {
-		fmt.Fprintf(w, "  simulator:       %s (ID scope %s)\n", simPath, *idScope)
+		fmt.Fprintf(w, "  simulator:       %s (ID scope %s%s)\n", simPath, *idScope, issuance.describe())
+		if issuance != nil {
+			printIssueNextSteps(w, fleet, simPath, *idScope)
+		}
 	}
+	warnStaleIssued(e.stderr, fleet)
 	fmt.Fprintln(e.stderr, testCertsWarning)
 	return nil
+}
+
+// printIssuing lists what --issue made; it prints nothing for a fleet
+// made without it.
+func printIssuing(w io.Writer, fleet *certs.Fleet) {
+	if fleet.IssuingCA == nil {
+		return
+	}
+	fmt.Fprintf(w, "  issuing CA:      %s (P-384; key %s, chain %s)\n", fleet.IssuingCACertPath, fleet.IssuingCAKeyPath, fleet.IssuingChainPath)
+	fmt.Fprintf(w, "  issuing root:    %s\n", fleet.IssuingRootCertPath)
+	fmt.Fprintf(w, "  CSR keys:        %s (P-384, mode 0600: manifest column csr_key_path)\n", fleet.CSRKeyDir)
+	fmt.Fprintf(w, "  issued chains:   %s (manifest column issued_cert_path; written by provision --issue-certs)\n", fleet.IssuedDir)
+}
+
+// describe is the simulator line's note on the credential policy.
+func (is *fleetIssuance) describe() string {
+	if is == nil {
+		return ""
+	}
+	return fmt.Sprintf("; credential policy %q, %d-day certificates", is.policy, is.validityDays)
+}
+
+// printIssueNextSteps prints the commands that serve a fleet made with
+// --issue, provision it with issued certificates and check one.
+func printIssueNextSteps(w io.Writer, fleet *certs.Fleet, simPath, idScope string) {
+	caFile := filepath.Join(fleet.Dir, "sim-ca.pem")
+	groupKey := ""
+	if fleet.GroupKeyPath != "" {
+		groupKey = " --group-key-file " + shellQuote(fleet.GroupKeyPath)
+	}
+	first := fleet.RegistrationIDs[0]
+	fmt.Fprintf(w, "Serve it, provision it with certificates issued at registration, and check one:\n"+
+		"  dps-batch sim --config %s --listen 127.0.0.1:8443 --ca-out %s &\n"+
+		"  dps-batch provision --manifest %s --id-scope %s%s --endpoint https://127.0.0.1:8443 --ca-file %s --issue-certs\n"+
+		"  openssl verify -CAfile %s -untrusted %s %s\n",
+		shellQuote(simPath), shellQuote(caFile),
+		shellQuote(fleet.ManifestPath), idScope, groupKey, shellQuote(caFile),
+		shellQuote(fleet.IssuingRootCertPath), shellQuote(fleet.IssuingCACertPath), shellQuote(filepath.Join(fleet.IssuedDir, first+".pem")))
+}
+
+// warnStaleIssued warns when a fleet made with --issue (and --force) finds
+// chains in its issued folder: they are from an earlier fleet, issued by a
+// CA this run replaced, for keys it replaced.
+func warnStaleIssued(w io.Writer, fleet *certs.Fleet) {
+	if fleet.IssuedDir == "" {
+		return
+	}
+	entries, err := os.ReadDir(fleet.IssuedDir)
+	if err != nil || len(entries) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "warning: %s holds %d file(s) from an earlier fleet: they were issued by the replaced CA for replaced keys\n", fleet.IssuedDir, len(entries))
 }
 
 // printSymmetricFleet writes the simulator configuration of a symmetric-key
 // fleet (it holds the keys: mode 0600) and says what was made and how to
 // use it. No key is printed.
-func printSymmetricFleet(e *env, fleet *certs.Fleet, idScope, simPath string, force bool, elapsed time.Duration) error {
-	if err := writeSymmetricSimConfig(simPath, symmetricFleetSimConfig(idScope, fleet), force); err != nil {
+func printSymmetricFleet(e *env, fleet *certs.Fleet, idScope, simPath string, issuance *fleetIssuance, force bool, elapsed time.Duration) error {
+	cfg := symmetricFleetSimConfig(idScope, fleet)
+	var err error
+	if issuance != nil {
+		err = writeCheckedSimConfig(simPath, issuance.apply(cfg), true, force)
+	} else {
+		err = writeSymmetricSimConfig(simPath, cfg, force)
+	}
+	if err != nil {
 		return writeErr(fmt.Errorf("the fleet is written but not its simulator configuration: %w", err))
 	}
 	ids := fleet.RegistrationIDs
@@ -512,7 +696,15 @@ func printSymmetricFleet(e *env, fleet *certs.Fleet, idScope, simPath string, fo
 		fmt.Fprintf(w, "  devices:         %s ... %s (a random key each)\n", ids[0], ids[len(ids)-1])
 		fmt.Fprintf(w, "  manifest:        %s (with the keys: mode 0600)\n", fleet.ManifestPath)
 	}
-	fmt.Fprintf(w, "  simulator:       %s (ID scope %s; with the keys: mode 0600)\n", simPath, idScope)
+	printIssuing(w, fleet)
+	fmt.Fprintf(w, "  simulator:       %s (ID scope %s%s; with the keys: mode 0600)\n", simPath, idScope, issuance.describe())
+	if issuance != nil {
+		printIssueNextSteps(w, fleet, simPath, idScope)
+		warnStaleIssued(e.stderr, fleet)
+		fmt.Fprintln(e.stderr, testKeysWarning)
+		fmt.Fprintln(e.stderr, testCertsWarning)
+		return nil
+	}
 	caFile := filepath.Join(fleet.Dir, "sim-ca.pem")
 	groupKey := ""
 	if fleet.GroupKeyPath != "" {

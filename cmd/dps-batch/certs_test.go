@@ -6,14 +6,18 @@ import (
 	"crypto"
 	"crypto/x509"
 	"encoding/csv"
+	"encoding/json"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 
 	"github.com/dps-batch/dps-batch/certs"
+	"github.com/dps-batch/dps-batch/dpssim"
 )
 
 // mustRunCerts runs a certs command that must succeed and returns stdout.
@@ -465,4 +469,346 @@ func TestProvisionCollapsesRepeatedProblems(t *testing.T) {
 	if !strings.HasPrefix(listed[1], "  row 202 (Not-An-Id): registration_id: ") {
 		t.Errorf("second line = %q, want row 202's own problem", listed[1])
 	}
+}
+
+// TestCertsCSRHelpGolden keeps "certs csr --help" under review like
+// TestHelpGolden does for the other commands (-update rewrites it).
+func TestCertsCSRHelpGolden(t *testing.T) {
+	code, out, errs := runCmd(t, "certs", "csr", "--help")
+	if code != exitOK {
+		t.Fatalf("certs csr --help: exit %d, stderr %q", code, errs)
+	}
+	path := filepath.Join("testdata", "help", "certs_csr.golden")
+	if *updateGolden {
+		if err := os.WriteFile(path, []byte(out), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatalf("%v (go test ./cmd/dps-batch -run Golden -update creates it)", err)
+	}
+	if out != string(want) {
+		t.Errorf("certs csr --help differs from %s\ngot:\n%s", path, out)
+	}
+	for _, want := range []string{"P-384", "ECDSA-SHA384", "CN = the registration id", "--issue-certs", "csr_key_path"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("certs csr --help lacks %q", want)
+		}
+	}
+}
+
+// mustLoadCSR reads the CSR at path and checks it as DPS would for id.
+func mustLoadCSR(t *testing.T, path, id string) *x509.CertificateRequest {
+	t.Helper()
+	csr, err := certs.LoadCSR(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := csr.CheckSignature(); err != nil {
+		t.Errorf("%s: signature: %v", path, err)
+	}
+	if csr.Subject.CommonName != id || csr.SignatureAlgorithm != x509.ECDSAWithSHA384 {
+		t.Errorf("%s: CN %q, signature %v; want %s, ECDSA-SHA384", path, csr.Subject.CommonName, csr.SignatureAlgorithm, id)
+	}
+	if err := certs.CheckCSR(csr, id); err != nil {
+		t.Errorf("%s: %v", path, err)
+	}
+	return csr
+}
+
+func TestCertsCSR(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "csr")
+	code, out, errs := runCmd(t, "certs", "csr", "--id", "dev-0001", "--out", dir)
+	if code != exitOK {
+		t.Fatalf("certs csr: exit %d, stderr:\n%s", code, errs)
+	}
+	csrPath, keyPath := filepath.Join(dir, "dev-0001.csr"), filepath.Join(dir, "dev-0001.key")
+	csr := mustLoadCSR(t, csrPath, "dev-0001")
+	checkFileMode(t, keyPath, 0o600)
+	checkFileMode(t, csrPath, 0o644)
+	key, err := certs.LoadCSRKey(keyPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !key.PublicKey.Equal(csr.PublicKey) {
+		t.Errorf("the CSR is not for the key written")
+	}
+	for _, want := range []string{csrPath, keyPath, "csr_key_path", "issued_cert_path", "provision --issue-certs"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("stdout lacks %q:\n%s", want, out)
+		}
+	}
+	keyPEM, _ := os.ReadFile(keyPath)
+	if strings.Contains(out+errs, "PRIVATE KEY") || strings.Contains(out+errs, string(keyPEM[40:80])) {
+		t.Errorf("the key is printed:\n%s\n%s", out, errs)
+	}
+
+	// Again: refused without --force, nothing changed; replaced with it.
+	code, _, errs = runCmd(t, "certs", "csr", "--id", "dev-0001", "--out", dir)
+	if code != exitUsage || !strings.Contains(errs, "--force") {
+		t.Errorf("second csr: exit %d, stderr %q; want 2 with a --force hint", code, errs)
+	}
+	if after, _ := os.ReadFile(keyPath); !bytes.Equal(after, keyPEM) {
+		t.Errorf("refused csr changed the key")
+	}
+	if code, _, errs := runCmd(t, "certs", "csr", "--id", "dev-0001", "--out", dir, "--force"); code != exitOK {
+		t.Fatalf("csr --force: exit %d, stderr %q", code, errs)
+	}
+	if after, _ := os.ReadFile(keyPath); bytes.Equal(after, keyPEM) {
+		t.Errorf("csr --force kept the old key")
+	}
+
+	// --key: the CSR is for that key, which is not copied or changed.
+	dir2 := filepath.Join(t.TempDir(), "other")
+	before, _ := os.ReadFile(keyPath)
+	code, out, errs = runCmd(t, "certs", "csr", "--id", "dev-0002", "--key", keyPath, "--out", dir2)
+	if code != exitOK {
+		t.Fatalf("certs csr --key: exit %d, stderr:\n%s", code, errs)
+	}
+	csr2 := mustLoadCSR(t, filepath.Join(dir2, "dev-0002.csr"), "dev-0002")
+	k2, _ := certs.LoadCSRKey(keyPath)
+	if !k2.PublicKey.Equal(csr2.PublicKey) {
+		t.Errorf("CSR made with --key is not for that key")
+	}
+	if got, _ := os.ReadDir(dir2); len(got) != 1 {
+		t.Errorf("csr --key wrote %d files, want the CSR alone", len(got))
+	}
+	if after, _ := os.ReadFile(keyPath); !bytes.Equal(before, after) {
+		t.Errorf("csr --key changed the key file")
+	}
+	if !strings.Contains(out, "given, unchanged") {
+		t.Errorf("stdout does not say the key was given:\n%s", out)
+	}
+
+	// Keys the preview cannot use, and bad flags: usage errors, nothing written.
+	p256 := filepath.Join(t.TempDir(), "p256.key")
+	root, err := certs.NewRoot("r", certs.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	p256PEM, _ := certs.KeyPEM(root.Key)
+	if err := os.WriteFile(p256, p256PEM, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	dir3 := filepath.Join(t.TempDir(), "refused")
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--id", "dev-3", "--key", p256, "--out", dir3}, "an EC P-256 key; DPS certificate issuance (API 2025-07-01-preview) accepts only EC keys on NIST P-384"},
+		{[]string{"--id", "dev-3", "--key", filepath.Join(dir3, "missing.key"), "--out", dir3}, "--key"},
+		{[]string{"--id", "Dev 3", "--out", dir3}, "--id"},
+		{[]string{"--out", dir3}, "--id"},
+		{[]string{"--id", "dev-3"}, "--out"},
+	} {
+		code, _, errs := runCmd(t, append([]string{"certs", "csr"}, tt.args...)...)
+		if code != exitUsage || !strings.Contains(errs, tt.want) {
+			t.Errorf("certs csr %v: exit %d, stderr %q; want 2 containing %q", tt.args, code, errs, tt.want)
+		}
+	}
+	if _, err := os.Stat(dir3); err == nil {
+		t.Errorf("a refused csr created %s", dir3)
+	}
+}
+
+// TestCertsFleetIssue: "certs fleet --issue" with every attestation writes
+// the operational keys, the issuing CA and the manifest columns, and a
+// sim.json that dpssim.LoadConfig accepts, with the credential policy that
+// every enrollment names; it prints the next steps and no key.
+func TestCertsFleetIssue(t *testing.T) {
+	for _, tt := range []struct {
+		kind    string
+		args    []string
+		header  string
+		simMode os.FileMode
+		policy  string
+	}{
+		{"x509", nil, "registration_id,cert_path,key_path,chain_path,csr_key_path,issued_cert_path", 0o644, "fleet-policy"},
+		{"symmetric-group", []string{"--workers", "2"}, "registration_id,csr_key_path,issued_cert_path", 0o600, "fleet-policy"},
+		{"symmetric-individual", []string{"--credential-policy", "line-7"}, "registration_id,symmetric_key,csr_key_path,issued_cert_path", 0o600, "line-7"},
+	} {
+		t.Run(tt.kind, func(t *testing.T) {
+			dir := filepath.Join(t.TempDir(), "fleet")
+			args := append([]string{"certs", "fleet", "--attestation", tt.kind, "--count", "3", "--prefix", "cam-", "--out", dir, "--issue"}, tt.args...)
+			code, out, errs := runCmd(t, args...)
+			if code != exitOK {
+				t.Fatalf("%v: exit %d, stderr:\n%s", args, code, errs)
+			}
+			rows := mustReadCSV(t, filepath.Join(dir, "manifest.csv"))
+			if got := strings.Join(rows[0], ","); got != tt.header {
+				t.Errorf("manifest header = %s, want %s", got, tt.header)
+			}
+			if len(rows) != 4 {
+				t.Fatalf("manifest has %d rows, want 4", len(rows))
+			}
+			for _, row := range rows[1:] {
+				id := row[0]
+				if got, want := strings.Join(row[len(row)-2:], ","), "csr-keys/"+id+".key,issued/"+id+".pem"; got != want {
+					t.Errorf("%s: csr_key_path,issued_cert_path = %s, want %s", id, got, want)
+				}
+				keyPath := filepath.Join(dir, "csr-keys", id+".key")
+				checkFileMode(t, keyPath, 0o600)
+				if _, err := certs.LoadCSRKey(keyPath); err != nil {
+					t.Error(err)
+				}
+			}
+			checkFileMode(t, filepath.Join(dir, "csr-keys"), 0o700)
+			checkFileMode(t, filepath.Join(dir, "issuing", "intermediate.key"), 0o600)
+			checkFileMode(t, filepath.Join(dir, "issuing", "root.key"), 0o600)
+			checkFileMode(t, filepath.Join(dir, "issuing", "root.pem"), 0o644)
+			checkFileMode(t, filepath.Join(dir, "sim.json"), tt.simMode)
+			if fi, err := os.Stat(filepath.Join(dir, "issued")); err != nil || !fi.IsDir() {
+				t.Errorf("no issued folder: %v", err)
+			}
+			chain := mustReadCerts(t, filepath.Join(dir, "issuing", "chain.pem"))
+			root := mustReadCerts(t, filepath.Join(dir, "issuing", "root.pem"))[0]
+			if len(chain) != 2 || !chain[1].Equal(root) || chain[0].CheckSignatureFrom(root) != nil {
+				t.Errorf("issuing/chain.pem is not the intermediate then the root")
+			}
+
+			cfg, err := dpssim.LoadConfig(filepath.Join(dir, "sim.json"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			want := []dpssim.CredentialPolicy{{Name: tt.policy, CertificateFile: "issuing/chain.pem", KeyFile: "issuing/intermediate.key", ValidityDays: 30}}
+			if got := rawPolicies(t, filepath.Join(dir, "sim.json")); !reflect.DeepEqual(got, want) {
+				t.Errorf("sim.json credentialPolicies = %+v, want %+v", got, want)
+			}
+			if len(cfg.CredentialPolicies) != 1 || cfg.CredentialPolicies[0].Name != tt.policy {
+				t.Errorf("loaded credential policies = %+v", cfg.CredentialPolicies)
+			}
+			named := 0
+			for _, g := range cfg.Groups {
+				if g.CredentialPolicyName != tt.policy {
+					t.Errorf("group %s names policy %q, want %q", g.EnrollmentGroupID, g.CredentialPolicyName, tt.policy)
+				}
+				named++
+			}
+			for _, ie := range cfg.Individual {
+				if ie.CredentialPolicyName != tt.policy {
+					t.Errorf("enrollment %s names policy %q, want %q", ie.RegistrationID, ie.CredentialPolicyName, tt.policy)
+				}
+				named++
+			}
+			if wantNamed := map[string]int{"x509": 1, "symmetric-group": 1, "symmetric-individual": 3}[tt.kind]; named != wantNamed {
+				t.Errorf("%d enrollments, want %d", named, wantNamed)
+			}
+
+			for _, want := range []string{"--issue-certs", "openssl verify -CAfile " + filepath.Join(dir, "issuing", "root.pem"),
+				"-untrusted " + filepath.Join(dir, "issuing", "intermediate.pem"), fmt.Sprintf("credential policy %q", tt.policy)} {
+				if !strings.Contains(out, want) {
+					t.Errorf("stdout lacks %q:\n%s", want, out)
+				}
+			}
+			if strings.Contains(out+errs, "PRIVATE KEY") {
+				t.Errorf("output holds a key:\n%s\n%s", out, errs)
+			}
+		})
+	}
+}
+
+// rawPolicies returns sim.json's credentialPolicies as written, file
+// references unresolved.
+func rawPolicies(t *testing.T, path string) []dpssim.CredentialPolicy {
+	t.Helper()
+	data, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var raw struct {
+		CredentialPolicies []dpssim.CredentialPolicy `json:"credentialPolicies"`
+	}
+	if err := json.Unmarshal(data, &raw); err != nil {
+		t.Fatal(err)
+	}
+	return raw.CredentialPolicies
+}
+
+// TestCertsFleetIssueFlags: --credential-policy needs --issue; --workers
+// is refused for a symmetric fleet without --issue.
+func TestCertsFleetIssueFlags(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "fleet")
+	for _, tt := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--credential-policy", "p"}, "--credential-policy: only with --issue"},
+		{[]string{"--issue", "--credential-policy", " "}, "--credential-policy must not be empty"},
+		{[]string{"--attestation", "symmetric-group", "--workers", "2"}, "--workers: only for --attestation x509"},
+	} {
+		code, _, errs := runCmd(t, append([]string{"certs", "fleet", "--count", "2", "--out", dir}, tt.args...)...)
+		if code != exitUsage || !strings.Contains(errs, tt.want) {
+			t.Errorf("%v: exit %d, stderr %q; want 2 containing %q", tt.args, code, errs, tt.want)
+		}
+	}
+	if _, err := os.Stat(dir); err == nil {
+		t.Errorf("a refused fleet created %s", dir)
+	}
+}
+
+// TestCertsFleetIssueProvisions: a fleet made with --issue, of every
+// attestation, served by "dps-batch sim" from its sim.json and provisioned
+// with --issue-certs, ends with one issued chain per device that verifies
+// to DIR/issuing/root.pem, for the device's CN and operational key.
+func TestCertsFleetIssueProvisions(t *testing.T) {
+	for _, kind := range certs.Attestations {
+		t.Run(kind, func(t *testing.T) {
+			const n = 4
+			dir := filepath.Join(t.TempDir(), "fleet")
+			if code, _, errs := runCmd(t, "certs", "fleet", "--attestation", kind, "--count", strconv.Itoa(n), "--out", dir, "--issue"); code != exitOK {
+				t.Fatalf("certs fleet --issue: exit %d\n%s", code, errs)
+			}
+			caFile := filepath.Join(dir, "sim-ca.pem")
+			url, _, _ := startSimCmd(t, "--config", filepath.Join(dir, "sim.json"), "--listen", "127.0.0.1:0",
+				"--ca-out", caFile, "--retry-after", "0", "--registrations-per-minute", "-1")
+			args := []string{"provision", "--manifest", filepath.Join(dir, "manifest.csv"), "--id-scope", "0ne00000000",
+				"--endpoint", url, "--ca-file", caFile, "--quiet", "--rate", "-1", "--poll-rate", "-1", "--issue-certs"}
+			if kind == certs.AttestationSymmetricGroup {
+				args = append(args, "--group-key-file", filepath.Join(dir, "group.key"))
+			}
+			code, stdout, stderr := runCmd(t, args...)
+			if code != exitOK || !strings.Contains(stdout, fmt.Sprintf("assigned %d", n)) {
+				t.Fatalf("provision --issue-certs: exit %d\nstdout:\n%s\nstderr:\n%s", code, stdout, stderr)
+			}
+			root := mustReadCerts(t, filepath.Join(dir, "issuing", "root.pem"))[0]
+			inter := mustReadCerts(t, filepath.Join(dir, "issuing", "intermediate.pem"))[0]
+			bin, _ := exec.LookPath("openssl")
+			for i := 1; i <= n; i++ {
+				id := fmt.Sprintf("dev-%05d", i)
+				issued := filepath.Join(dir, "issued", id+".pem")
+				chain := mustReadCerts(t, issued)
+				leaf := chain[0]
+				if leaf.Subject.CommonName != id {
+					t.Errorf("%s: CN %q", issued, leaf.Subject.CommonName)
+				}
+				key, err := certs.LoadCSRKey(filepath.Join(dir, "csr-keys", id+".key"))
+				if err != nil {
+					t.Fatal(err)
+				}
+				if !key.PublicKey.Equal(leaf.PublicKey) {
+					t.Errorf("%s: not for the device's operational key", issued)
+				}
+				if _, err := leaf.Verify(x509.VerifyOptions{Roots: certPool(root), Intermediates: certPool(inter),
+					KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}}); err != nil {
+					t.Errorf("%s does not verify to issuing/root.pem: %v", issued, err)
+				}
+				if bin != "" {
+					out, err := exec.Command(bin, "verify", "-CAfile", filepath.Join(dir, "issuing", "root.pem"),
+						"-untrusted", filepath.Join(dir, "issuing", "intermediate.pem"), issued).CombinedOutput()
+					if err != nil || !strings.Contains(string(out), ": OK") {
+						t.Errorf("openssl verify %s: %v\n%s", issued, err, out)
+					}
+				}
+			}
+		})
+	}
+}
+
+func certPool(cs ...*x509.Certificate) *x509.CertPool {
+	p := x509.NewCertPool()
+	for _, c := range cs {
+		p.AddCert(c)
+	}
+	return p
 }
