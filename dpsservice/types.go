@@ -9,6 +9,11 @@ import (
 // specification/deviceprovisioningservices/data-plane/…/stable/2021-10-01/service.json).
 const DefaultAPIVersion = "2021-10-01"
 
+// CertificateIssuanceAPIVersion is the service api-version (a preview)
+// whose enrollments carry credentialPolicyName, for devices DPS issues
+// certificates to at registration.
+const CertificateIssuanceAPIVersion = "2025-07-01-preview"
+
 // MaxBulkItems is the most enrollments (or enrollment groups) one bulk
 // operation may carry; DPS refuses larger ones.
 const MaxBulkItems = 10
@@ -87,6 +92,10 @@ type IndividualEnrollment struct {
 	ProvisioningStatus ProvisioningStatus `json:"provisioningStatus,omitempty"`
 	// ReprovisionPolicy is what happens when the device registers again.
 	ReprovisionPolicy *ReprovisionPolicy `json:"reprovisionPolicy,omitempty"`
+	// CredentialPolicyName names the credential policy (Azure Device
+	// Registry) that issues the device a certificate from the CSR it sends
+	// at registration; service api-version CertificateIssuanceAPIVersion.
+	CredentialPolicyName string `json:"credentialPolicyName,omitempty"`
 	// CreatedDateTimeUTC and LastUpdatedDateTimeUTC are read-only, kept as
 	// the service wrote them.
 	CreatedDateTimeUTC     string `json:"createdDateTimeUtc,omitempty"`
@@ -119,6 +128,8 @@ type EnrollmentGroup struct {
 	AllocationPolicy           AllocationPolicy            `json:"allocationPolicy,omitempty"`
 	IoTHubs                    []string                    `json:"iotHubs,omitempty"`
 	CustomAllocationDefinition *CustomAllocationDefinition `json:"customAllocationDefinition,omitempty"`
+	// CredentialPolicyName: see IndividualEnrollment.CredentialPolicyName.
+	CredentialPolicyName string `json:"credentialPolicyName,omitempty"`
 }
 
 // DeviceRegistrationState is a device's registration record at DPS (all

@@ -64,6 +64,7 @@ type enrollFlags struct {
 	allocationPolicy       string
 	initialTwinFile        string
 	iotEdge                bool
+	credentialPolicy       string // --credential-policy
 	deviceIDFrom           string
 	generateKeys           bool
 	outManifest            string
@@ -103,6 +104,7 @@ func (f *enrollFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&f.allocationPolicy, "allocation-policy", "", "allocationPolicy of every enrollment: `hashed`, geoLatency or static (default: the DPS instance's)")
 	fs.StringVar(&f.initialTwinFile, "initial-twin", "", "JSON `file` with the initial device twin of every enrollment: {\"tags\": {...}, \"properties\": {\"desired\": {...}}}")
 	fs.BoolVar(&f.iotEdge, "iot-edge", false, "mark every device as an IoT Edge device (capabilities.iotEdge)")
+	registerCredentialPolicy(fs, &f.credentialPolicy, "every enrollment")
 	fs.StringVar(&f.deviceIDFrom, "device-id-from", "", "manifest `column` holding each device's IoT Hub device id (default: DPS uses the registration id)")
 	fs.BoolVar(&f.generateKeys, "generate-keys", false, "give rows without credentials a random 32-byte symmetric key and write the manifest with them to --out-manifest (mode 0600); run again, the same keys are kept")
 	fs.StringVar(&f.outManifest, "out-manifest", "", "with --generate-keys: the new manifest `file` (mode 0600); provision reads it")
@@ -143,6 +145,9 @@ func (f *enrollFlags) check() error {
 	default:
 		return usagef("--allocation-policy hashed", "--allocation-policy must be hashed, geoLatency or static, not %q", f.allocationPolicy)
 	}
+	if err := f.checkCredentialPolicy(); err != nil {
+		return err
+	}
 	if f.generateKeys != (f.outManifest != "") {
 		return usagef("dps-batch enroll --manifest devices.csv --generate-keys --out-manifest devices-keys.csv",
 			"--generate-keys and --out-manifest go together: the generated keys must be written somewhere before they are enrolled")
@@ -177,12 +182,35 @@ func sameFile(a, b string) bool {
 	return err1 == nil && err2 == nil && aa == bb
 }
 
+// registerCredentialPolicy adds --credential-policy to an enroll command.
+func registerCredentialPolicy(fs *flag.FlagSet, p *string, what string) {
+	fs.StringVar(p, "credential-policy", "", "credential policy `name` (Azure Device Registry) that issues certificates to "+what+
+		"'s devices from the CSR they send at registration (preview; selects service --api-version "+dpsservice.CertificateIssuanceAPIVersion+"); provision them with --issue-certs")
+}
+
+// checkCredentialPolicy selects the service api-version that carries
+// credentialPolicyName, and refuses another one given explicitly.
+func (f *enrollFlags) checkCredentialPolicy() error {
+	if f.credentialPolicy == "" {
+		return nil
+	}
+	switch f.svc.apiVersion {
+	case dpsservice.DefaultAPIVersion, dpsservice.CertificateIssuanceAPIVersion:
+		f.svc.apiVersion = dpsservice.CertificateIssuanceAPIVersion
+		return nil
+	}
+	return usagef("--credential-policy NAME (it selects --api-version "+dpsservice.CertificateIssuanceAPIVersion+")",
+		"--credential-policy needs service --api-version %s, the one whose enrollments carry credentialPolicyName; got --api-version %s",
+		dpsservice.CertificateIssuanceAPIVersion, f.svc.apiVersion)
+}
+
 // template is the enrollment fields the flags set on every enrollment.
 func (f *enrollFlags) template() (dpsservice.IndividualEnrollment, error) {
 	t := dpsservice.IndividualEnrollment{
-		ProvisioningStatus: dpsservice.ProvisioningStatus(f.provisioningStatus),
-		AllocationPolicy:   dpsservice.AllocationPolicy(f.allocationPolicy),
-		IoTHubs:            f.iotHubs,
+		ProvisioningStatus:   dpsservice.ProvisioningStatus(f.provisioningStatus),
+		AllocationPolicy:     dpsservice.AllocationPolicy(f.allocationPolicy),
+		IoTHubs:              f.iotHubs,
+		CredentialPolicyName: f.credentialPolicy,
 	}
 	if f.iotEdge {
 		t.Capabilities = &dpsservice.DeviceCapabilities{IoTEdge: true}

@@ -64,6 +64,7 @@ func runEnrollGroup(ctx context.Context, e *env, args []string) error {
 	fs.StringVar(&f.allocationPolicy, "allocation-policy", "", "allocationPolicy of the group: `hashed`, geoLatency or static")
 	fs.StringVar(&f.initialTwinFile, "initial-twin", "", "JSON `file` with the initial device twin: {\"tags\": {...}, \"properties\": {\"desired\": {...}}}")
 	fs.BoolVar(&f.iotEdge, "iot-edge", false, "mark the group's devices as IoT Edge devices")
+	registerCredentialPolicy(fs, &f.credentialPolicy, "the group")
 	fs.BoolVar(&jsonOutput, "json", false, "print the outcome as JSON on stdout")
 	f.svc.register(fs)
 	if err := parseFlags(fs, args); err != nil {
@@ -95,12 +96,13 @@ func runEnrollGroup(ctx context.Context, e *env, args []string) error {
 		return err
 	}
 	g := dpsservice.EnrollmentGroup{
-		EnrollmentGroupID:  id,
-		ProvisioningStatus: tpl.ProvisioningStatus,
-		AllocationPolicy:   tpl.AllocationPolicy,
-		IoTHubs:            tpl.IoTHubs,
-		InitialTwin:        tpl.InitialTwin,
-		Capabilities:       tpl.Capabilities,
+		EnrollmentGroupID:    id,
+		ProvisioningStatus:   tpl.ProvisioningStatus,
+		AllocationPolicy:     tpl.AllocationPolicy,
+		IoTHubs:              tpl.IoTHubs,
+		InitialTwin:          tpl.InitialTwin,
+		Capabilities:         tpl.Capabilities,
+		CredentialPolicyName: tpl.CredentialPolicyName,
 	}
 	switch {
 	case caCert != "":
