@@ -19,6 +19,7 @@ import (
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/font"
 	"gonum.org/v1/plot/plotter"
+	"gonum.org/v1/plot/plotutil"
 	"gonum.org/v1/plot/text"
 	"gonum.org/v1/plot/vg"
 	"gonum.org/v1/plot/vg/draw"
@@ -64,15 +65,29 @@ const DefaultAttentionLimit = 1000
 // failureIDs is how many registration ids a failure group lists.
 const failureIDs = 5
 
-// HTMLReport is what the HTML report shows, aggregated from the ledger
-// while its devices stream past: nothing per device is kept except one
-// latency per finished device and the capped attention table.
+// HTMLReport is what the HTML report shows, aggregated from the ledger (or
+// the ledgers of several stations) while its devices stream past: nothing
+// per device is kept except one latency per finished device and the capped
+// attention and conflict tables.
 type HTMLReport struct {
 	Title       string
-	Ledger      string
+	Ledger      string // the ledger of a one-ledger report
 	GeneratedAt time.Time
 
-	Total       int
+	// Stations are the ledgers of a merged report (WriteMergedHTML), in
+	// the order given, with their totals; nil for one ledger.
+	Stations []StationSummary
+	// StateColumns are the states some device of the report is in, in
+	// ledger order: the per-station table's columns.
+	StateColumns []ledger.State
+	// Merge is what a merged report held: rows, distinct devices, shared
+	// devices and conflicts; nil for one ledger.
+	Merge *MergeResult
+	// Conflicts are the first devices the ledgers disagree about (up to
+	// the attention cap), every ledger's row of each.
+	Conflicts []Conflict
+
+	Total       int // devices; in a merged report, rows (a device per ledger holding it)
 	States      []StateCount
 	Billable    int // register requests sent (DPS bills each)
 	Polls       int
@@ -97,6 +112,24 @@ type HTMLReport struct {
 	AttentionAt int // the cap
 
 	Charts []Chart
+}
+
+// StationSummary is one station's part of a merged HTML report.
+type StationSummary struct {
+	Station, Path string
+	Devices       int // rows of this station
+	ByState       map[ledger.State]int
+	Assigned      int
+	Billable      int
+	Polls         int
+	Retries       int
+	Throttled     int
+	First, Last   time.Time
+	Duration      time.Duration
+	PerSecond     float64 // assigned devices per second of the station's own span
+	// Throughput is the station's assigned devices per interval of the
+	// report's (shared) time axis.
+	Throughput []int
 }
 
 // StateCount is a number of devices in one state.
@@ -128,11 +161,14 @@ type FailureGroup struct {
 	Hint    string
 	N       int
 	IDs     []string // the first few, in registration id order
+	// Stations are the stations of IDs, one each (merged reports only).
+	Stations []string
 }
 
 // RunRow is one run of the run history.
 type RunRow struct {
 	ledger.Run
+	Station  string // merged reports: the ledger's station
 	Options  string
 	Counts   string
 	Duration time.Duration
@@ -141,7 +177,8 @@ type RunRow struct {
 // AttentionRow is a device that needs attention.
 type AttentionRow struct {
 	ledger.Device
-	Reason string
+	Station string // merged reports: the ledger the row is from
+	Reason  string
 }
 
 // Chart is one inline SVG chart.
@@ -159,21 +196,155 @@ func WriteHTML(ctx context.Context, l *ledger.Ledger, w io.Writer, opts HTMLOpti
 	if err != nil {
 		return 0, err
 	}
+	return r.Total, r.render(w)
+}
+
+// render executes the template into a buffer, then writes it to w: a
+// template error never leaves half a page.
+func (r *HTMLReport) render(w io.Writer) error {
 	var buf bytes.Buffer
 	if err := htmlTmpl.Execute(&buf, r); err != nil {
-		return 0, err
+		return err
 	}
-	_, err = buf.WriteTo(w)
-	return r.Total, err
+	_, err := buf.WriteTo(w)
+	return err
+}
+
+// MergedHTMLOptions control WriteMergedHTML.
+type MergedHTMLOptions struct {
+	HTMLOptions
+	// AllowConflicts accepts devices the ledgers disagree about: the page
+	// is the same (every row of each such device is in it), but no
+	// *ConflictError is returned.
+	AllowConflicts bool
+}
+
+// WriteMergedHTML writes one HTML run report of several ledgers (the
+// stations of a factory, the shards of a manifest): the summary with a
+// table of totals per station, the charts over all stations (the
+// throughput chart with a line per station), the run history and the
+// devices that need attention with a station column, and the devices two
+// ledgers disagree about (Disagree), every ledger's row of each. The
+// ledgers are streamed together (Sources.Each): memory does not grow with
+// their size. The result has the totals of each station, as WriteMerged's;
+// when ledgers disagree and conflicts are not allowed the report is still
+// written in full and a *ConflictError returned.
+func WriteMergedHTML(ctx context.Context, sources Sources, w io.Writer, opts MergedHTMLOptions) (*MergeResult, error) {
+	r, err := BuildMergedHTMLReport(ctx, sources, opts.HTMLOptions)
+	if err != nil {
+		return nil, err
+	}
+	if err := r.render(w); err != nil {
+		return r.Merge, err
+	}
+	if r.Merge.Conflicts > 0 && !opts.AllowConflicts {
+		return r.Merge, &ConflictError{Result: r.Merge}
+	}
+	return r.Merge, nil
 }
 
 // BuildHTMLReport reads l into the HTMLReport WriteHTML renders.
 func BuildHTMLReport(ctx context.Context, l *ledger.Ledger, opts HTMLOptions) (*HTMLReport, error) {
+	return buildHTML(ctx, Sources{{Station: StationName(l.Path()), Path: l.Path(), Ledger: l}}, false, opts)
+}
+
+// BuildMergedHTMLReport reads the ledgers of sources into the HTMLReport
+// WriteMergedHTML renders.
+func BuildMergedHTMLReport(ctx context.Context, sources Sources, opts HTMLOptions) (*HTMLReport, error) {
+	if len(sources) == 0 {
+		return nil, fmt.Errorf("a merged report needs at least one ledger")
+	}
+	seen := map[string]bool{}
+	for _, s := range sources {
+		if seen[s.Station] {
+			return nil, fmt.Errorf("two ledgers are both labelled station %q: give each its own name with --station NAME=PATH", s.Station)
+		}
+		seen[s.Station] = true
+	}
+	return buildHTML(ctx, sources, true, opts)
+}
+
+// htmlBuilder aggregates devices into an HTMLReport.
+type htmlBuilder struct {
+	r         *HTMLReport
+	stations  []StationSummary
+	first     time.Time // of the whole report
+	groups    map[int]*FailureGroup
+	latencies []float64
+	byState   map[ledger.State]int
+	byHub     map[string]int
+}
+
+// add counts one ledger row of a device, from station i.
+func (b *htmlBuilder) add(i int, d ledger.Device) {
+	r, st := b.r, &b.stations[i]
+	r.Total++
+	st.Devices++
+	b.byState[d.State]++
+	st.ByState[d.State]++
+	r.Billable += d.Attempts
+	st.Billable += d.Attempts
+	r.Polls += d.Polls
+	st.Polls += d.Polls
+	if d.Attempts > 1 {
+		r.Retries += d.Attempts - 1
+		st.Retries += d.Attempts - 1
+	}
+	if d.State == ledger.StateAssigned {
+		r.Assigned++
+		st.Assigned++
+		b.byHub[d.AssignedHub]++
+		if !d.FinishedAt.IsZero() && r.Throughput != nil {
+			if k := int(d.FinishedAt.Sub(b.first) / r.Step); k >= 0 && k < len(r.Throughput) {
+				r.Throughput[k]++
+				if st.Throughput != nil {
+					st.Throughput[k]++
+				}
+			}
+		}
+	}
+	if d.State.Final() && !d.FirstAttemptAt.IsZero() && !d.FinishedAt.IsZero() && !d.FinishedAt.Before(d.FirstAttemptAt) {
+		b.latencies = append(b.latencies, d.FinishedAt.Sub(d.FirstAttemptAt).Seconds())
+	}
+	reason := attentionReason(d)
+	if reason == "" {
+		return
+	}
+	if d.State != ledger.StateAssigned {
+		g := b.groups[d.ErrorCode]
+		if g == nil {
+			g = &FailureGroup{Code: d.ErrorCode, Status: d.HTTPStatus, Message: d.ErrorMessage, Hint: d.Hint}
+			b.groups[d.ErrorCode] = g
+		}
+		g.N++
+		if len(g.IDs) < failureIDs {
+			g.IDs = append(g.IDs, d.RegistrationID)
+			if r.Merge != nil {
+				g.Stations = append(g.Stations, st.Station)
+			}
+		}
+		if g.Hint == "" {
+			g.Hint = d.Hint
+		}
+	}
+	r.NAttention++
+	if len(r.Attention) < r.AttentionAt {
+		row := AttentionRow{Device: d, Reason: reason}
+		if r.Merge != nil {
+			row.Station = st.Station
+		}
+		r.Attention = append(r.Attention, row)
+	}
+}
+
+// buildHTML aggregates the ledgers of srcs (one, unless merged) into the
+// report.
+func buildHTML(ctx context.Context, srcs Sources, merged bool, opts HTMLOptions) (*HTMLReport, error) {
 	now := time.Now
 	if opts.Now != nil {
 		now = opts.Now
 	}
-	r := &HTMLReport{Title: opts.Title, Ledger: l.Path(), GeneratedAt: now().UTC(), AttentionAt: opts.AttentionLimit}
+	r := &HTMLReport{Title: opts.Title, GeneratedAt: now().UTC(), AttentionAt: opts.AttentionLimit}
 	if r.Title == "" {
 		r.Title = "dps-batch run report"
 	}
@@ -184,23 +355,139 @@ func BuildHTMLReport(ctx context.Context, l *ledger.Ledger, opts HTMLOptions) (*
 	if intervals <= 0 {
 		intervals = 60
 	}
+	b := &htmlBuilder{r: r, groups: map[int]*FailureGroup{}, byState: map[ledger.State]int{}, byHub: map[string]int{},
+		stations: make([]StationSummary, len(srcs))}
+	index := map[string]int{}
+	if merged {
+		r.Merge = &MergeResult{}
+	} else {
+		r.Ledger = srcs[0].Ledger.Path()
+	}
 
-	counts, err := l.Counts(ctx)
-	if err != nil {
-		return nil, err
-	}
-	span, err := l.TimeSpan(ctx)
-	if err != nil {
-		return nil, err
-	}
-	r.Total, r.Billable, r.Polls = counts.Total, counts.Attempts, counts.Polls
-	r.Assigned = counts.ByState[ledger.StateAssigned]
-	for _, s := range ledger.States() {
-		if n := counts.ByState[s]; n > 0 {
-			r.States = append(r.States, StateCount{State: s, N: n, Pct: pct(n, r.Total)})
+	// The time axis spans every ledger's activity.
+	for i, src := range srcs {
+		span, err := src.Ledger.TimeSpan(ctx)
+		if err != nil {
+			return nil, fmt.Errorf("ledger %s: %w", src.Path, err)
+		}
+		b.stations[i] = StationSummary{Station: src.Station, Path: src.Path, ByState: map[ledger.State]int{}, First: span.First, Last: span.Last}
+		index[src.Station] = i
+		if !span.First.IsZero() && (r.First.IsZero() || span.First.Before(r.First)) {
+			r.First = span.First
+		}
+		if span.Last.After(r.Last) {
+			r.Last = span.Last
 		}
 	}
-	for hub, n := range counts.ByHub {
+	b.first = r.First
+	if !r.First.IsZero() {
+		r.Duration = r.Last.Sub(r.First)
+		r.Step = niceStep(r.Duration / time.Duration(intervals))
+		r.Throughput = make([]int, int(r.Duration/r.Step)+1)
+		r.Throttles = make([]int, len(r.Throughput))
+		if merged {
+			for i := range b.stations {
+				b.stations[i].Throughput = make([]int, len(r.Throughput))
+			}
+		}
+	}
+
+	var err error
+	if !merged {
+		err = srcs[0].Ledger.Each(ctx, nil, func(d ledger.Device) error {
+			b.add(0, d)
+			return nil
+		})
+		if err != nil {
+			err = fmt.Errorf("ledger %s: %w", srcs[0].Path, err)
+		}
+	} else {
+		res := r.Merge
+		err = srcs.each(ctx, nil, false, func(entries []Entry) error {
+			res.Devices++
+			if len(entries) > 1 {
+				if Conflicting(entries) {
+					res.Conflicts++
+					c := Conflict{RegistrationID: entries[0].Device.RegistrationID, Entries: append([]Entry(nil), entries...)}
+					if len(res.Examples) < maxConflictExamples {
+						res.Examples = append(res.Examples, c)
+					}
+					if len(r.Conflicts) < r.AttentionAt {
+						r.Conflicts = append(r.Conflicts, c)
+					}
+				} else {
+					res.Shared++
+				}
+			}
+			for _, en := range entries {
+				res.Rows++
+				b.add(index[en.Station], en.Device)
+			}
+			return nil
+		})
+	}
+	if err != nil {
+		return nil, err
+	}
+
+	for i, src := range srcs {
+		st := &b.stations[i]
+		var total int
+		var buckets []ledger.StatusBucket
+		var err error
+		if r.Step > 0 {
+			total, buckets, err = src.Ledger.AttemptsWithStatus(ctx, 429, r.First, r.Step)
+		} else {
+			total, _, err = src.Ledger.AttemptsWithStatus(ctx, 429, time.Time{}, time.Hour)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("ledger %s: %w", src.Path, err)
+		}
+		r.Throttled += total
+		st.Throttled = total
+		for _, bk := range buckets {
+			if bk.Index >= 0 && bk.Index < len(r.Throttles) {
+				r.Throttles[bk.Index] += bk.N
+			}
+		}
+		if !st.First.IsZero() {
+			st.Duration = st.Last.Sub(st.First)
+			if s := st.Duration.Seconds(); s > 0 {
+				st.PerSecond = float64(st.Assigned) / s
+			}
+		}
+
+		runs, err := src.Ledger.Runs(ctx, 0)
+		if err != nil {
+			return nil, fmt.Errorf("ledger %s: %w", src.Path, err)
+		}
+		for _, run := range runs {
+			row := RunRow{Run: run, Options: joinMap(run.Options), Counts: joinCounts(run.Counts)}
+			if merged {
+				row.Station = src.Station
+			}
+			if !run.FinishedAt.IsZero() {
+				row.Duration = run.FinishedAt.Sub(run.StartedAt)
+			}
+			r.Runs = append(r.Runs, row)
+		}
+	}
+	if merged {
+		// One history: the stations' runs in the order they started.
+		sort.SliceStable(r.Runs, func(i, j int) bool { return r.Runs[i].StartedAt.Before(r.Runs[j].StartedAt) })
+		r.Stations = b.stations
+		for _, st := range b.stations {
+			r.Merge.Stations = append(r.Merge.Stations, StationTotals{Station: st.Station, Path: st.Path, Devices: st.Devices, ByState: st.ByState})
+		}
+	}
+
+	for _, s := range ledger.States() {
+		if n := b.byState[s]; n > 0 {
+			r.States = append(r.States, StateCount{State: s, N: n, Pct: pct(n, r.Total)})
+			r.StateColumns = append(r.StateColumns, s)
+		}
+	}
+	for hub, n := range b.byHub {
 		r.Hubs = append(r.Hubs, HubCount{Hub: hub, N: n, Pct: pct(n, r.Assigned)})
 	}
 	sort.Slice(r.Hubs, func(i, j int) bool {
@@ -209,60 +496,16 @@ func BuildHTMLReport(ctx context.Context, l *ledger.Ledger, opts HTMLOptions) (*
 		}
 		return r.Hubs[i].Hub < r.Hubs[j].Hub
 	})
-
-	r.First, r.Last = span.First, span.Last
-	if !span.First.IsZero() {
-		r.Duration = span.Last.Sub(span.First)
-		r.Step = niceStep(r.Duration / time.Duration(intervals))
-		r.Throughput = make([]int, int(r.Duration/r.Step)+1)
-		r.Throttles = make([]int, len(r.Throughput))
-		if s := r.Duration.Seconds(); s > 0 {
-			r.PerSecond = float64(r.Assigned) / s
+	if s := r.Duration.Seconds(); s > 0 {
+		r.PerSecond = float64(r.Assigned) / s
+	}
+	if r.Step > 0 {
+		for _, n := range r.Throughput {
+			r.PeakPerSec = math.Max(r.PeakPerSec, float64(n)/r.Step.Seconds())
 		}
 	}
 
-	groups := map[int]*FailureGroup{}
-	var latencies []float64
-	err = l.Each(ctx, nil, func(d ledger.Device) error {
-		if d.Attempts > 1 {
-			r.Retries += d.Attempts - 1
-		}
-		if d.State == ledger.StateAssigned && !d.FinishedAt.IsZero() && r.Throughput != nil {
-			if i := int(d.FinishedAt.Sub(span.First) / r.Step); i >= 0 && i < len(r.Throughput) {
-				r.Throughput[i]++
-			}
-		}
-		if d.State.Final() && !d.FirstAttemptAt.IsZero() && !d.FinishedAt.IsZero() && !d.FinishedAt.Before(d.FirstAttemptAt) {
-			latencies = append(latencies, d.FinishedAt.Sub(d.FirstAttemptAt).Seconds())
-		}
-		reason := attentionReason(d)
-		if reason == "" {
-			return nil
-		}
-		if d.State != ledger.StateAssigned {
-			g := groups[d.ErrorCode]
-			if g == nil {
-				g = &FailureGroup{Code: d.ErrorCode, Status: d.HTTPStatus, Message: d.ErrorMessage, Hint: d.Hint}
-				groups[d.ErrorCode] = g
-			}
-			g.N++
-			if len(g.IDs) < failureIDs {
-				g.IDs = append(g.IDs, d.RegistrationID)
-			}
-			if g.Hint == "" {
-				g.Hint = d.Hint
-			}
-		}
-		r.NAttention++
-		if len(r.Attention) < r.AttentionAt {
-			r.Attention = append(r.Attention, AttentionRow{Device: d, Reason: reason})
-		}
-		return nil
-	})
-	if err != nil {
-		return nil, err
-	}
-	for _, g := range groups {
+	for _, g := range b.groups {
 		r.Failures = append(r.Failures, *g)
 	}
 	sort.Slice(r.Failures, func(i, j int) bool {
@@ -272,6 +515,7 @@ func BuildHTMLReport(ctx context.Context, l *ledger.Ledger, opts HTMLOptions) (*
 		return r.Failures[i].Code < r.Failures[j].Code
 	})
 
+	latencies := b.latencies
 	if len(latencies) > 0 {
 		slices.Sort(latencies)
 		r.Latency = LatencySummary{
@@ -281,40 +525,6 @@ func BuildHTMLReport(ctx context.Context, l *ledger.Ledger, opts HTMLOptions) (*
 			P99: stat.Quantile(0.99, stat.Empirical, latencies, nil),
 			Max: latencies[len(latencies)-1],
 		}
-	}
-
-	if r.Step > 0 {
-		total, buckets, err := l.AttemptsWithStatus(ctx, 429, span.First, r.Step)
-		if err != nil {
-			return nil, err
-		}
-		r.Throttled = total
-		for _, b := range buckets {
-			if b.Index >= 0 && b.Index < len(r.Throttles) {
-				r.Throttles[b.Index] += b.N
-			}
-		}
-		for _, n := range r.Throughput {
-			r.PeakPerSec = math.Max(r.PeakPerSec, float64(n)/r.Step.Seconds())
-		}
-	} else {
-		total, _, err := l.AttemptsWithStatus(ctx, 429, time.Time{}, time.Hour)
-		if err != nil {
-			return nil, err
-		}
-		r.Throttled = total
-	}
-
-	runs, err := l.Runs(ctx, 0)
-	if err != nil {
-		return nil, err
-	}
-	for _, run := range runs {
-		row := RunRow{Run: run, Options: joinMap(run.Options), Counts: joinCounts(run.Counts)}
-		if !run.FinishedAt.IsZero() {
-			row.Duration = run.FinishedAt.Sub(run.StartedAt)
-		}
-		r.Runs = append(r.Runs, row)
 	}
 
 	if err := r.drawCharts(latencies); err != nil {
@@ -420,6 +630,14 @@ func formatSeconds(f float64) string {
 	return strconv.FormatFloat(f, 'f', 2, 64) + " s"
 }
 
+// maxStationLines is how many stations the throughput chart draws a line
+// for besides the total; with more, only the total is drawn.
+const maxStationLines = 6
+
+// stationColors are the station lines' colours: gonum/plot's soft palette
+// without its red, which marks 429s.
+var stationColors = plotutil.SoftColors[1:]
+
 // The charts' colours.
 var (
 	colorAssigned = color.RGBA{R: 0x1f, G: 0x6f, B: 0xb5, A: 0xff}
@@ -470,7 +688,27 @@ func (r *HTMLReport) drawCharts(latencies []float64) error {
 		}
 		line.Color, line.Width = colorAssigned, vg.Points(1.5)
 		p.Add(plotter.NewGrid(), line)
-		p.Legend.Add("assigned", line)
+		if len(r.Stations) > 1 {
+			p.Legend.Add("assigned, all stations", line)
+		} else {
+			p.Legend.Add("assigned", line)
+		}
+		if len(r.Stations) > 1 && len(r.Stations) <= maxStationLines {
+			// A thinner dashed line per station under the total.
+			for i, st := range r.Stations {
+				xys := make(plotter.XYs, len(st.Throughput))
+				for k, n := range st.Throughput {
+					xys[k] = plotter.XY{X: float64(k) * minutes, Y: float64(n)}
+				}
+				sl, err := plotter.NewLine(xys)
+				if err != nil {
+					return err
+				}
+				sl.Color, sl.Width, sl.Dashes = stationColors[i%len(stationColors)], vg.Points(1), []vg.Length{vg.Points(3), vg.Points(2)}
+				p.Add(sl)
+				p.Legend.Add(st.Station, sl)
+			}
+		}
 		if r.Throttled > 0 {
 			// Each interval with 429 answers is marked by a red bar at the
 			// foot of the chart, as high as the interval's share of them.

@@ -19,9 +19,16 @@ import (
 // changed.
 func htmlFleet(t testing.TB, n int, failures bool) *ledger.Ledger {
 	t.Helper()
+	return htmlLedger(t, filepath.Join(t.TempDir(), "h.ledger"), 0, n, 0, failures)
+}
+
+// htmlLedger is htmlFleet's ledger at path, with the devices numbered from
+// from to from+n-1, their activity starting offset after 08:00.
+func htmlLedger(t testing.TB, path string, from, n int, offset time.Duration, failures bool) *ledger.Ledger {
+	t.Helper()
 	ctx := context.Background()
-	start := time.Date(2026, 11, 29, 8, 0, 0, 0, time.UTC)
-	led, err := ledger.Open(ctx, filepath.Join(t.TempDir(), "h.ledger"), ledger.Options{Now: func() time.Time { return start.Add(time.Hour) }})
+	start := time.Date(2026, 11, 29, 8, 0, 0, 0, time.UTC).Add(offset)
+	led, err := ledger.Open(ctx, path, ledger.Options{Now: func() time.Time { return start.Add(time.Hour) }})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -31,9 +38,10 @@ func htmlFleet(t testing.TB, n int, failures bool) *ledger.Ledger {
 		t.Fatal(err)
 	}
 	hubs := []string{"hub-a.azure-devices.net", "hub-b.azure-devices.net", "hub-c.azure-devices.net"}
-	for i := range n {
+	for j := range n {
+		i := from + j
 		id := fmt.Sprintf("dev-%05d", i)
-		first := start.Add(time.Duration(i) * 120 * time.Second / time.Duration(n))
+		first := start.Add(time.Duration(j) * 120 * time.Second / time.Duration(n))
 		d := ledger.Device{RegistrationID: id, RunID: run, State: ledger.StateAssigned, AssignedHub: hubs[i%3], DeviceID: id,
 			HTTPStatus: 200, Attempts: 1, Polls: 1, FirstAttemptAt: first, FinishedAt: first.Add(time.Duration(1000+i%7*300) * time.Millisecond)}
 		log := []ledger.Attempt{{Kind: "register", HTTPStatus: 202, Latency: 40 * time.Millisecond, At: first}}

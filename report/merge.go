@@ -74,6 +74,27 @@ type pulled struct {
 // the given states (nil = all) are walked. The ledgers are streamed
 // together: memory does not grow with their size.
 func (s Sources) Each(ctx context.Context, states []ledger.State, fn func(entries []Entry) error) error {
+	return s.each(ctx, states, true, fn)
+}
+
+// each is Each, reading each device's enrollment row only when
+// withEnrollment (the HTML report does not show it).
+func (s Sources) each(ctx context.Context, states []ledger.State, withEnrollment bool, fn func(entries []Entry) error) error {
+	if len(s) == 1 {
+		// One ledger: its devices in order, without pulling them through
+		// an iterator.
+		entries := make([]Entry, 1)
+		for e, err := range s[0].seq(ctx, states, withEnrollment) {
+			if err != nil {
+				return fmt.Errorf("ledger %s: %w", s[0].Path, err)
+			}
+			entries[0] = e
+			if err := fn(entries); err != nil {
+				return err
+			}
+		}
+		return nil
+	}
 	ps := make([]*pulled, len(s))
 	defer func() {
 		for _, p := range ps {
@@ -83,7 +104,7 @@ func (s Sources) Each(ctx context.Context, states []ledger.State, fn func(entrie
 		}
 	}()
 	for i, src := range s {
-		next, stop := iter.Pull2(src.seq(ctx, states))
+		next, stop := iter.Pull2(src.seq(ctx, states, withEnrollment))
 		p := &pulled{next: next, stop: stop}
 		ps[i] = p
 		if err := p.advance(src); err != nil {
@@ -126,16 +147,27 @@ func (p *pulled) advance(src Source) error {
 	return nil
 }
 
-// seq yields the ledger's devices in order, then its error if any.
-func (src Source) seq(ctx context.Context, states []ledger.State) iter.Seq2[Entry, error] {
+// seq yields the ledger's devices in order (with their enrollment rows when
+// withEnrollment), then its error if any.
+func (src Source) seq(ctx context.Context, states []ledger.State, withEnrollment bool) iter.Seq2[Entry, error] {
 	return func(yield func(Entry, error) bool) {
 		stopped := errStopped{}
-		err := src.Ledger.EachWithEnrollment(ctx, states, func(d ledger.Device, en ledger.Enrollment, ok bool) error {
-			if !yield(Entry{Station: src.Station, Device: d, Enrollment: en, HasEnrollment: ok}, nil) {
-				return stopped
-			}
-			return nil
-		})
+		var err error
+		if withEnrollment {
+			err = src.Ledger.EachWithEnrollment(ctx, states, func(d ledger.Device, en ledger.Enrollment, ok bool) error {
+				if !yield(Entry{Station: src.Station, Device: d, Enrollment: en, HasEnrollment: ok}, nil) {
+					return stopped
+				}
+				return nil
+			})
+		} else {
+			err = src.Ledger.Each(ctx, states, func(d ledger.Device) error {
+				if !yield(Entry{Station: src.Station, Device: d}, nil) {
+					return stopped
+				}
+				return nil
+			})
+		}
 		if err != nil && err != error(stopped) {
 			yield(Entry{}, err)
 		}

@@ -47,7 +47,9 @@ file's name without its extension, or NAME of --station NAME=PATH), a row per
 device per ledger holding it, and the totals per station on stderr. A device
 two ledgers record differently (state, IoT hub or device id) is a conflict:
 both rows are written, both are listed, and the command exits 3 unless
---allow-conflicts.`,
+--allow-conflicts. With --format html the ledgers make one page: the totals
+per station, charts over all stations, and the station of each run and of
+each device that needs attention.`,
 		"dps-batch report --ledger devices.ledger --out report.csv",
 		"dps-batch report --ledger devices.ledger --state failed,disabled --out failures.csv",
 		"dps-batch report --ledger devices.ledger --format jsonl --out - | jq .",
@@ -56,6 +58,7 @@ both rows are written, both are listed, and the command exits 3 unless
 		"dps-batch report --ledger devices.ledger --state assigned --per-device flash/",
 		"dps-batch report --ledger devices.ledger --state assigned --per-device flash/ --with-keys \\\n    --manifest devices.csv --group-key-file group.key",
 		"dps-batch report --ledger 'line-*.ledger' --out fleet.csv",
+		"dps-batch report --ledger 'line-*.ledger' --format html --out fleet.html",
 		"dps-batch report --station east=/mnt/east/devices.ledger --station west=/mnt/west/devices.ledger --out fleet.csv")
 	lf := addLedgerFlags(fs)
 	ledgerPath := &lf.first

@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 
@@ -12,19 +14,23 @@ import (
 
 const htmlReportExample = "dps-batch report --ledger devices.ledger --format html --out run.html"
 
+const mergedHTMLExample = "dps-batch report --ledger 'line-*.ledger' --format html --out fleet.html"
+
 // writeHTMLReport is report --format html: the run report of the ledger at
-// ledgerPath written to out ("-" = stdout) through a temporary file, so a
-// failed report never leaves a truncated one where a good one was.
+// ledgerPath (or of several ledgers merged, one station each) written to
+// out ("-" = stdout) through a temporary file, so a failed report never
+// leaves a truncated one where a good one was.
 func writeHTMLReport(ctx context.Context, e *env, set map[string]bool, lf *ledgerFlags, out string) error {
-	for _, name := range []string{"state", "per-device", "force", "with-keys", "manifest", "report-columns", "column", "strict", "group-key-file", "group-key-env", "allow-conflicts"} {
+	for _, name := range []string{"state", "per-device", "force", "with-keys", "manifest", "report-columns", "column", "strict", "group-key-file", "group-key-env"} {
 		if set[name] {
 			return usagef(htmlReportExample, "--%s does not apply to --format html: the HTML report shows the whole ledger", name)
 		}
 	}
+	if err := lf.check(mergedHTMLExample); err != nil {
+		return err
+	}
 	if lf.merged() {
-		// Never a report of the first ledger only, looking like the fleet's.
-		return usagef(htmlReportExample+"   # one per ledger",
-			"--format html reads one ledger: several --ledger values (or a glob, or --station) are merged into CSV or JSON lines reports only, for now")
+		return writeMergedHTMLReport(ctx, e, lf, out)
 	}
 	ledgerPath := lf.first
 	led, err := openForReading(ctx, ledgerPath, htmlReportExample)
@@ -42,6 +48,43 @@ func writeHTMLReport(ctx context.Context, e *env, set map[string]bool, lf *ledge
 	}
 	fmt.Fprintf(e.stderr, "Wrote the HTML report of %d device(s) to %s\n", n, out)
 	return nil
+}
+
+// writeMergedHTMLReport is report --format html with several ledgers: one
+// page with the totals per station, charts over all stations and a station
+// column in the run history and the devices that need attention. As with
+// CSV, the totals per station are printed on stderr, and devices two
+// ledgers disagree about are all in the page and exit 3 unless
+// --allow-conflicts.
+func writeMergedHTMLReport(ctx context.Context, e *env, lf *ledgerFlags, out string) error {
+	srcs, closeAll, err := openSources(ctx, lf, mergedHTMLExample)
+	if err != nil {
+		return err
+	}
+	defer closeAll()
+	var res *report.MergeResult
+	write := func(w io.Writer) error {
+		var werr error
+		res, werr = report.WriteMergedHTML(ctx, srcs, w, report.MergedHTMLOptions{AllowConflicts: lf.allowConflicts})
+		var ce *report.ConflictError
+		if errors.As(werr, &ce) {
+			return nil // written in full; the conflicts are reported below
+		}
+		return werr
+	}
+	if out == "-" {
+		err = write(e.stdout)
+	} else {
+		err = writeReplacing(out, write)
+	}
+	if err != nil {
+		return err
+	}
+	if out != "-" {
+		fmt.Fprintf(e.stderr, "Wrote the HTML report of %d row(s) of %d device(s) from %d ledger(s) to %s\n", res.Rows, res.Devices, len(srcs), out)
+	}
+	printStationTotals(e.stderr, res)
+	return mergeConflicts(res, lf.allowConflicts)
 }
 
 // writeHTMLFile writes the HTML report of led to path, atomically.

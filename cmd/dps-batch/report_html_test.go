@@ -51,11 +51,20 @@ func TestReportHTMLUsage(t *testing.T) {
 		{"--ledger", filepath.Join(dir, "none.ledger"), "--format", "html", "--out", filepath.Join(dir, "r.html")},
 		{"--ledger", filepath.Join(dir, "none.ledger"), "--format", "html", "--state", "failed"},
 		{"--ledger", filepath.Join(dir, "none.ledger"), "--format", "html", "--per-device", dir},
-		{"--ledger", filepath.Join(dir, "a.ledger"), "--ledger", filepath.Join(dir, "b.ledger"), "--format", "html"},
 	} {
 		code, _, errs := runCmd(t, append([]string{"report"}, args...)...)
 		if code != exitUsage || !strings.Contains(errs, "--format html") {
 			t.Errorf("report %v: exit %d, stderr %s", args, code, errs)
 		}
+	}
+	// --allow-conflicts needs several ledgers, in HTML as in CSV.
+	code, _, errs := runCmd(t, "report", "--ledger", filepath.Join(dir, "a.ledger"), "--format", "html", "--allow-conflicts")
+	if code != exitUsage || !strings.Contains(errs, "--allow-conflicts applies to several ledgers") {
+		t.Errorf("--allow-conflicts with one ledger: exit %d, stderr %s", code, errs)
+	}
+	// Several ledgers are one report now; a missing one is named.
+	code, _, errs = runCmd(t, "report", "--ledger", filepath.Join(dir, "a.ledger"), "--ledger", filepath.Join(dir, "b.ledger"), "--format", "html")
+	if code == exitOK || !strings.Contains(errs, "a.ledger") {
+		t.Errorf("missing ledgers: exit %d, stderr %s", code, errs)
 	}
 }

@@ -122,6 +122,59 @@ func TestShardProvisionMergedReport(t *testing.T) {
 		t.Errorf("no total line of 3000 assigned\nstderr:\n%s", errs)
 	}
 
+	// The same three ledgers as one HTML report: 3,000 devices, the
+	// totals per station, charts over all of them, the station of each run.
+	htmlPath := filepath.Join(f.dir, "fleet.html")
+	code, out, errs = runCmd(t, "report", "--ledger", filepath.Join(f.dir, "m.shard-*.ledger"), "--format", "html", "--out", htmlPath)
+	if code != exitOK || !strings.Contains(errs, "Wrote the HTML report of 3000 row(s) of 3000 device(s) from 3 ledger(s) to "+htmlPath) {
+		t.Fatalf("merged HTML report: exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errs)
+	}
+	if !regexp.MustCompile(`(?m)^\s+total\s+3000\s+3000\s*$`).MatchString(errs) {
+		t.Errorf("HTML report: no total line of 3000 assigned on stderr\nstderr:\n%s", errs)
+	}
+	b, err := os.ReadFile(htmlPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	page := string(b)
+	cell := func(attr, key string) string {
+		t.Helper()
+		m := regexp.MustCompile(attr + `="` + regexp.QuoteMeta(key) + `">([^<]*)<`).FindStringSubmatch(page)
+		if m == nil {
+			t.Errorf("fleet.html has no element with %s=%q", attr, key)
+			return ""
+		}
+		return strings.ReplaceAll(m[1], ",", "")
+	}
+	for attr, want := range map[string]string{"total": "3000", "assigned": "3000", "stations": "3", "billable": "3000", "attention": "No device needs attention."} {
+		if got := cell("data-value", attr); got != want {
+			t.Errorf("fleet.html %s = %q, want %q", attr, got, want)
+		}
+	}
+	if got := cell("data-station-devices", "all stations"); got != "3000" {
+		t.Errorf("fleet.html: all stations %q devices, want 3000", got)
+	}
+	for i := 0; i < shards; i++ {
+		station := fmt.Sprintf("m.shard-%d-of-3", i)
+		if got := cell("data-station-devices", station); got != strconv.Itoa(want[i]) {
+			t.Errorf("fleet.html: station %s %q devices, want %d", station, got, want[i])
+		}
+		if got := cell("data-station-state", station+"/assigned"); got != strconv.Itoa(want[i]) {
+			t.Errorf("fleet.html: station %s %q assigned, want %d", station, got, want[i])
+		}
+		if n := strings.Count(page, `data-run-station="`+station+`"`); n != 1 {
+			t.Errorf("fleet.html: %d runs of station %s, want 1", n, station)
+		}
+	}
+	for _, c := range []string{"throughput", "latency", "hubs"} {
+		if !strings.Contains(page, `data-chart="`+c+`"`) {
+			t.Errorf("fleet.html lacks the %s chart", c)
+		}
+	}
+	if strings.Contains(page, `data-value="distinct"`) || !strings.Contains(page, "No device is recorded differently by two ledgers.") {
+		t.Error("fleet.html reports devices in more than one ledger")
+	}
+
 	code, out, errs = runCmd(t, "status", "--ledger", filepath.Join(f.dir, "m.shard-*.ledger"), "--json")
 	if code != exitOK {
 		t.Fatalf("merged status: exit %d\nstdout:\n%s\nstderr:\n%s", code, out, errs)
@@ -185,6 +238,23 @@ func TestMergeConflictExits(t *testing.T) {
 	}
 	if code, _, errs := runCmd(t, "report", "--ledger", f.ledger, "--ledger", other, "--allow-conflicts"); code != exitOK {
 		t.Errorf("--allow-conflicts: exit %d\n%s", code, errs)
+	}
+	// The HTML report: written in full with both rows, exit 3 all the same.
+	html := filepath.Join(f.dir, "fleet.html")
+	code, _, errs = runCmd(t, "report", "--ledger", f.ledger, "--ledger", other, "--format", "html", "--out", html)
+	if code != exitDeviceFails || !strings.Contains(errs, "sensor-0003") || !strings.Contains(errs, "--allow-conflicts") {
+		t.Errorf("HTML conflict: exit %d, want 3 naming sensor-0003\nstderr:\n%s", code, errs)
+	}
+	page, err := os.ReadFile(html)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conflictRows := regexp.MustCompile(`<tr data-conflict="sensor-0003"><td class="id">sensor-0003</td><td>([\w-]+)</td><td class="state-(\w+)">`).FindAllStringSubmatch(string(page), -1)
+	if len(conflictRows) != 2 || conflictRows[0][1] != "m" || conflictRows[0][2] != "assigned" || conflictRows[1][1] != "line-2" || conflictRows[1][2] != "failed" {
+		t.Errorf("HTML conflict rows %v, want m assigned and line-2 failed", conflictRows)
+	}
+	if code, _, errs := runCmd(t, "report", "--ledger", f.ledger, "--ledger", other, "--format", "html", "--out", html, "--allow-conflicts"); code != exitOK {
+		t.Errorf("HTML --allow-conflicts: exit %d\n%s", code, errs)
 	}
 	code, out, errs = runCmd(t, "status", "--station", "east="+f.ledger, "--station", "west="+other)
 	if code != exitDeviceFails || !strings.Contains(out, "east") || !strings.Contains(out, "west") || !strings.Contains(errs, "sensor-0003") {
