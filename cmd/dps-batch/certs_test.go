@@ -471,33 +471,6 @@ func TestProvisionCollapsesRepeatedProblems(t *testing.T) {
 	}
 }
 
-// TestCertsCSRHelpGolden keeps "certs csr --help" under review like
-// TestHelpGolden does for the other commands (-update rewrites it).
-func TestCertsCSRHelpGolden(t *testing.T) {
-	code, out, errs := runCmd(t, "certs", "csr", "--help")
-	if code != exitOK {
-		t.Fatalf("certs csr --help: exit %d, stderr %q", code, errs)
-	}
-	path := filepath.Join("testdata", "help", "certs_csr.golden")
-	if *updateGolden {
-		if err := os.WriteFile(path, []byte(out), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (go test ./cmd/dps-batch -run Golden -update creates it)", err)
-	}
-	if out != string(want) {
-		t.Errorf("certs csr --help differs from %s\ngot:\n%s", path, out)
-	}
-	for _, want := range []string{"P-384", "ECDSA-SHA384", "CN = the registration id", "--issue-certs", "csr_key_path"} {
-		if !strings.Contains(out, want) {
-			t.Errorf("certs csr --help lacks %q", want)
-		}
-	}
-}
-
 // mustLoadCSR reads the CSR at path and checks it as DPS would for id.
 func mustLoadCSR(t *testing.T, path, id string) *x509.CertificateRequest {
 	t.Helper()

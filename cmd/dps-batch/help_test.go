@@ -20,7 +20,7 @@ func TestHelpGolden(t *testing.T) {
 			cmds = append(cmds, []string{c.name, "--help"})
 		}
 	}
-	for _, sub := range []string{"root", "intermediate", "device", "verification", "fleet"} {
+	for _, sub := range []string{"root", "intermediate", "device", "verification", "fleet", "csr"} {
 		cmds = append(cmds, []string{"certs", sub, "--help"})
 	}
 	for _, args := range cmds {
