@@ -53,12 +53,12 @@ func (w *work) keepIssued(rs *dps.DeviceRegistrationResult, kind string) issuedO
 		if cert, ok := w.recoverIssued(); ok {
 			return issuedOutcome{cert: cert, recovered: true}
 		}
-		via := "the operation's answer"
+		msg := "DPS assigned the device and issued its certificate, but the answer that carried the chain was not received or not kept " +
+			"(the connection failed, or the process stopped before the chain was written)"
 		if kind == "lookup" {
-			via = "the registration status lookup, which never carries it"
+			msg += "; the assignment was then learnt from the registration status lookup, which never carries the chain"
 		}
-		return issuedOutcome{lost: fmt.Sprintf("DPS assigned the device and issued its certificate, but the answer that carried the chain was not received or not kept "+
-			"(the process stopped or the connection failed before the chain was written); the assignment was learnt from %s", via)}
+		return issuedOutcome{lost: msg}
 	case err != nil:
 		return issuedOutcome{lost: fmt.Sprintf("DPS assigned the device, but its issued certificate chain is unusable: %v", err)}
 	}

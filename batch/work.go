@@ -536,6 +536,12 @@ func (w *work) final(ctx context.Context, st dps.Status, rs *dps.DeviceRegistrat
 			case io.lost != "":
 				w.rec.State = ledger.StateIssuedLost
 				w.rec.ErrorMessage, w.rec.Hint = io.lost, reissueHint
+				if c := w.r.Options.Policy.Campaign; c != 0 {
+					// A campaign registers a device once: only a new one
+					// registers it again.
+					w.rec.Hint = fmt.Sprintf("DPS returns an issued certificate only once, and campaign #%d already registered this device: "+
+						"run the same provision command with --reissue --new-campaign to register it again with its CSR (billable)", c)
+				}
 				outcome, halt = OutcomeIssuedLost, io.halt
 				w.r.Stats.certsLost.Add(1)
 			default:
