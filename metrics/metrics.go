@@ -94,7 +94,7 @@ func (e *Exporter) gauge(name, help string, labels prometheus.Labels, f func() f
 // before the run starts.
 func (e *Exporter) Provision(st *batch.Stats) {
 	for _, o := range []batch.Outcome{batch.OutcomeAssigned, batch.OutcomeDisabled, batch.OutcomeFailed,
-		batch.OutcomeUnfinished, batch.OutcomeSkipped, batch.OutcomeChanged} {
+		batch.OutcomeUnfinished, batch.OutcomeSkipped, batch.OutcomeChanged, batch.OutcomeIssuedLost} {
 		e.counter("devices_total", "Devices this run finished with, by outcome.",
 			prometheus.Labels{"outcome": o.String()}, func() float64 { return float64(st.Snapshot().Outcomes[o]) })
 	}
@@ -110,6 +110,10 @@ func (e *Exporter) Provision(st *batch.Stats) {
 		func() float64 { return float64(st.Snapshot().Throttled) })
 	e.counter("retries_total", "Requests sent again after a failed one.", nil,
 		func() float64 { return float64(st.Snapshot().Retries) })
+	e.counter("certificates_written_total", "Certificate chains DPS issued at registration (--issue-certs) written durably.", nil,
+		func() float64 { return float64(st.Snapshot().CertsWritten) })
+	e.counter("certificates_lost_total", "Devices assigned whose issued certificate was not kept (issued-lost).", nil,
+		func() float64 { return float64(st.Snapshot().CertsLost) })
 	e.gauge("pacer_rate_per_minute", "Current rate of a pacer in requests per minute (0: unlimited).",
 		prometheus.Labels{"pacer": "register"}, func() float64 { return st.Rates().Register })
 	e.gauge("pacer_rate_per_minute", "Current rate of a pacer in requests per minute (0: unlimited).",

@@ -75,7 +75,7 @@ dpsbatch_devices_in_flight 0
 		t.Error(err)
 	}
 	n, err := testutil.GatherAndCount(e.Registry(), "dpsbatch_devices_total", "dpsbatch_pacer_rate_per_minute")
-	if err != nil || n != 6+2 {
-		t.Errorf("devices_total and pacer series: %d (%v), want 6 outcomes and 2 pacers", n, err)
+	if err != nil || n != 7+2 {
+		t.Errorf("devices_total and pacer series: %d (%v), want 7 outcomes and 2 pacers", n, err)
 	}
 }
