@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/dps-batch/dps-batch/certs"
+	"github.com/dps-batch/dps-batch/dps"
 	"github.com/dps-batch/dps-batch/dpssim"
 	"github.com/dps-batch/dps-batch/ledger"
 	"github.com/dps-batch/dps-batch/report"
@@ -29,7 +30,8 @@ func runDemo(ctx context.Context, e *env, args []string) error {
 	fs := newFlagSet(e, "demo", demoPurpose,
 		"dps-batch demo",
 		"dps-batch demo --count 5000 --workers 400 --rate 30000 --dir /tmp/demo",
-		"dps-batch demo --individual          # enroll (service API) then provision: the individual-enrollment pipeline")
+		"dps-batch demo --individual          # enroll (service API) then provision: the individual-enrollment pipeline",
+		"dps-batch demo --issue-certs         # DPS issues each device a certificate at registration (preview)")
 	dir := fs.String("dir", "", "working `folder` for the fleet, ledger and report (default: a new temporary folder)")
 	count := fs.Int("count", 1000, "number of X.509 devices (`N`)")
 	sas := fs.Int("sas", 100, "number of extra symmetric-key group devices (`N`)")
@@ -38,8 +40,12 @@ func runDemo(ctx context.Context, e *env, args []string) error {
 	delay := fs.Duration("assignment-delay", 500*time.Millisecond, "how long the simulator keeps each registration assigning (`duration`)")
 	verbose := fs.Bool("v", false, "log every device's steps on stderr")
 	individual := fs.Bool("individual", false, "individual enrollments: the simulator starts with none; dps-batch enroll creates one per device through the DPS service API, then provision registers them (X.509 under a root CA plus --sas devices with their own keys)")
+	issue := fs.Bool("issue-certs", false, "certificates issued at registration (DPS preview): every device sends a P-384 CSR and gets a certificate from the simulator's credential policy, written to --dir/issued")
 	if err := parseFlags(fs, args); err != nil {
 		return err
+	}
+	if *issue && *individual {
+		return usagef("dps-batch demo --issue-certs, or dps-batch demo --individual", "--issue-certs and --individual are separate demos")
 	}
 	if *count < 1 || *sas < 0 || *workers < 1 || *rate <= 0 {
 		return usagef("dps-batch demo --count 1000", "--count and --workers must be at least 1, --sas at least 0, --rate positive")
@@ -63,13 +69,15 @@ func runDemo(ctx context.Context, e *env, args []string) error {
 	// A second demo in the same folder resumes instead of starting over.
 	if _, err := os.Stat(manifest); err != nil {
 		fmt.Fprintf(e.stderr, "Generating %d test devices in %s ...\n", *count, *dir)
-		fleet, err := certs.GenerateFleet(ctx, certs.FleetOptions{Dir: *dir, Count: *count})
+		fleet, err := certs.GenerateFleet(ctx, certs.FleetOptions{Dir: *dir, Count: *count, Issue: *issue})
 		if err != nil {
 			return err
 		}
 		if err := writeDemoSimConfig(*dir, scope, fleet, *sas, groupKeyFile); err != nil {
 			return err
 		}
+	} else if b, err := os.ReadFile(manifest); err == nil && strings.Contains(strings.SplitN(string(b), "\n", 2)[0], "csr_key_path") {
+		*issue = true // the folder holds an --issue-certs demo: resume it as one
 	}
 	cfg, err := dpssim.LoadConfig(filepath.Join(*dir, "sim.json"))
 	if err != nil {
@@ -114,6 +122,11 @@ func runDemo(ctx context.Context, e *env, args []string) error {
 		settle: batch.DefaultSettle, failFast: batch.DefaultFuseDevices,
 		resumeHint: "dps-batch demo --dir " + shellQuote(*dir),
 	}
+	if *issue {
+		// Rows of the group's sensors have no key column: their keys are
+		// made in csr-keys/ like the fleet's.
+		p.issueCerts, p.apiVersion, p.csrKeyDir = true, dps.CertificateIssuanceAPIVersion, filepath.Join(*dir, certs.FleetCSRKeyDir)
+	}
 	provErr := provision(ctx, e, p)
 
 	stats := sim.Stats()
@@ -139,6 +152,14 @@ func runDemo(ctx context.Context, e *env, args []string) error {
 	fmt.Fprintf(e.stdout, "CSV report written to %s\nEverything is in %s: manifest.csv, sim.json, sim-ca.pem, demo.ledger, %s, %s\n",
 		reportFile, *dir, filepath.Base(reportFile), filepath.Base(htmlFile))
 	fmt.Fprintf(e.stdout, "HTML run report written to %s\n", htmlFile)
+	if issued := filepath.Join(*dir, certs.FleetIssuedDir); *issue {
+		example := filepath.Join(issued, "ID.pem")
+		if ents, err := os.ReadDir(issued); err == nil && len(ents) > 0 {
+			example = filepath.Join(issued, ents[0].Name())
+		}
+		fmt.Fprintf(e.stdout, "Issued certificates are in %s; check one with:\n  openssl verify -CAfile %s -untrusted %s %s\n",
+			issued, filepath.Join(*dir, certs.FleetIssuingDir, "root.pem"), filepath.Join(*dir, certs.FleetIssuingDir, "intermediate.pem"), example)
+	}
 	if resumable {
 		fmt.Fprintf(e.stdout, "Running the same command again resumes from the ledger.\n")
 	} else {
@@ -165,16 +186,29 @@ func writeDemoSimConfig(dir, scope string, fleet *certs.Fleet, sas int, groupKey
 			EnrollmentGroupID: "demo-sensors",
 			Attestation:       dpssim.Attestation{SymmetricKey: &dpssim.SymmetricKeyAttestation{PrimaryKey: b64}},
 		})
+		header, err := os.ReadFile(fleet.ManifestPath)
+		if err != nil {
+			return err
+		}
+		// As many empty fields as the header has columns after the id.
+		empty := strings.Repeat(",", strings.Count(strings.SplitN(string(header), "\n", 2)[0], ","))
 		f, err := os.OpenFile(fleet.ManifestPath, os.O_APPEND|os.O_WRONLY, 0)
 		if err != nil {
 			return err
 		}
 		for i := 1; i <= sas; i++ {
-			fmt.Fprintf(f, "sensor-%05d,,,\n", i)
+			fmt.Fprintf(f, "sensor-%05d%s\n", i, empty)
 		}
 		if err := f.Close(); err != nil {
 			return err
 		}
+	}
+	issuance, err := newFleetIssuance(fleet, defaultFleetCredentialPolicy)
+	if err != nil {
+		return err
+	}
+	if issuance != nil {
+		return writeCheckedSimConfig(filepath.Join(dir, "sim.json"), issuance.apply(cfg), sas > 0, true)
 	}
 	return dpssim.WriteConfig(filepath.Join(dir, "sim.json"), cfg, true)
 }

@@ -8,6 +8,7 @@ import (
 	"crypto/x509"
 	"encoding/pem"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -111,4 +112,63 @@ func must1[T any](v T, err error) T {
 		panic(err)
 	}
 	return v
+}
+
+// TestDemoIssueCerts: demo --issue-certs provisions X.509 devices and group
+// sensors with certificates issued at registration; every device has a
+// chain that openssl (when installed) and Go verify to the demo's issuing
+// root, and the same command in the same folder resumes with nothing to do.
+func TestDemoIssueCerts(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "demo")
+	code, out, errs := runCmd(t, "demo", "--issue-certs", "--dir", dir, "--count", "12", "--sas", "6", "--assignment-delay", "0s")
+	if code != exitOK {
+		t.Fatalf("demo --issue-certs: exit %d\n%s\n%s", code, out, errs)
+	}
+	for _, want := range []string{"issued certificates written: 18", "devices registered more than once: 0", "openssl verify -CAfile"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("output lacks %q:\n%s", want, out)
+		}
+	}
+	root := filepath.Join(dir, "issuing", "root.pem")
+	rootPEM, err := os.ReadFile(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AppendCertsFromPEM(rootPEM)
+	ents, err := os.ReadDir(filepath.Join(dir, "issued"))
+	if err != nil || len(ents) != 18 {
+		t.Fatalf("issued folder: %d files (%v), want 18", len(ents), err)
+	}
+	openssl, _ := exec.LookPath("openssl")
+	for _, ent := range ents {
+		path := filepath.Join(dir, "issued", ent.Name())
+		data, err := os.ReadFile(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		chain, err := certs.ParseCertsPEM(data)
+		if err != nil || len(chain) < 2 {
+			t.Fatalf("%s: %d certificates (%v)", path, len(chain), err)
+		}
+		inter := x509.NewCertPool()
+		for _, c := range chain[1:] {
+			inter.AddCert(c)
+		}
+		if _, err := chain[0].Verify(x509.VerifyOptions{Roots: roots, Intermediates: inter, KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}}); err != nil {
+			t.Errorf("%s: %v", path, err)
+		}
+		if id := strings.TrimSuffix(ent.Name(), ".pem"); chain[0].Subject.CommonName != id {
+			t.Errorf("%s: CN %q", path, chain[0].Subject.CommonName)
+		}
+		if openssl != "" {
+			if why := opensslVerify(t, openssl, root, path); why != "" {
+				t.Errorf("%s: %s", path, why)
+			}
+		}
+	}
+	code, out, errs = runCmd(t, "demo", "--dir", dir)
+	if code != exitOK || !strings.Contains(out, "skipped 18") || !strings.Contains(out, "registrations accepted by DPS (billable): 0") {
+		t.Errorf("demo again in the same folder: exit %d, want every device skipped\n%s\n%s", code, out, errs)
+	}
 }
