@@ -13,7 +13,6 @@ import (
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
 
-	"github.com/dps-batch/dps-batch/dpssim"
 	"github.com/dps-batch/dps-batch/ledger"
 )
 
@@ -68,14 +67,19 @@ next:
 	return sum
 }
 
-// TestMetricsEndpoint: provision --metrics-listen serves the run's counters
-// while it runs (devices in flight, requests counted), and when it ends its
-// counters equal the ledger's.
+// TestMetricsEndpoint: provision --metrics-listen serves the counters of a
+// 5,000-device run while it runs (devices in flight, requests counted,
+// counters rising from one scrape to the next), and when it ends its
+// counters equal the ledger's. The devices are symmetric-key group devices
+// (cheap to make and to sign for) against a simulator without quotas, with
+// --rate and --poll-rate unlimited.
 func TestMetricsEndpoint(t *testing.T) {
-	const n = 60
+	const n = 5000
 	f := newSASFleet(t, n)
 	k := f.sim.Knobs()
-	k.AssignmentDelay = dpssim.Duration(100 * time.Millisecond) // each device polls once or twice: the run lasts seconds
+	// Each device is answered assigning, then assigned at its first poll:
+	// a register and a poll each, without waiting for an assignment.
+	k.AssignmentDelay = 0
 	if err := f.sim.SetKnobs(k); err != nil {
 		t.Fatal(err)
 	}
@@ -102,7 +106,7 @@ func TestMetricsEndpoint(t *testing.T) {
 	}
 	done := make(chan result, 1)
 	go func() {
-		code, out, errs := runCmd(t, f.args("--workers", "20", "--metrics-listen", addr)...)
+		code, out, errs := runCmd(t, f.args("--workers", "100", "--poll-rate", "-1", "--metrics-listen", addr)...)
 		done <- result{code, out, errs}
 	}()
 
@@ -150,7 +154,7 @@ func TestMetricsEndpoint(t *testing.T) {
 	}
 	// A later scrape during the run shows the counters risen.
 	for rose := false; !rose; {
-		time.Sleep(200 * time.Millisecond)
+		time.Sleep(50 * time.Millisecond)
 		select {
 		case r := <-done:
 			done <- r
