@@ -47,7 +47,7 @@ golden: ## Rewrite golden files (help text, reports) after an intended change
 	$(GO) test ./report ./cmd/dps-batch -run Golden -update
 
 .PHONY: bench
-bench: build ## Benchmarks (bench/README.md): vs curl and a bare loop, cost, quota, resume; ~6 min, writes bench/RESULTS.md
+bench: build ## Benchmarks (bench/README.md): vs curl and a bare loop, cost, quota, resume, rate, 1M-device HTML report; ~7 min, writes bench/RESULTS.md
 	$(GO) run ./bench -bin $(BIN) -go $(GO) $(BENCHFLAGS)
 
 .PHONY: chaos

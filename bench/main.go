@@ -12,7 +12,9 @@
 //  4. resume cost on a fully assigned 100,000-device ledger;
 //  5. a summary of the go test microbenchmarks of the hot paths;
 //  6. a raised rate (issue 12): --rate alone against a simulator allowing
-//     it, devices/s and the dry run's estimate against the measured time.
+//     it, devices/s and the dry run's estimate against the measured time;
+//  7. the HTML run report of a 1,000,000-device ledger (issue 14): wall
+//     time and peak RSS of "dps-batch report --format html".
 //
 // Every figure is printed with its target and PASS/FAIL. The run is recorded
 // in bench/results.json under its label (-label; "before" and "latest" by
@@ -42,7 +44,7 @@ import (
 )
 
 // sections in the order they run.
-var sections = []string{"throughput", "cost", "quota", "resume", "micro", "rate"}
+var sections = []string{"throughput", "cost", "quota", "resume", "micro", "rate", "html"}
 
 // config is the harness's flags.
 type config struct {
@@ -70,6 +72,7 @@ type config struct {
 	quotaDevices  int // devices per quota scenario
 	rateDevices   int // devices of the raised-rate run
 	ratePerMin    int // its --rate and simulator quota
+	htmlDevices   int // devices of the ledger the HTML report is made of
 	microTime     string
 
 	renderOnly  bool   // regenerate the results file from the history and exit
@@ -143,6 +146,7 @@ func parseFlags(args []string, stderr io.Writer) (*config, error) {
 	fs.IntVar(&c.quotaDevices, "quota-devices", 2500, "devices per quota scenario (`N`)")
 	fs.IntVar(&c.rateDevices, "rate-devices", 3000, "devices of the raised-rate run (`N`)")
 	fs.IntVar(&c.ratePerMin, "rate", 6000, "--rate of the raised-rate run and its simulator's quota (`per minute`)")
+	fs.IntVar(&c.htmlDevices, "html-devices", 1_000_000, "devices of the synthetic ledger whose HTML report is measured (`N`)")
 	fs.StringVar(&c.microTime, "benchtime", "300ms", "-benchtime of the fast microbenchmarks (`duration`)")
 	fs.BoolVar(&c.renderOnly, "render", false, "only regenerate -out from -history, showing the run labelled -label in full")
 	fs.StringVar(&c.profile, "profile", "", "run a workload in-process with a CPU profile written to `file`, then exit")
@@ -219,6 +223,7 @@ func bench(ctx context.Context, cfg *config, out io.Writer) error {
 		{"resume", benchResume},
 		{"micro", benchMicro},
 		{"rate", benchRate},
+		{"html", benchHTML},
 	}
 	for _, s := range steps {
 		if !cfg.wants(s.name) {

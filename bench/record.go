@@ -165,7 +165,7 @@ func formatValue(v float64, unit string) string {
 
 // summary prints every figure with a target and returns how many missed.
 func (r *recorder) summary() int {
-	fmt.Fprintf(r.out, "\n== Summary (targets of issues 7 and 12)\n")
+	fmt.Fprintf(r.out, "\n== Summary (targets of issues 7, 12 and 14)\n")
 	passed, missed := 0, 0
 	for _, f := range bySection(r.run.Figures) {
 		if f.Verdict == "" {
