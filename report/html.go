@@ -536,7 +536,7 @@ func buildHTML(ctx context.Context, srcs Sources, merged bool, opts HTMLOptions)
 // attentionReason says why a device needs attention, "" when it does not.
 func attentionReason(d ledger.Device) string {
 	switch d.State {
-	case ledger.StateFailed, ledger.StateDisabled, ledger.StateRetryable:
+	case ledger.StateFailed, ledger.StateDisabled, ledger.StateRetryable, ledger.StateIssuedLost:
 		return string(d.State)
 	case ledger.StateAssigned:
 		if strings.HasPrefix(d.Hint, "credentials changed") {

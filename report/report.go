@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"strings"
 	"time"
 
 	"github.com/jszwec/csvutil"
@@ -49,6 +50,12 @@ type Row struct {
 	Enrollment      string  `csv:"enrollment" json:"enrollment,omitempty"`
 	EnrollmentError string  `csv:"enrollment_error" json:"enrollmentError,omitempty"`
 	Payload         Payload `csv:"payload" json:"payload,omitempty"`
+	// IssuedCertSHA256, IssuedCertSerial and IssuedCertNotAfter identify
+	// the certificate DPS issued the device at registration
+	// (provision --issue-certs), once its chain is written; "" otherwise.
+	IssuedCertSHA256   string `csv:"issued_cert_sha256" json:"issued_cert_sha256,omitempty"`
+	IssuedCertSerial   string `csv:"issued_cert_serial" json:"issued_cert_serial,omitempty"`
+	IssuedCertNotAfter string `csv:"issued_cert_not_after" json:"issued_cert_not_after,omitempty"`
 	// Extra holds the columns carried from elsewhere (a manifest's own
 	// columns, Options.Extra): in CSV one column each after payload, in
 	// JSON lines the object "extra".
@@ -166,20 +173,23 @@ func payloadOf(s string) Payload {
 // FromDevice converts a ledger row to a report row (times in UTC, RFC 3339).
 func FromDevice(d ledger.Device) Row {
 	return Row{
-		RegistrationID: d.RegistrationID,
-		Status:         string(d.State),
-		AssignedHub:    d.AssignedHub,
-		DeviceID:       d.DeviceID,
-		Substatus:      d.Substatus,
-		OperationID:    d.OperationID,
-		ErrorCode:      d.ErrorCode,
-		ErrorMessage:   d.ErrorMessage,
-		Hint:           d.Hint,
-		Attempts:       d.Attempts,
-		FirstAttemptAt: formatTime(d.FirstAttemptAt),
-		FinishedAt:     formatTime(d.FinishedAt),
-		RequestID:      d.RequestID,
-		Payload:        payloadOf(d.ReturnedPayload),
+		RegistrationID:     d.RegistrationID,
+		Status:             string(d.State),
+		AssignedHub:        d.AssignedHub,
+		DeviceID:           d.DeviceID,
+		Substatus:          d.Substatus,
+		OperationID:        d.OperationID,
+		ErrorCode:          d.ErrorCode,
+		ErrorMessage:       d.ErrorMessage,
+		Hint:               d.Hint,
+		Attempts:           d.Attempts,
+		FirstAttemptAt:     formatTime(d.FirstAttemptAt),
+		FinishedAt:         formatTime(d.FinishedAt),
+		RequestID:          d.RequestID,
+		Payload:            payloadOf(d.ReturnedPayload),
+		IssuedCertSHA256:   strings.TrimPrefix(d.Issued.Fingerprint, "sha256:"),
+		IssuedCertSerial:   d.Issued.Serial,
+		IssuedCertNotAfter: formatTime(d.Issued.NotAfter),
 	}
 }
 

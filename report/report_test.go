@@ -34,7 +34,8 @@ func fixedLedger(t *testing.T) *ledger.Ledger {
 	devices := []ledger.Device{
 		{RegistrationID: "dev-00001", State: ledger.StateAssigned, OperationID: "4.abc.1", AssignedHub: "hub-1.azure-devices.net",
 			DeviceID: "dev-00001", Substatus: "initialAssignment", HTTPStatus: 200, RequestID: "9f0e4a52-0000-4000-8000-000000000001",
-			Attempts: 1, FirstAttemptAt: t0, FinishedAt: t1, ReturnedPayload: `{"line":3,"firmware":"v1.2, \"stable\""}`},
+			Attempts: 1, FirstAttemptAt: t0, FinishedAt: t1, ReturnedPayload: `{"line":3,"firmware":"v1.2, \"stable\""}`,
+			Issued: ledger.IssuedCert{Fingerprint: "sha256:5d41402abc4b2a76b9719d911017c592ae3e0d4b6f5c2b1c0a1e0f3b5d9e8c7a", Serial: "7F3A0C", NotAfter: now.Add(30 * 24 * time.Hour)}},
 		{RegistrationID: "dev-00002", State: ledger.StateFailed, HTTPStatus: 401, ErrorCode: 401002, ErrorMessage: "Invalid certificate.",
 			Hint: "certificate chain not accepted, with a comma", RequestID: "9f0e4a52-0000-4000-8000-000000000002", Attempts: 1,
 			FirstAttemptAt: t0, FinishedAt: t1},
@@ -107,7 +108,7 @@ func TestEmptyReportHasHeader(t *testing.T) {
 	if err != nil || n != 0 {
 		t.Fatalf("Write = %d, %v", n, err)
 	}
-	if want := "registration_id,status,assigned_hub,device_id,substatus,operation_id,error_code,error_message,hint,attempts,first_attempt_at,finished_at,request_id,enrollment,enrollment_error,payload\n"; buf.String() != want {
+	if want := "registration_id,status,assigned_hub,device_id,substatus,operation_id,error_code,error_message,hint,attempts,first_attempt_at,finished_at,request_id,enrollment,enrollment_error,payload,issued_cert_sha256,issued_cert_serial,issued_cert_not_after\n"; buf.String() != want {
 		t.Errorf("empty report = %q, want header %q", buf.String(), want)
 	}
 }
@@ -149,7 +150,7 @@ func TestPayloadColumn(t *testing.T) {
 	if jl.String() != wantJL {
 		t.Errorf("jsonl =\n%s\nwant\n%s", jl.String(), wantJL)
 	}
-	if !strings.Contains(cv.String(), "\np-1,assigned,,,,,,,,0,,,,,,\"{\"\"a\"\":[1,2],\"\"b\"\":\"\"x,y\"\"}\"\np-2,assigned,,,,,,,,0,,,,,,\n") {
+	if !strings.Contains(cv.String(), "\np-1,assigned,,,,,,,,0,,,,,,\"{\"\"a\"\":[1,2],\"\"b\"\":\"\"x,y\"\"}\",,,\np-2,assigned,,,,,,,,0,,,,,,,,,\n") {
 		t.Errorf("csv =\n%s", cv.String())
 	}
 
@@ -195,7 +196,7 @@ func TestExtraColumns(t *testing.T) {
 	if _, err := WriteWith(ctx, led, &cv, CSV, Options{States: []ledger.State{ledger.StatePending}, Extra: extra}); err != nil {
 		t.Fatal(err)
 	}
-	if want := strings.Join(Columns(), ",") + ",zone,hub,batch\ndev-00005,pending,,,,,,,,0,,,,,,,,,\n"; cv.String() != want {
+	if want := strings.Join(Columns(), ",") + ",zone,hub,batch\ndev-00005,pending,,,,,,,,0,,,,,,,,,,,,\n"; cv.String() != want {
 		t.Errorf("csv = %q, want %q", cv.String(), want)
 	}
 

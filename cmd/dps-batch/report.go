@@ -138,7 +138,7 @@ each device that needs attention.`,
 	if strict && len(extra) > 0 {
 		return usagef(columnsExample, "--strict refuses the manifest columns dps-batch does not know, and --report-columns carries such columns: leave out --strict")
 	}
-	mopts := manifests.Options{Strict: strict, Columns: columns}
+	mopts := manifests.Options{Strict: strict, Columns: columns, IgnoreCSRColumns: true}
 	if err := lf.check(mergeExample); err != nil {
 		return err
 	}
@@ -444,7 +444,7 @@ func (mi *manifestIndex) key(d ledger.Device) (string, error) {
 
 // allStates lists the ledger states in lifecycle order.
 var allStates = []ledger.State{ledger.StatePending, ledger.StateRegistering, ledger.StateAssigning,
-	ledger.StateAssigned, ledger.StateDisabled, ledger.StateFailed, ledger.StateRetryable}
+	ledger.StateAssigned, ledger.StateIssuedLost, ledger.StateDisabled, ledger.StateFailed, ledger.StateRetryable}
 
 // parseStates reads a --state list; an unknown state is a usage error that
 // lists the valid ones.

@@ -122,12 +122,13 @@ func TestReportPayloadFromDPS(t *testing.T) {
 		t.Fatal(err)
 	}
 	header := records[0]
-	if header[len(header)-1] != "payload" {
-		t.Fatalf("report header %v: want payload as the last column", header)
+	pcol := slices.Index(header, "payload")
+	if pcol < 0 || header[len(header)-1] != "issued_cert_not_after" {
+		t.Fatalf("report header %v: want payload, the issued certificate columns last", header)
 	}
 	seen := 0
 	for _, rec := range records[1:] {
-		id, status, payload := rec[0], rec[1], rec[len(rec)-1]
+		id, status, payload := rec[0], rec[1], rec[pcol]
 		want, ok := f.payloads[id]
 		if !ok || status != "assigned" {
 			t.Errorf("report row %v: unknown device or not assigned", rec)
@@ -321,7 +322,7 @@ func TestReportUsageErrors(t *testing.T) {
 		t.Fatal(err)
 	}
 	l.Close()
-	const states = "the states are: pending, registering, assigning, assigned, disabled, failed, retryable"
+	const states = "the states are: pending, registering, assigning, assigned, issued-lost, disabled, failed, retryable"
 	for _, tt := range []struct {
 		name    string
 		args    []string
@@ -435,8 +436,8 @@ func TestReportColumns(t *testing.T) {
 		t.Fatal(err)
 	}
 	header := records[0]
-	if n := len(header); n < 3 || header[n-3] != "payload" || header[n-2] != "hub" || header[n-1] != "line" {
-		t.Fatalf("header %v: want payload, then hub and line", header)
+	if n := len(header); n < 3 || header[n-3] != "issued_cert_not_after" || header[n-2] != "hub" || header[n-1] != "line" {
+		t.Fatalf("header %v: want the report's own columns, then hub and line", header)
 	}
 	want := map[string][2]string{"mes-0001": {"hub-a", "3"}, "mes-0002": {"hub-a", "3"}, "mes-0003": {"hub-c", "4"}, "mes-0004": {"", ""}}
 	if len(records) != 1+len(want) {
@@ -480,7 +481,7 @@ func TestReportColumns(t *testing.T) {
 
 	// Without --report-columns, the report is as before.
 	code, out, _ = runCmd(t, "report", "--ledger", f.ledger)
-	if code != exitOK || !strings.HasPrefix(out, "registration_id,") || !strings.HasSuffix(strings.SplitN(out, "\n", 2)[0], ",payload") {
+	if code != exitOK || !strings.HasPrefix(out, "registration_id,") || !strings.HasSuffix(strings.SplitN(out, "\n", 2)[0], ",issued_cert_not_after") {
 		t.Errorf("report without --report-columns: exit %d\n%s", code, out)
 	}
 
