@@ -35,7 +35,7 @@ func TestIssueCertsCrashLoop(t *testing.T) {
 	if testing.Short() {
 		t.Skip("crash loop: starts dps-batch processes")
 	}
-	n, kills := 300, 12
+	n, kills := 500, 12
 	if chaosLong() {
 		n, kills = 1000, 30
 	}
@@ -50,13 +50,15 @@ func TestIssueCertsCrashLoop(t *testing.T) {
 	})
 	keys := filepath.Join(f.dir, "csr-keys")
 	base := f.provisionArgs("--issue-certs", "--generate-csr-keys", keys, "--workers", "50", "--quiet", "--json")
-	c := &crashLoop{t: t, f: f, rng: mrand.New(mrand.NewPCG(uint64(seed), 15))}
+	// Kills land after 1 to 30 register answers, so each run does a
+	// little and the fleet lasts for every kill.
+	c := &crashLoop{t: t, f: f, rng: mrand.New(mrand.NewPCG(uint64(seed), 15)), putsFrom: 1, putsSpan: 30}
 
 	first := &stage{name: "provisioning with --issue-certs", args: base, targets: map[string]bool{}}
 	for _, id := range f.ids {
 		first.targets[id] = true
 	}
-	c.runIssueStage(first, schedule(kills))
+	c.runIssueStage(first, schedule(kills), 10)
 	lost := verifyIssueStage(t, f, keys, nil)
 	if len(first.kills) < 10 {
 		t.Errorf("%d kills landed, want at least 10", len(first.kills))
@@ -81,7 +83,7 @@ func TestIssueCertsCrashLoop(t *testing.T) {
 	if len(lost) > 20 {
 		sched = []phase{phasePuts, phasePolls}
 	}
-	c.runIssueStage(reissue, sched)
+	c.runIssueStage(reissue, sched, 0)
 	extra := map[string]int{}
 	for id := range lost {
 		extra[id] = 1
@@ -93,7 +95,7 @@ func TestIssueCertsCrashLoop(t *testing.T) {
 		// is the operator's explicit choice.
 		t.Logf("%d devices issued-lost again by kills during --reissue; running --reissue --new-campaign without kills", len(again))
 		last := &stage{name: "--reissue --new-campaign", kind: "reissue", args: append(base, "--reissue", "--new-campaign"), targets: again}
-		c.runIssueStage(last, nil)
+		c.runIssueStage(last, nil, 0)
 		for id := range again {
 			extra[id]++
 		}
@@ -114,10 +116,11 @@ func TestIssueCertsCrashLoop(t *testing.T) {
 		n, c.runs, len(c.kills), byPhase[phaseValidation], byPhase[phasePuts], byPhase[phasePolls], byPhase[phaseFinal], len(lost), chainsLost)
 }
 
-// runIssueStage runs the stage's command, killing it as schedule says,
-// then again until it exits by itself: 0, or 3 while devices are
-// issued-lost.
-func (c *crashLoop) runIssueStage(st *stage, schedule []phase) {
+// runIssueStage runs the stage's command, killing it as schedule says
+// (and during PUTs and polls, in turn, until at least minKills landed while
+// devices are left), then again until it exits by itself: 0, or 3 while
+// devices are issued-lost.
+func (c *crashLoop) runIssueStage(st *stage, schedule []phase, minKills int) {
 	t := c.t
 	if last, ok := c.lastCampaign(); ok {
 		st.prevCampaign = last.ID
@@ -128,8 +131,11 @@ func (c *crashLoop) runIssueStage(st *stage, schedule []phase) {
 	c.st = st
 	for i := 0; ; i++ {
 		target := phaseNone
-		if i < len(schedule) {
+		switch {
+		case i < len(schedule):
 			target = schedule[i]
+		case len(st.kills) < minKills && c.left() > 20:
+			target = []phase{phasePuts, phasePolls}[i%2]
 		}
 		r := c.runOnce(target, c.runs%4 == 3)
 		if k := r.kill; k != nil {
