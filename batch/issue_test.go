@@ -290,3 +290,37 @@ func TestIssuedChainRecoveredFromFile(t *testing.T) {
 		t.Errorf("CertsWritten=%d, want 3 recovered", res.Snapshot.CertsWritten)
 	}
 }
+
+// TestIssueCertsOnAssignedDevicesSaysReprovision: turning on certificate
+// issuance for devices assigned without one registers nothing and says
+// so; --reprovision registers them again with their CSR and writes their
+// certificates.
+func TestIssueCertsOnAssignedDevicesSaysReprovision(t *testing.T) {
+	f := issueFixture(t, 6, nil)
+	ctx := context.Background()
+	plain := f.runner(nil)
+	plain.Options.Manifest = manifests.Options{GroupKey: f.groupKey, IgnoreCSRColumns: true}
+	if _, err := plain.Run(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	res, err := f.issuingRunner().Run(ctx, nil)
+	must(t, err)
+	if s := res.Snapshot; s.SkippedWithoutCert != 6 || s.Registers != 0 || s.CertsWritten != 0 {
+		t.Errorf("issuing run over assigned devices: %d skipped without a certificate, %d registrations, %d certificates; want 6, 0, 0",
+			s.SkippedWithoutCert, s.Registers, s.CertsWritten)
+	}
+	r := f.issuingRunner()
+	r.Options.Policy.Reprovision = true
+	res, err = r.Run(ctx, nil)
+	must(t, err)
+	if res.Snapshot.CertsWritten != 6 {
+		t.Errorf("--reprovision --issue-certs wrote %d certificates, want 6", res.Snapshot.CertsWritten)
+	}
+	roots := policyRoot(t, f)
+	for _, id := range f.ids {
+		verifyIssued(t, f, roots, id)
+		if r, _ := f.sim.Registration(id); r.Registers != 2 || r.CertificatesIssued != 1 {
+			t.Errorf("device %s: %d registrations, %d certificates at the server; want 2 and 1", id, r.Registers, r.CertificatesIssued)
+		}
+	}
+}

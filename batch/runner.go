@@ -786,6 +786,10 @@ func (r *Runner) device(ctx context.Context, drain <-chan struct{}, rd *manifest
 		if rec.State == ledger.StateIssuedLost {
 			r.Stats.skipIssuedLost.Add(1)
 		}
+		if rec.State == ledger.StateAssigned && dev.CSR != nil && found && !b.HasIssued {
+			// --issue-certs does not register an assigned device again.
+			r.Stats.skipNoCert.Add(1)
+		}
 		r.Stats.finish(OutcomeSkipped, 0, "")
 		return nil
 	case ActionChanged:

@@ -43,6 +43,7 @@ type Stats struct {
 	throttled        atomic.Int64
 	skipFailed       atomic.Int64              // skipped devices whose ledger state is failed or disabled
 	skipIssuedLost   atomic.Int64              // skipped devices whose ledger state is issued-lost
+	skipNoCert       atomic.Int64              // skipped assigned devices with no issued certificate, in a run that issues them
 	certsWritten     atomic.Int64              // issued certificate chains written durably (or recovered from their file)
 	certsLost        atomic.Int64              // devices assigned whose issued certificate was not kept
 	stopping         atomic.Bool               // the run was asked to stop (drain): no estimate of the end
@@ -82,6 +83,10 @@ type Snapshot struct {
 	// SkippedIssuedLost counts skipped devices that are issued-lost in the
 	// ledger (--reissue registers them again).
 	SkippedIssuedLost int
+	// SkippedWithoutCert counts skipped devices that were assigned
+	// without an issued certificate, in a run that issues certificates:
+	// only --reprovision registers them again with their CSR.
+	SkippedWithoutCert int
 	// Stopping is true once the run was asked to stop: in-flight devices
 	// finish, no new one starts, and there is no time left to estimate.
 	Stopping bool
@@ -117,21 +122,22 @@ func (s Snapshot) ETA() time.Duration {
 // Snapshot copies the counters.
 func (st *Stats) Snapshot() Snapshot {
 	s := Snapshot{
-		Total:             int(st.total.Load()),
-		InFlight:          int(st.inFlight.Load()),
-		Registers:         int(st.registers.Load()),
-		RegisterRequests:  int(st.registerRequests.Load()),
-		Unanswered:        int(st.unanswered.Load()),
-		Conflicts:         int(st.conflicts.Load()),
-		Polls:             int(st.polls.Load()),
-		Lookups:           int(st.lookups.Load()),
-		Retries:           int(st.retries.Load()),
-		Throttled:         int(st.throttled.Load()),
-		SkippedFailures:   int(st.skipFailed.Load()),
-		SkippedIssuedLost: int(st.skipIssuedLost.Load()),
-		CertsWritten:      int(st.certsWritten.Load()),
-		CertsLost:         int(st.certsLost.Load()),
-		Stopping:          st.stopping.Load(),
+		Total:              int(st.total.Load()),
+		InFlight:           int(st.inFlight.Load()),
+		Registers:          int(st.registers.Load()),
+		RegisterRequests:   int(st.registerRequests.Load()),
+		Unanswered:         int(st.unanswered.Load()),
+		Conflicts:          int(st.conflicts.Load()),
+		Polls:              int(st.polls.Load()),
+		Lookups:            int(st.lookups.Load()),
+		Retries:            int(st.retries.Load()),
+		Throttled:          int(st.throttled.Load()),
+		SkippedFailures:    int(st.skipFailed.Load()),
+		SkippedIssuedLost:  int(st.skipIssuedLost.Load()),
+		SkippedWithoutCert: int(st.skipNoCert.Load()),
+		CertsWritten:       int(st.certsWritten.Load()),
+		CertsLost:          int(st.certsLost.Load()),
+		Stopping:           st.stopping.Load(),
 	}
 	if ns := st.started.Load(); ns != 0 {
 		s.Elapsed = time.Since(time.Unix(0, ns))

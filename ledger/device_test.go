@@ -467,7 +467,7 @@ func TestIssuedLostRoundTrip(t *testing.T) {
 		t.Errorf("Each(assigned)=%v err=%v", got, err)
 	}
 	b, err := l.Briefs(ctx, []string{"ok", "lost"})
-	if err != nil || b["lost"].State != ledger.StateIssuedLost || b["ok"].State != ledger.StateAssigned {
+	if err != nil || b["lost"].State != ledger.StateIssuedLost || b["ok"].State != ledger.StateAssigned || !b["ok"].HasIssued || b["lost"].HasIssued {
 		t.Errorf("Briefs=%+v err=%v", b, err)
 	}
 	c, err := l.Counts(ctx)

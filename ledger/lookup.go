@@ -22,11 +22,12 @@ type Brief struct {
 	Fingerprint string
 	FinishedAt  time.Time // zero = not finished
 	CampaignID  int64     // campaign of the device's last registration, 0 = none
+	HasIssued   bool      // an issued certificate is recorded (Device.Issued is not zero)
 }
 
 // briefsSQL selects up to LookupChunk devices by id; shorter lists are
 // padded with their last id (a repeated IN value matches its row once).
-var briefsSQL = `SELECT registration_id, state, cert_lost, operation_id, fingerprint, finished_at, campaign_id FROM devices WHERE registration_id IN (?` +
+var briefsSQL = `SELECT registration_id, state, cert_lost, operation_id, fingerprint, finished_at, campaign_id, issued_fingerprint != '' FROM devices WHERE registration_id IN (?` +
 	strings.Repeat(", ?", LookupChunk-1) + `)`
 
 // Briefs returns the Brief of every device in ids that the ledger knows,
@@ -72,7 +73,7 @@ func (l *Ledger) Briefs(ctx context.Context, ids []string) (map[string]Brief, er
 				finished sql.NullInt64
 				b        Brief
 			)
-			if err := rows.Scan(&id, &code, &lost, &b.OperationID, &b.Fingerprint, &finished, &b.CampaignID); err != nil {
+			if err := rows.Scan(&id, &code, &lost, &b.OperationID, &b.Fingerprint, &finished, &b.CampaignID, &b.HasIssued); err != nil {
 				rows.Close()
 				return nil, l.classify(op, err)
 			}

@@ -266,6 +266,9 @@ func printSummary(w io.Writer, p *provisionFlags, res *batch.Result, asJSON bool
 		fmt.Fprintln(w)
 	}
 	printLeft(w, res)
+	if s.SkippedWithoutCert > 0 {
+		fmt.Fprintf(w, "  %d device(s) were assigned earlier without an issued certificate and were skipped (--reprovision registers them again with their CSR, billable)\n", s.SkippedWithoutCert)
+	}
 	if s.SkippedIssuedLost > 0 {
 		fmt.Fprintf(w, "  %d device(s) are issued-lost from an earlier run and were skipped (--reissue registers them again, billable, for a new certificate)\n", s.SkippedIssuedLost)
 	}
