@@ -119,12 +119,12 @@ func writeFileAtomic(path string, data []byte, secret bool) error {
 	return nil
 }
 
-// WriteConfig writes cfg as indented JSON to path, atomically. An existing
-// file is replaced only when force is set.
+// WriteConfig writes cfg as indented JSON to path, atomically, after
+// checking it as "dps-batch sim --config path" will load it: file
+// references (certificateFile, keyFile, ...) are read relative to path's
+// folder. A configuration that holds keys is written owner-only (0600). An
+// existing file is replaced only when force is set.
 func WriteConfig(path string, cfg Config, force bool) error {
-	if _, err := compile(cfg); err != nil {
-		return fmt.Errorf("simulator config %s: %w", path, err)
-	}
 	if !force {
 		if _, err := os.Stat(path); err == nil {
 			return fmt.Errorf("%s already exists: use --force to overwrite it", path)
@@ -135,6 +135,18 @@ func WriteConfig(path string, cfg Config, force bool) error {
 	enc.SetIndent("", "  ")
 	enc.SetEscapeHTML(false)
 	if err := enc.Encode(cfg); err != nil {
+		return fmt.Errorf("simulator config %s: %w", path, err)
+	}
+	// Check a copy decoded from the JSON, so that reading the files it
+	// names changes nothing of cfg.
+	var check Config
+	if err := json.Unmarshal(buf.Bytes(), &check); err != nil {
+		return fmt.Errorf("simulator config %s: %w", path, err)
+	}
+	if err := check.readFiles(filepath.Dir(path)); err != nil {
+		return fmt.Errorf("simulator config %s: %w", path, err)
+	}
+	if _, err := compile(check); err != nil {
 		return fmt.Errorf("simulator config %s: %w", path, err)
 	}
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {

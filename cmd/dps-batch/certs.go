@@ -674,7 +674,7 @@ func printSymmetricFleet(e *env, fleet *certs.Fleet, idScope, simPath string, is
 	cfg := symmetricFleetSimConfig(idScope, fleet)
 	var err error
 	if issuance != nil {
-		err = writeCheckedSimConfig(simPath, issuance.apply(cfg), true, force)
+		err = dpssim.WriteConfig(simPath, issuance.apply(cfg), force)
 	} else {
 		err = writeSymmetricSimConfig(simPath, cfg, force)
 	}

@@ -1,12 +1,7 @@
 package main
 
 import (
-	"bytes"
-	"encoding/json"
-	"errors"
 	"fmt"
-	"io/fs"
-	"os"
 	"path/filepath"
 
 	"github.com/dps-batch/dps-batch/certs"
@@ -30,7 +25,7 @@ func writeIssuingFleetSimConfig(dir, idScope string, caCertPEM []byte, issuance 
 	path := filepath.Join(dir, "sim.json")
 	cfg := dpssim.FleetConfig(idScope, caCertPEM)
 	if issuance != nil {
-		if err := writeCheckedSimConfig(path, issuance.apply(cfg), false, force); err != nil {
+		if err := dpssim.WriteConfig(path, issuance.apply(cfg), force); err != nil {
 			return "", err
 		}
 		return path, nil
@@ -102,60 +97,3 @@ func (is *fleetIssuance) apply(cfg dpssim.Config) dpssim.Config {
 	return cfg
 }
 
-// writeCheckedSimConfig writes cfg to path as dpssim.WriteConfig does, for
-// a configuration with file references (a credential policy's CA files,
-// relative to path's folder), which only dpssim.LoadConfig resolves: the
-// JSON goes to a temporary file in the same folder, is loaded from there
-// exactly as "dps-batch sim --config" will load it, and only then renamed
-// into place. secret makes it owner-only (0600), for configurations that
-// hold keys; otherwise it is 0644. An existing file is replaced only when
-// force is set.
-func writeCheckedSimConfig(path string, cfg dpssim.Config, secret, force bool) (err error) {
-	if !force {
-		if _, err := os.Lstat(path); err == nil {
-			return fmt.Errorf("%s %w (use --force to overwrite)", path, certs.ErrExists)
-		} else if !errors.Is(err, fs.ErrNotExist) {
-			return fmt.Errorf("simulator config: %w", err)
-		}
-	}
-	var buf bytes.Buffer
-	enc := json.NewEncoder(&buf)
-	enc.SetIndent("", "  ")
-	enc.SetEscapeHTML(false)
-	if err := enc.Encode(cfg); err != nil {
-		return fmt.Errorf("simulator config %s: %w", path, err)
-	}
-	mode := fs.FileMode(0o644)
-	if secret {
-		mode = 0o600
-	}
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".sim.json.tmp*")
-	if err != nil {
-		return fmt.Errorf("simulator config: %w", err)
-	}
-	defer func() {
-		if err != nil {
-			_ = tmp.Close()
-			_ = os.Remove(tmp.Name())
-		}
-	}()
-	if err := tmp.Chmod(mode); err != nil {
-		return fmt.Errorf("simulator config: %w", err)
-	}
-	if _, err := tmp.Write(buf.Bytes()); err != nil {
-		return fmt.Errorf("simulator config: %w", err)
-	}
-	if err := tmp.Sync(); err != nil {
-		return fmt.Errorf("simulator config: %w", err)
-	}
-	if err := tmp.Close(); err != nil {
-		return fmt.Errorf("simulator config: %w", err)
-	}
-	if _, err := dpssim.LoadConfig(tmp.Name()); err != nil {
-		return fmt.Errorf("simulator config %s: %w", path, err)
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return fmt.Errorf("simulator config: %w", err)
-	}
-	return nil
-}
