@@ -249,36 +249,47 @@ func TestLostIssuedAnswerIsIssuedLostThenReissued(t *testing.T) {
 	}
 }
 
-// TestIssuedChainRecoveredFromFile: a process that wrote the chain and died
-// before recording assigned is recovered from the file by the next run,
-// without registering again, although the operation no longer returns the
-// chain.
-func TestIssuedChainRecoveredFromFile(t *testing.T) {
+// rewindToAssigning puts every device back where a kill between DPS's
+// final answer and the ledger's record of it leaves the row: assigning,
+// with its operation id, the CSR sent; with keep, the chain DPS returned is
+// in the row, as the runner keeps it before writing the file.
+func rewindToAssigning(t *testing.T, f *fixture, keep bool) {
+	t.Helper()
+	ctx := context.Background()
+	for _, id := range f.ids {
+		d, _, err := f.ledger.Device(ctx, id)
+		must(t, err)
+		path := filepath.Join(f.dir, "issued", id+".pem")
+		chain, err := os.ReadFile(path)
+		must(t, err)
+		must(t, os.Remove(path))
+		d.State, d.Issued, d.FinishedAt, d.CSRSent, d.IssuedChain = ledger.StateAssigning, ledger.IssuedCert{}, time.Time{}, true, ""
+		if keep {
+			d.IssuedChain = string(chain)
+		}
+		must(t, f.ledger.Put(ctx, d))
+	}
+}
+
+// TestKeptChainIsWrittenByTheNextRun: a run that stopped after keeping
+// the chain in the ledger and before its file was durable is finished by
+// the next one from the ledger, though DPS no longer returns the chain,
+// and nothing is registered again.
+func TestKeptChainIsWrittenByTheNextRun(t *testing.T) {
 	f := issueFixture(t, 3, nil)
 	ctx := context.Background()
 	if _, err := f.issuingRunner().Run(ctx, nil); err != nil {
 		t.Fatal(err)
 	}
-	// Rewind the ledger to "assigning" (the state before the final answer
-	// was recorded), as a kill between the file's rename and the ledger
-	// write leaves it.
-	for _, id := range f.ids {
-		d, _, err := f.ledger.Device(ctx, id)
-		must(t, err)
-		op := d.OperationID
-		d.State, d.Issued, d.FinishedAt = ledger.StateAssigning, ledger.IssuedCert{}, time.Time{}
-		d.PutAt = time.Now().Add(-time.Second)
-		d.OperationID = op
-		must(t, f.ledger.Put(ctx, d))
-	}
+	rewindToAssigning(t, f, true)
 	res, err := f.issuingRunner().Run(ctx, nil)
 	must(t, err)
 	roots := policyRoot(t, f)
 	for _, id := range f.ids {
 		d, _, err := f.ledger.Device(ctx, id)
 		must(t, err)
-		if d.State != ledger.StateAssigned {
-			t.Errorf("device %s: %s (%s), want assigned from the durable file", id, d.State, d.ErrorMessage)
+		if d.State != ledger.StateAssigned || d.IssuedChain != "" {
+			t.Errorf("device %s: %s (%s), chain still kept: %v; want assigned from the kept chain", id, d.State, d.ErrorMessage, d.IssuedChain != "")
 			continue
 		}
 		verifyIssued(t, f, roots, id)
@@ -287,7 +298,121 @@ func TestIssuedChainRecoveredFromFile(t *testing.T) {
 		}
 	}
 	if res.Snapshot.CertsWritten != 3 {
-		t.Errorf("CertsWritten=%d, want 3 recovered", res.Snapshot.CertsWritten)
+		t.Errorf("CertsWritten=%d, want 3", res.Snapshot.CertsWritten)
+	}
+
+	// Without the kept chain, the file left by the earlier run is not
+	// taken (it may be any old certificate): the device is issued-lost.
+	rewindToAssigning(t, f, false)
+	if _, err := f.issuingRunner().Run(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	for _, id := range f.ids {
+		if d, _, _ := f.ledger.Device(ctx, id); d.State != ledger.StateIssuedLost {
+			t.Errorf("device %s: %s, want issued-lost", id, d.State)
+		}
+	}
+}
+
+// TestUnwritableOutputKeepsTheChains: when the issued folder cannot be
+// written mid-run, the run stops registering, every certificate DPS issued
+// is kept in the ledger (none is lost), and the same command, once the
+// folder is fixed, writes them all without registering anything again.
+func TestUnwritableOutputKeepsTheChains(t *testing.T) {
+	f := issueFixture(t, 12, func(c *dpssim.Config) { c.AssignmentDelay = dpssim.Duration(time.Second) })
+	ctx := context.Background()
+	r := f.issuingRunner()
+	type ran struct {
+		res *batch.Result
+		err error
+	}
+	done := make(chan ran, 1)
+	go func() {
+		res, err := r.Run(ctx, nil)
+		done <- ran{res, err}
+	}()
+	// The folder breaks once every device is registered (and loaded),
+	// before DPS assigns them: a file where it should be.
+	for f.sim.Stats().Registers < int64(len(f.ids)) {
+		time.Sleep(5 * time.Millisecond)
+	}
+	blocker := filepath.Join(f.dir, "issued")
+	must(t, os.RemoveAll(blocker))
+	must(t, os.WriteFile(blocker, []byte("not a folder"), 0o644))
+	out := <-done
+	res, err := out.res, out.err
+	if err == nil || !strings.Contains(err.Error(), "cannot write issued certificates") {
+		t.Fatalf("run err=%v, want the halt naming the unwritable folder", err)
+	}
+	if res.Snapshot.CertsLost != 0 || res.Snapshot.Outcomes[batch.OutcomeIssuedLost] != 0 {
+		t.Errorf("%d certificates lost, want none", res.Snapshot.CertsLost)
+	}
+	delivered := 0
+	for _, id := range f.ids {
+		d, _, err := f.ledger.Device(ctx, id)
+		must(t, err)
+		ri, _ := f.sim.Registration(id)
+		delivered += ri.ChainsDelivered
+		if ri.ChainsDelivered > 0 && (d.IssuedChain == "" || d.State == ledger.StateAssigned || d.State == ledger.StateIssuedLost) {
+			t.Errorf("device %s: DPS delivered its chain, ledger %s with chain kept %v", id, d.State, d.IssuedChain != "")
+		}
+	}
+	if delivered == 0 {
+		t.Fatal("no chain was delivered before the halt: the test did not exercise the failed write")
+	}
+	must(t, os.Remove(blocker))
+	if _, err := f.issuingRunner().Run(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	roots := policyRoot(t, f)
+	for _, id := range f.ids {
+		verifyIssued(t, f, roots, id)
+		if ri, _ := f.sim.Registration(id); ri.Registers != 1 {
+			t.Errorf("device %s: %d registrations, want 1", id, ri.Registers)
+		}
+	}
+}
+
+// TestCSRInFlightNeedsIssueCerts: a registration that sent a CSR, resumed
+// by a run without --issue-certs, is not followed (its answer would be
+// spent without the certificate): the device stays unfinished; with
+// --issue-certs the chain is received and written, and nothing is
+// registered again.
+func TestCSRInFlightNeedsIssueCerts(t *testing.T) {
+	f := issueFixture(t, 4, func(c *dpssim.Config) { c.IssuedChainEveryPoll = true })
+	ctx := context.Background()
+	if _, err := f.issuingRunner().Run(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	rewindToAssigning(t, f, false)
+	plain := f.runner(nil)
+	plain.Options.Manifest = manifests.Options{GroupKey: f.groupKey, IgnoreCSRColumns: true}
+	before := f.sim.Stats()
+	res, err := plain.Run(ctx, nil)
+	must(t, err)
+	if after := f.sim.Stats(); after.Polls != before.Polls || after.Lookups != before.Lookups || after.RegisterRequests != before.RegisterRequests {
+		t.Errorf("the run without --issue-certs sent %d polls, %d lookups, %d register requests; want none",
+			after.Polls-before.Polls, after.Lookups-before.Lookups, after.RegisterRequests-before.RegisterRequests)
+	}
+	if res.Snapshot.Outcomes[batch.OutcomeUnfinished] != 4 {
+		t.Errorf("unfinished=%d, want 4", res.Snapshot.Outcomes[batch.OutcomeUnfinished])
+	}
+	for _, id := range f.ids {
+		d, _, err := f.ledger.Device(ctx, id)
+		must(t, err)
+		if d.State != ledger.StateAssigning {
+			t.Errorf("device %s: %s, want left assigning", id, d.State)
+		}
+	}
+	if _, err := f.issuingRunner().Run(ctx, nil); err != nil {
+		t.Fatal(err)
+	}
+	roots := policyRoot(t, f)
+	for _, id := range f.ids {
+		verifyIssued(t, f, roots, id)
+		if ri, _ := f.sim.Registration(id); ri.Registers != 1 {
+			t.Errorf("device %s: %d registrations, want 1", id, ri.Registers)
+		}
 	}
 }
 

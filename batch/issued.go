@@ -2,6 +2,7 @@ package batch
 
 import (
 	"bytes"
+	"context"
 	"crypto"
 	"crypto/sha256"
 	"crypto/x509"
@@ -11,7 +12,6 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"time"
 
@@ -21,105 +21,152 @@ import (
 
 // Certificates DPS issues at registration (api-version 2025-07-01-preview):
 // the register PUT carries the device's CSR, and the final operation result
-// carries the issued chain, once. The status lookup never returns it. So the
-// chain is written to its file durably (write, fsync, rename, fsync the
-// folder) before the ledger records the device assigned: after a crash,
-// either the file is whole, or the device ends issued-lost, never assigned
-// without a certificate.
+// carries the issued chain, once; the status lookup never returns it. So
+// the chain is kept in the ledger row as soon as it arrives (certificates
+// are public), then written to its file durably (write, fsync, rename,
+// fsync the folder), and only then is the device recorded assigned, its
+// kept copy dropped. After a crash at any instant the device is either
+// assigned with a whole file, or not yet assigned with the chain in the
+// ledger (the next run writes the file without asking DPS for anything
+// billable), or issued-lost: the answer with the chain never reached the
+// ledger.
 
 // reissueHint is the remedy for an issued-lost device.
 const reissueHint = "DPS returns an issued certificate only once; run the same provision command with --reissue " +
 	"to register the device again with its CSR and get a new certificate (one more billable registration per device)"
 
-// issuing reports whether this device's registration sends a CSR.
+// issuing reports whether this run sends this device's CSR.
 func (w *work) issuing() bool { return w.dev != nil && w.dev.CSR != nil }
 
-// issuedOutcome is what became of the certificate of an assigned device
-// that sent a CSR.
-type issuedOutcome struct {
-	cert      ledger.IssuedCert
-	recovered bool   // the chain came from the file a previous run wrote, not from this answer
-	lost      string // why there is no durable certificate; "" = cert is durable
-	halt      error  // the output cannot be written: every next certificate would be lost too
-}
+// issuedStep is what became of the certificate of a device DPS assigned
+// after a registration that sent a CSR.
+type issuedStep int
 
-// keepIssued writes the chain in rs to the device's issued_cert_path, or,
-// when rs carries none, recovers the chain a previous run wrote before it
-// died (the file is durable before the ledger records assigned).
-func (w *work) keepIssued(rs *dps.DeviceRegistrationResult, kind string) issuedOutcome {
+const (
+	issuedWritten issuedStep = iota // the chain's file is durable: record the device assigned
+	issuedLost                      // no chain to write: record the device issued-lost
+	issuedKept                      // the chain is kept in the ledger, its file not written: the device stays unfinished
+)
+
+// keepIssued keeps the chain of an assigned device's certificate: from
+// DPS's answer rs (or, when rs carries none, from the ledger, where an
+// earlier run kept it), first in the ledger, then in the device's
+// issued_cert_path. It runs before the answer is applied to the row, whose
+// state is still what it was (the ledger must not say assigned before the
+// file is durable). att is the answer's attempt: it is logged with the
+// first write that follows, and zeroed here when that write is this one.
+// For issuedLost it returns why.
+func (w *work) keepIssued(ctx context.Context, rs *dps.DeviceRegistrationResult, att *ledger.Attempt) (issuedStep, string, error) {
 	chain, err := rs.IssuedChain()
 	switch {
-	case errors.Is(err, dps.ErrNoIssuedChain):
-		if cert, ok := w.recoverIssued(); ok {
-			return issuedOutcome{cert: cert, recovered: true}
+	case errors.Is(err, dps.ErrNoIssuedChain) && w.rec.IssuedChain != "":
+		// Kept by an earlier run that stopped before the file was durable.
+		if chain, err = parseChain(w.rec.IssuedChain); err != nil {
+			return issuedLost, fmt.Sprintf("the issued chain kept in the ledger is unusable: %v", err), nil
 		}
+	case errors.Is(err, dps.ErrNoIssuedChain):
 		msg := "DPS assigned the device and issued its certificate, but the answer that carried the chain was not received or not kept " +
-			"(the connection failed, or the process stopped before the chain was written)"
-		if kind == "lookup" {
+			"(the connection failed, or the process stopped before the chain reached the ledger)"
+		if att.Kind == "lookup" {
 			msg += "; the assignment was then learnt from the registration status lookup, which never carries the chain"
 		}
-		return issuedOutcome{lost: msg}
+		return issuedLost, msg, nil
 	case err != nil:
-		return issuedOutcome{lost: fmt.Sprintf("DPS assigned the device, but its issued certificate chain is unusable: %v", err)}
+		return issuedLost, fmt.Sprintf("DPS assigned the device, but its issued certificate chain is unusable: %v", err), nil
+	default:
+		// Kept before anything else, even a chain that does not match:
+		// it is what DPS issued for this registration.
+		if w.issuing() {
+			chain, _ = w.leafFirst(chain)
+		}
+		kept := chainPEM(chain)
+		if len(kept) > ledger.MaxIssuedChain {
+			return issuedLost, fmt.Sprintf("DPS assigned the device, but its issued chain of %d certificates is too large to keep", len(chain)), nil
+		}
+		w.rec.IssuedChain = kept
+		if err := w.put(ctx, *att); err != nil {
+			return issuedKept, "", err
+		}
+		*att = ledger.Attempt{}
 	}
-	leaf := chain[0]
-	if why := w.mismatch(leaf); why != "" {
-		return issuedOutcome{lost: "DPS assigned the device, but the certificate it issued " + why}
+	if !w.issuing() {
+		// The request sent a CSR; this run has no manifest CSR for the
+		// device (no --issue-certs), so it cannot check or place the file.
+		w.rec.ErrorMessage = "the device's registration sent a CSR and DPS's certificate is kept in the ledger, but this run does not issue certificates: its file was not written"
+		w.rec.Hint = "run the same command with --issue-certs to write it (nothing is registered again)"
+		w.r.warnRepeated("issued-kept-no-flag", "issued certificate kept in the ledger, not written: run with --issue-certs",
+			"device", w.rec.RegistrationID)
+		return issuedKept, "", nil
 	}
-	if err := writeChain(w.dev.IssuedCertPath, chain); err != nil {
-		return issuedOutcome{
-			lost: fmt.Sprintf("DPS issued the device's certificate, but it could not be written to %s: %v", w.dev.IssuedCertPath, err),
-			halt: fmt.Errorf("cannot write issued certificates: %w; the run stopped so that no more certificates are issued and lost; "+
-				"fix the folder (space, permissions), then run the same command with --reissue for the issued-lost devices", err),
+	chain, why := w.leafFirst(chain)
+	if why != "" {
+		return issuedLost, "DPS assigned the device, but the certificate it issued " + why, nil
+	}
+	if err := writeChain(w.dev.IssuedCertPath, []byte(chainPEM(chain))); err != nil {
+		w.rec.ErrorMessage = fmt.Sprintf("DPS issued the device's certificate, but it could not be written to %s: %v", w.dev.IssuedCertPath, err)
+		w.rec.Hint = "the certificate is kept in the ledger: fix the folder (space, permissions), then run the same command again to write it (nothing is registered again)"
+		w.r.halt(fmt.Errorf("cannot write issued certificates: %w; the run stopped so that no more registrations start; "+
+			"the certificates DPS issued are kept in the ledger: fix the folder, then run the same command again to write them", err))
+		return issuedKept, "", nil
+	}
+	w.rec.Issued = identity(chain[0])
+	w.rec.IssuedChain = ""
+	return issuedWritten, "", nil
+}
+
+// leafFirst returns chain with the certificate for the device's CSR key
+// first (DPS sends the leaf first; a reordered answer is put right), and
+// why it is not the certificate the device asked for ("" when it is: CN =
+// registration id and the CSR's public key).
+func (w *work) leafFirst(chain []*x509.Certificate) ([]*x509.Certificate, string) {
+	at := -1
+	for i, c := range chain {
+		if pub, ok := c.PublicKey.(interface{ Equal(crypto.PublicKey) bool }); ok && pub.Equal(w.dev.CSRPublicKey) {
+			at = i
+			break
 		}
 	}
-	return issuedOutcome{cert: identity(leaf)}
+	if at < 0 {
+		return chain, "is not for the public key of the device's CSR (the chain is kept in the ledger row)"
+	}
+	if at > 0 {
+		chain = append([]*x509.Certificate{chain[at]}, append(append([]*x509.Certificate{}, chain[:at]...), chain[at+1:]...)...)
+	}
+	if cn := chain[0].Subject.CommonName; cn != w.rec.RegistrationID {
+		return chain, fmt.Sprintf("has CN %q, not the registration id (the chain is kept in the ledger row)", cn)
+	}
+	return chain, ""
 }
 
-// mismatch says why leaf is not the certificate the device asked for, ""
-// when it is: CN = registration id and the CSR's public key.
-func (w *work) mismatch(leaf *x509.Certificate) string {
-	if leaf.Subject.CommonName != w.rec.RegistrationID {
-		return fmt.Sprintf("has CN %q, not the registration id", leaf.Subject.CommonName)
+// chainPEM encodes certificates as PEM, in order.
+func chainPEM(chain []*x509.Certificate) string {
+	var b strings.Builder
+	for _, c := range chain {
+		_ = pem.Encode(&b, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw})
 	}
-	pub, ok := leaf.PublicKey.(interface{ Equal(crypto.PublicKey) bool })
-	if !ok || !pub.Equal(w.dev.CSRPublicKey) {
-		return "is not for the public key of the device's CSR"
-	}
-	return ""
+	return b.String()
 }
 
-// recoverIssued reads the chain a previous run wrote to the device's
-// issued_cert_path before it could record the device assigned. The file is
-// taken only if its leaf is for this device's CSR key, differs from the
-// certificate the ledger already has, is still valid, and was written after
-// the register request of this registration.
-func (w *work) recoverIssued() (ledger.IssuedCert, bool) {
-	path := w.dev.IssuedCertPath
-	fi, err := os.Stat(path)
-	if err != nil || !fi.Mode().IsRegular() || fi.Size() > 1<<20 {
-		return ledger.IssuedCert{}, false
+// parseChain parses a PEM chain.
+func parseChain(chain string) ([]*x509.Certificate, error) {
+	var out []*x509.Certificate
+	rest := []byte(chain)
+	for {
+		var block *pem.Block
+		block, rest = pem.Decode(rest)
+		if block == nil {
+			break
+		}
+		c, err := x509.ParseCertificate(block.Bytes)
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, c)
 	}
-	if !w.rec.PutAt.IsZero() && fi.ModTime().Before(w.rec.PutAt.Add(-2*time.Second)) {
-		return ledger.IssuedCert{}, false // older than this registration: a previous certificate
+	if len(out) == 0 {
+		return nil, errors.New("no PEM certificate")
 	}
-	data, err := os.ReadFile(path)
-	if err != nil {
-		return ledger.IssuedCert{}, false
-	}
-	block, _ := pem.Decode(data)
-	if block == nil || block.Type != "CERTIFICATE" {
-		return ledger.IssuedCert{}, false
-	}
-	leaf, err := x509.ParseCertificate(block.Bytes)
-	if err != nil || w.mismatch(leaf) != "" || !w.r.now().Before(leaf.NotAfter) {
-		return ledger.IssuedCert{}, false
-	}
-	cert := identity(leaf)
-	if cert.Fingerprint == w.rec.Issued.Fingerprint {
-		return ledger.IssuedCert{}, false
-	}
-	return cert, true
+	return out, nil
 }
 
 // identity is what the ledger keeps of an issued certificate.
@@ -132,19 +179,17 @@ func identity(leaf *x509.Certificate) ledger.IssuedCert {
 	}
 }
 
-// writeChain writes chain as PEM, leaf first, to path durably: a temporary
-// file in the same folder is written and fsynced, then renamed over path,
-// then the folder is fsynced, so a crash leaves either the old file or the
-// whole new one. Certificates are public: the file is 0644.
-func writeChain(path string, chain []*x509.Certificate) error {
-	var buf bytes.Buffer
-	for _, c := range chain {
-		if err := pem.Encode(&buf, &pem.Block{Type: "CERTIFICATE", Bytes: c.Raw}); err != nil {
-			return err
-		}
+// writeChain writes a PEM chain to path durably: a temporary file in the
+// same folder is written and fsynced, then renamed over path (write-through
+// on Windows), then the folder is fsynced, so a crash leaves either the old
+// file or the whole new one. Certificates are public: the file is 0644. A
+// file at path that holds a private key or a CSR is never replaced.
+func writeChain(path string, chain []byte) error {
+	if old, err := os.ReadFile(path); err == nil && (bytes.Contains(old, []byte("PRIVATE KEY")) || bytes.Contains(old, []byte("CERTIFICATE REQUEST"))) {
+		return fmt.Errorf("%s holds a private key or a CSR, not a certificate: it is not replaced (point issued_cert_path elsewhere)", path)
 	}
 	dir := filepath.Dir(path)
-	if err := os.MkdirAll(dir, 0o755); err != nil {
+	if err := mkdirDurable(dir); err != nil {
 		return err
 	}
 	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*.tmp")
@@ -153,11 +198,11 @@ func writeChain(path string, chain []*x509.Certificate) error {
 	}
 	tmp := f.Name()
 	defer os.Remove(tmp) // after a successful rename there is nothing to remove
-	if err := f.Chmod(0o644); err != nil && runtime.GOOS != "windows" {
+	if err := f.Chmod(0o644); err != nil && !isWindows {
 		f.Close()
 		return err
 	}
-	if _, err := f.Write(buf.Bytes()); err != nil {
+	if _, err := f.Write(chain); err != nil {
 		f.Close()
 		return err
 	}
@@ -168,22 +213,30 @@ func writeChain(path string, chain []*x509.Certificate) error {
 	if err := f.Close(); err != nil {
 		return err
 	}
-	if err := os.Rename(tmp, path); err != nil {
+	if err := renameDurable(tmp, path); err != nil {
 		return err
 	}
 	return syncDir(dir)
 }
 
-// syncDir makes a rename in dir durable. Windows cannot open a folder for
-// syncing; there, NTFS's rename is journaled.
-func syncDir(dir string) error {
-	if runtime.GOOS == "windows" {
+// mkdirDurable creates dir and its missing parents, fsyncing the folder
+// each new one was made in, so a crash cannot lose a folder a durable file
+// was written into.
+func mkdirDurable(dir string) error {
+	if fi, err := os.Stat(dir); err == nil {
+		if !fi.IsDir() {
+			return fmt.Errorf("%s is not a folder", dir)
+		}
 		return nil
 	}
-	d, err := os.Open(dir)
-	if err != nil {
+	parent := filepath.Dir(dir)
+	if parent != dir {
+		if err := mkdirDurable(parent); err != nil {
+			return err
+		}
+	}
+	if err := os.Mkdir(dir, 0o755); err != nil && !errors.Is(err, os.ErrExist) {
 		return err
 	}
-	defer d.Close()
-	return d.Sync()
+	return syncDir(parent)
 }

@@ -192,6 +192,10 @@ type Result struct {
 	// which an earlier run completed; nothing was registered again (a new
 	// campaign needs Policy.NewCampaign).
 	CampaignAlreadyCompleted bool
+	// ReissueNeedsNewCampaign: a --reissue campaign was completed in this
+	// ledger, so --reissue alone registers no issued-lost device again;
+	// --reissue --new-campaign does.
+	ReissueNeedsNewCampaign bool
 	// Bound names what limited the run's speed ("--rate 900/min",
 	// "--poll-rate 1800/min", "--workers 100", "DPS throttling (429)")
 	// when one was waited on for most of the run; "" otherwise.
@@ -205,6 +209,23 @@ type Result struct {
 func (r *Result) Left() int {
 	c := r.Counts
 	return c[ledger.StatePending] + c[ledger.StateRegistering] + c[ledger.StateAssigning] + c[ledger.StateRetryable]
+}
+
+// ReissueNeedsNewCampaign reports whether a --reissue campaign was
+// completed in led: then the same --reissue command registers nothing again
+// and issued-lost devices need --reissue --new-campaign.
+func ReissueNeedsNewCampaign(ctx context.Context, led *ledger.Ledger) bool {
+	last, found, err := led.LastCampaignOfKind(ctx, Policy{Reissue: true}.campaignKind())
+	return err == nil && found && last.Outcome == ledger.CampaignCompleted
+}
+
+// ReissueFlags is the provision flag that registers issued-lost devices
+// again, given ReissueNeedsNewCampaign.
+func ReissueFlags(needsNew bool) string {
+	if needsNew {
+		return "--reissue --new-campaign"
+	}
+	return "--reissue"
 }
 
 // CampaignError means the run asked for a campaign while another one, of a
@@ -553,6 +574,9 @@ func (r *Runner) Run(ctx context.Context, drain <-chan struct{}) (*Result, error
 		counts = c.ByState
 	}
 	res.Counts = counts
+	if counts[ledger.StateIssuedLost] > 0 {
+		res.ReissueNeedsNewCampaign = ReissueNeedsNewCampaign(context.WithoutCancel(ctx), r.Ledger)
+	}
 	left := counts[ledger.StatePending] + counts[ledger.StateRegistering] + counts[ledger.StateAssigning] + counts[ledger.StateRetryable]
 	outcome := "completed"
 	switch {
@@ -777,6 +801,15 @@ func (r *Runner) device(ctx context.Context, drain <-chan struct{}, rd *manifest
 		}
 		rec = full
 		action = Decide(rec, ok, dev.Fingerprint, r.Options.Policy)
+		if rec.CSRSent && dev.CSR == nil && (action == ActionPoll || action == ActionLookup) {
+			// Its answer carries a certificate only for a run that asks
+			// with the certificate-issuing api-version, and is handed over
+			// once: leave the device for such a run rather than spend it.
+			r.warnRepeated("csr-in-flight", "device's registration in flight sent a CSR: not followed without --issue-certs; run the same command with --issue-certs",
+				"device", dev.RegistrationID)
+			r.Stats.finish(OutcomeUnfinished, 0, "")
+			return nil
+		}
 	}
 	switch action {
 	case ActionSkip:

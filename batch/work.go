@@ -218,6 +218,9 @@ func (w *work) register(ctx context.Context) (step, error) {
 	w.rec.Attempts++ // taken back below if DPS refuses the request
 	w.rec.OperationID = ""
 	w.rec.PutAt = now
+	// What this request carries decides what its answer must bring home,
+	// whatever the flags of the run that receives it.
+	w.rec.CSRSent, w.rec.IssuedChain = w.issuing(), ""
 	if w.r.Options.Policy.Campaign != 0 {
 		w.rec.CampaignID = w.r.Options.Policy.Campaign
 	}
@@ -516,6 +519,23 @@ func (w *work) final(ctx context.Context, st dps.Status, rs *dps.DeviceRegistrat
 	if rs == nil {
 		rs = &dps.DeviceRegistrationResult{RegistrationID: w.rec.RegistrationID, Status: st}
 	}
+	issued, lostWhy := issuedStep(-1), ""
+	if st == dps.StatusAssigned && w.rec.CSRSent {
+		// The chain must be durable before the ledger says assigned.
+		var err error
+		if issued, lostWhy, err = w.keepIssued(ctx, rs, &att); err != nil {
+			return err
+		}
+		if issued == issuedKept {
+			// Left as it was (assigning or registering), the chain in the
+			// ledger: the next run writes the file.
+			if err := w.put(ctx, att); err != nil {
+				return err
+			}
+			w.r.Stats.finish(OutcomeUnfinished, 0, "")
+			return nil
+		}
+	}
 	w.rec.FinishedAt = w.r.now()
 	w.rec.PutAt = time.Time{}
 	w.rec.Record = recordOf(rs)
@@ -524,33 +544,24 @@ func (w *work) final(ctx context.Context, st dps.Status, rs *dps.DeviceRegistrat
 	w.rec.ErrorCode, w.rec.ErrorMessage, w.rec.Hint = rs.ErrorCode, rs.ErrorMessage, ""
 	w.rec.AssignedHub, w.rec.DeviceID = "", ""
 	outcome := OutcomeAssigned
-	var halt error
 	switch st {
 	case dps.StatusAssigned:
 		w.rec.State = ledger.StateAssigned
 		w.rec.AssignedHub, w.rec.DeviceID = rs.AssignedHub, rs.DeviceID
-		if w.issuing() {
-			// The chain must be durable before the ledger says assigned.
-			io := w.keepIssued(rs, att.Kind)
-			switch {
-			case io.lost != "":
-				w.rec.State = ledger.StateIssuedLost
-				w.rec.ErrorMessage, w.rec.Hint = io.lost, reissueHint
-				if c := w.r.Options.Policy.Campaign; c != 0 {
-					// A campaign registers a device once: only a new one
-					// registers it again.
-					w.rec.Hint = fmt.Sprintf("DPS returns an issued certificate only once, and campaign #%d already registered this device: "+
-						"run the same provision command with --reissue --new-campaign to register it again with its CSR (billable)", c)
-				}
-				outcome, halt = OutcomeIssuedLost, io.halt
-				w.r.Stats.certsLost.Add(1)
-			default:
-				w.rec.Issued = io.cert
-				w.r.Stats.certsWritten.Add(1)
-				if io.recovered {
-					w.r.log().Info("issued certificate recovered from its file", "device", w.rec.RegistrationID, "path", w.dev.IssuedCertPath)
-				}
+		switch issued {
+		case issuedLost:
+			w.rec.State = ledger.StateIssuedLost
+			w.rec.ErrorMessage, w.rec.Hint = lostWhy, reissueHint
+			if c := w.r.Options.Policy.Campaign; c != 0 {
+				// A campaign registers a device once: only a new one
+				// registers it again.
+				w.rec.Hint = fmt.Sprintf("DPS returns an issued certificate only once, and campaign #%d already registered this device: "+
+					"run the same provision command with --reissue --new-campaign to register it again with its CSR (billable)", c)
 			}
+			outcome = OutcomeIssuedLost
+			w.r.Stats.certsLost.Add(1)
+		case issuedWritten:
+			w.r.Stats.certsWritten.Add(1)
 		}
 	case dps.StatusDisabled:
 		w.rec.State = ledger.StateDisabled
@@ -564,15 +575,16 @@ func (w *work) final(ctx context.Context, st dps.Status, rs *dps.DeviceRegistrat
 	if err := w.put(ctx, att); err != nil {
 		return err
 	}
-	if halt != nil {
-		w.r.halt(halt)
-	}
 	if outcome == OutcomeIssuedLost {
 		w.r.warnRepeated("issued-lost", "issued certificate lost", "device", w.rec.RegistrationID, "error", w.rec.ErrorMessage, "hint", w.rec.Hint)
 	}
 	w.r.log().Debug("device finished", "device", w.rec.RegistrationID, "status", string(st),
 		"hub", w.rec.AssignedHub, "attempt", w.rec.Attempts, "request_id", w.rec.RequestID)
-	w.r.Stats.finish(outcome, w.elapsed(), w.rec.AssignedHub)
+	hub := w.rec.AssignedHub
+	if outcome == OutcomeIssuedLost {
+		hub = "" // counted per hub with the devices that can connect to it, as status does
+	}
+	w.r.Stats.finish(outcome, w.elapsed(), hub)
 	return nil
 }
 
@@ -658,6 +670,9 @@ func (w *work) put(ctx context.Context, att ...ledger.Attempt) error {
 	wctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 30*time.Second)
 	defer cancel()
 	w.rec.RunID = w.r.runID
+	if len(att) == 1 && att[0].Kind == "" {
+		att = nil // logged with an earlier write of the same answer
+	}
 	if err := w.r.Ledger.Put(wctx, w.rec, att...); err != nil {
 		return fmt.Errorf("record device %s in ledger: %w", w.rec.RegistrationID, err)
 	}

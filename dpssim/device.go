@@ -605,7 +605,12 @@ func (s *Server) poll(c *call, opID string) {
 	} else {
 		var carries bool
 		body.Status = op.final.Status
-		body.RegistrationState, carries = withChain(op, k)
+		body.RegistrationState = op.final
+		if supportsCSR(c.apiVersion) {
+			// Only the api-version that knows issuedCertificateChain
+			// carries it; an older poll neither gets nor spends it.
+			body.RegistrationState, carries = withChain(op, k)
+		}
 		if carries {
 			chain = &chainAnswer{rec: rec, op: op}
 		}

@@ -138,7 +138,18 @@ type Device struct {
 	// Issued describes the certificate DPS issued at the last registration
 	// (a CSR was sent) once its chain is durably written; zero otherwise.
 	Issued IssuedCert
+	// CSRSent: the last register request carried a CSR, so its final
+	// answer carries a certificate chain to keep.
+	CSRSent bool
+	// IssuedChain is the chain DPS issued (PEM, leaf first), kept from
+	// DPS's answer until its file is durable; "" otherwise. At most
+	// MaxIssuedChain bytes.
+	IssuedChain string
 }
+
+// MaxIssuedChain is the longest issued chain the ledger keeps, in bytes of
+// PEM: a leaf, intermediates and a root are a few kilobytes.
+const MaxIssuedChain = 64 << 10
 
 // IssuedCert identifies a certificate DPS issued to a device, without the
 // certificate itself (that is in the file the manifest names).
@@ -291,13 +302,13 @@ const deviceColumns = `registration_id, state, operation_id, assigned_hub, devic
 	error_code, error_message, hint, http_status, request_id, attempts, polls, fingerprint,
 	first_attempt_at, finished_at, updated_at, run_id,
 	campaign_id, put_at, dps_etag, dps_updated, dps_created,
-	returned_payload, issued_fingerprint, issued_serial, issued_not_after, cert_lost`
+	returned_payload, issued_fingerprint, issued_serial, issued_not_after, cert_lost, csr_sent, issued_chain`
 
 const deviceSQL = `SELECT ` + deviceColumns + ` FROM devices WHERE registration_id = ?`
 
 // upsertSQL writes a whole device row. updated_at is argument 17 (index 16).
 const upsertSQL = `INSERT INTO devices (` + deviceColumns + `)
-	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+	VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 	ON CONFLICT (registration_id) DO UPDATE SET
 		state = excluded.state, operation_id = excluded.operation_id,
 		assigned_hub = excluded.assigned_hub, device_id = excluded.device_id,
@@ -312,7 +323,8 @@ const upsertSQL = `INSERT INTO devices (` + deviceColumns + `)
 		dps_updated = excluded.dps_updated, dps_created = excluded.dps_created,
 		returned_payload = excluded.returned_payload,
 		issued_fingerprint = excluded.issued_fingerprint, issued_serial = excluded.issued_serial,
-		issued_not_after = excluded.issued_not_after, cert_lost = excluded.cert_lost
+		issued_not_after = excluded.issued_not_after, cert_lost = excluded.cert_lost,
+		csr_sent = excluded.csr_sent, issued_chain = excluded.issued_chain
 	RETURNING id`
 
 // updatedAtArg is the index of updated_at in the upsert arguments.
@@ -336,6 +348,9 @@ func deviceArgs(d Device) ([]any, error) {
 	if !ok {
 		return nil, fmt.Errorf("device %s: unknown state %q", d.RegistrationID, d.State)
 	}
+	if len(d.IssuedChain) > MaxIssuedChain {
+		return nil, fmt.Errorf("device %s: issued chain of %d bytes, more than %d", d.RegistrationID, len(d.IssuedChain), MaxIssuedChain)
+	}
 	if len(d.ReturnedPayload) > MaxReturnedPayload {
 		return nil, fmt.Errorf("device %s: returned payload of %d bytes, more than %d (use KeptPayload)", d.RegistrationID, len(d.ReturnedPayload), MaxReturnedPayload)
 	}
@@ -345,6 +360,7 @@ func deviceArgs(d Device) ([]any, error) {
 		msOrNull(d.FirstAttemptAt), msOrNull(d.FinishedAt), nil, idOrNull(d.RunID),
 		d.CampaignID, msOrNull(d.PutAt), d.Record.ETag, d.Record.Updated, d.Record.Created,
 		d.ReturnedPayload, d.Issued.Fingerprint, d.Issued.Serial, msOrNull(d.Issued.NotAfter), certLost,
+		d.CSRSent, d.IssuedChain,
 	}, nil
 }
 
@@ -384,7 +400,8 @@ func scanDevice(s rowScanner) (Device, error) {
 		&d.ErrorCode, &d.ErrorMessage, &d.Hint, &d.HTTPStatus, &reqID, &d.Attempts, &d.Polls, &d.Fingerprint,
 		&first, &finished, &update, &run,
 		&d.CampaignID, &putAt, &d.Record.ETag, &d.Record.Updated, &d.Record.Created,
-		&d.ReturnedPayload, &d.Issued.Fingerprint, &d.Issued.Serial, &notAfter, &certLost)
+		&d.ReturnedPayload, &d.Issued.Fingerprint, &d.Issued.Serial, &notAfter, &certLost,
+		&d.CSRSent, &d.IssuedChain)
 	if err != nil {
 		return Device{}, err
 	}

@@ -443,6 +443,10 @@ func TestIssuedLostRoundTrip(t *testing.T) {
 	MustPut(t, l, ledger.Device{RegistrationID: "ok", State: ledger.StateAssigned, AssignedHub: "hub-a",
 		Issued: ledger.IssuedCert{Fingerprint: "sha256:ab", Serial: "0A1B", NotAfter: notAfter}})
 	MustPut(t, l, ledger.Device{RegistrationID: "lost", State: ledger.StateIssuedLost, AssignedHub: "hub-a"})
+	MustPut(t, l, ledger.Device{RegistrationID: "kept", State: ledger.StateAssigning, CSRSent: true, IssuedChain: "-----BEGIN CERTIFICATE-----\n..."})
+	if d, _, err := l.Device(ctx, "kept"); err != nil || !d.CSRSent || !strings.HasPrefix(d.IssuedChain, "-----BEGIN CERTIFICATE") {
+		t.Errorf("Device(kept)=%+v err=%v, want the CSR flag and the kept chain", d, err)
+	}
 
 	d, _, err := l.Device(ctx, "ok")
 	if err != nil || d.State != ledger.StateAssigned || d.Issued.Serial != "0A1B" || !d.Issued.NotAfter.Equal(notAfter) {
@@ -471,7 +475,7 @@ func TestIssuedLostRoundTrip(t *testing.T) {
 		t.Errorf("Briefs=%+v err=%v", b, err)
 	}
 	c, err := l.Counts(ctx)
-	if err != nil || c.ByState[ledger.StateIssuedLost] != 1 || c.ByState[ledger.StateAssigned] != 1 || c.ByHub["hub-a"] != 1 {
+	if err != nil || c.ByState[ledger.StateIssuedLost] != 1 || c.ByState[ledger.StateAssigned] != 1 || c.ByState[ledger.StateAssigning] != 1 || c.ByHub["hub-a"] != 1 {
 		t.Errorf("Counts=%+v err=%v", c, err)
 	}
 }

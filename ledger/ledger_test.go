@@ -495,6 +495,7 @@ func TestOpen_UpgradeFromSchema2(t *testing.T) {
 	for _, q := range []string{"DROP TABLE enrollments", "DROP TABLE service_binding", "ALTER TABLE devices DROP COLUMN returned_payload",
 		"ALTER TABLE devices DROP COLUMN issued_fingerprint", "ALTER TABLE devices DROP COLUMN issued_serial",
 		"ALTER TABLE devices DROP COLUMN issued_not_after", "ALTER TABLE devices DROP COLUMN cert_lost",
+		"ALTER TABLE devices DROP COLUMN csr_sent", "ALTER TABLE devices DROP COLUMN issued_chain",
 		"DELETE FROM migrations WHERE version >= 3"} {
 		if _, err := db.Exec(q); err != nil {
 			t.Fatalf("%s: %v", q, err)

@@ -1,6 +1,7 @@
 package manifests
 
 import (
+	"bytes"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/ed25519"
@@ -12,9 +13,11 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 
@@ -270,6 +273,18 @@ func (l *loader) issuedCertPath() string {
 	if shown == "" {
 		shown = filepath.Join(DefaultIssuedCertDir, l.row.RegistrationID+".pem")
 	}
+	// The chain replaces the file: never one of the row's inputs (a
+	// column mix-up would overwrite the device's key).
+	for _, in := range []struct{ col, written string }{
+		{colCSRKeyPath, l.row.CSRKeyPath}, {colCSRPath, l.row.CSRPath},
+		{colKeyPath, l.row.KeyPath}, {colCertPath, l.row.CertPath}, {colChainPath, l.row.ChainPath},
+	} {
+		if in.written != "" && samePath(l.r.resolve(in.written), path) {
+			l.add(colIssuedCertPath, shown, fmt.Sprintf("is the row's %s: writing the issued chain there would replace it", in.col),
+				"name a new file for the issued chain, e.g. "+shellQuote(filepath.Join(DefaultIssuedCertDir, l.row.RegistrationID+".pem"))+"; check that the fields follow the header's column order")
+			return ""
+		}
+	}
 	if fi, err := os.Stat(path); err == nil {
 		switch {
 		case fi.IsDir():
@@ -280,6 +295,10 @@ func (l *loader) issuedCertPath() string {
 			l.add(colIssuedCertPath, shown, fmt.Sprintf("is not a regular file (%s)", fi.Mode().Type()),
 				"point issued_cert_path at a new file (or a regular one, which is replaced)")
 			return ""
+		case holdsKeyOrCSR(path):
+			l.add(colIssuedCertPath, shown, "holds a private key or a CSR, which the issued chain would replace",
+				"point issued_cert_path at a new file, e.g. "+shellQuote(filepath.Join(DefaultIssuedCertDir, l.row.RegistrationID+".pem")))
+			return ""
 		}
 	}
 	// Not tied to the row's file, so that one unwritable folder is one
@@ -289,6 +308,33 @@ func (l *loader) issuedCertPath() string {
 		return ""
 	}
 	return path
+}
+
+// samePath reports whether two resolved paths name the same file: equal
+// after cleaning (case-insensitively on Windows and macOS, whose usual file
+// systems ignore case), or the same existing file.
+func samePath(a, b string) bool {
+	a, b = filepath.Clean(a), filepath.Clean(b)
+	if a == b || (runtime.GOOS == "windows" || runtime.GOOS == "darwin") && strings.EqualFold(a, b) {
+		return true
+	}
+	fa, errA := os.Stat(a)
+	fb, errB := os.Stat(b)
+	return errA == nil && errB == nil && os.SameFile(fa, fb)
+}
+
+// holdsKeyOrCSR reports whether the file at path starts like a PEM private
+// key or CSR (its first 4 KB are read).
+func holdsKeyOrCSR(path string) bool {
+	f, err := os.Open(path)
+	if err != nil {
+		return false
+	}
+	defer f.Close()
+	head := make([]byte, 4096)
+	n, _ := io.ReadFull(f, head)
+	head = head[:n]
+	return bytes.Contains(head, []byte("PRIVATE KEY-----")) || bytes.Contains(head, []byte("CERTIFICATE REQUEST-----"))
 }
 
 // maxCachedFolders bounds the output folder cache; past it folders are

@@ -523,3 +523,50 @@ func TestIssueCertsIDLimit(t *testing.T) {
 		t.Errorf("65-character id: problems:%s; want one registration_id error", problemStrings(probs))
 	}
 }
+
+// TestIssuedPathIsNotAnInput: an issued_cert_path that names the row's own
+// key or CSR, or an existing key file, is refused: the chain would replace
+// the device's key.
+func TestIssuedPathIsNotAnInput(t *testing.T) {
+	dir := t.TempDir()
+	key, err := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := x509.MarshalPKCS8PrivateKey(key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	keyPEM := pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: der})
+	for _, name := range []string{"a.key", "other.key"} {
+		if err := os.WriteFile(filepath.Join(dir, name), keyPEM, 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	manifest := "registration_id,csr_key_path,issued_cert_path\n" +
+		"dev-1,a.key,a.key\n" +
+		"dev-2,a.key,./a.key\n" +
+		"dev-3,a.key,other.key\n" +
+		"dev-4,a.key,issued/dev-4.pem\n"
+	path := filepath.Join(dir, "m.csv")
+	if err := os.WriteFile(path, []byte(manifest), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	sum, err := Validate(context.Background(), path, Options{IssueCerts: true, GroupKey: make([]byte, 32)}, 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var msgs []string
+	for _, p := range sum.Errors {
+		msgs = append(msgs, p.Error())
+	}
+	all := strings.Join(msgs, "\n")
+	for _, want := range []string{"row 2 (dev-1): issued_cert_path", "row 3 (dev-2): issued_cert_path", "is the row's csr_key_path", "row 4 (dev-3): issued_cert_path", "holds a private key"} {
+		if !strings.Contains(all, want) {
+			t.Errorf("problems lack %q:\n%s", want, all)
+		}
+	}
+	if strings.Contains(all, "dev-4") {
+		t.Errorf("the good row is reported:\n%s", all)
+	}
+}

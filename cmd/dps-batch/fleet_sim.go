@@ -96,4 +96,3 @@ func (is *fleetIssuance) apply(cfg dpssim.Config) dpssim.Config {
 	}
 	return cfg
 }
-

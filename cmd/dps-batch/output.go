@@ -261,7 +261,7 @@ func printSummary(w io.Writer, p *provisionFlags, res *batch.Result, asJSON bool
 	if p.issueCerts {
 		fmt.Fprintf(w, "  issued certificates written: %d", s.CertsWritten)
 		if s.CertsLost > 0 {
-			fmt.Fprintf(w, "; lost: %d (DPS hands a certificate over once: --reissue registers those devices again, billable)", s.CertsLost)
+			fmt.Fprintf(w, "; lost: %d (DPS hands a certificate over once: %s registers those devices again, billable)", s.CertsLost, batch.ReissueFlags(res.ReissueNeedsNewCampaign))
 		}
 		fmt.Fprintln(w)
 	}
@@ -270,7 +270,8 @@ func printSummary(w io.Writer, p *provisionFlags, res *batch.Result, asJSON bool
 		fmt.Fprintf(w, "  %d device(s) were assigned earlier without an issued certificate and were skipped (--reprovision registers them again with their CSR, billable)\n", s.SkippedWithoutCert)
 	}
 	if s.SkippedIssuedLost > 0 {
-		fmt.Fprintf(w, "  %d device(s) are issued-lost from an earlier run and were skipped (--reissue registers them again, billable, for a new certificate)\n", s.SkippedIssuedLost)
+		fmt.Fprintf(w, "  %d device(s) are issued-lost from an earlier run and were skipped (%s registers them again, billable, for a new certificate)\n",
+			s.SkippedIssuedLost, batch.ReissueFlags(res.ReissueNeedsNewCampaign))
 	}
 	if s.SkippedFailures > 0 {
 		fmt.Fprintf(w, "  %d device(s) failed or were disabled in an earlier run and were skipped (--retry-failed registers them again)\n", s.SkippedFailures)
@@ -385,8 +386,19 @@ func stoppedOnError(e *env, p *provisionFlags, res *batch.Result, err error) err
 		_ = enc.Encode(out)
 	} else {
 		fmt.Fprintf(w, "\nStopped on an error; %d devices in the manifest.\n", res.Plan.Devices)
-		fmt.Fprintf(w, "  this run: assigned %d  disabled %d  failed %d\n",
+		fmt.Fprintf(w, "  this run: assigned %d  disabled %d  failed %d",
 			s.Outcomes[batch.OutcomeAssigned], s.Outcomes[batch.OutcomeDisabled], s.Outcomes[batch.OutcomeFailed])
+		if n := s.Outcomes[batch.OutcomeIssuedLost]; n > 0 {
+			fmt.Fprintf(w, "  issued-lost %d", n)
+		}
+		fmt.Fprintln(w)
+		if p.issueCerts {
+			fmt.Fprintf(w, "  issued certificates written: %d", s.CertsWritten)
+			if s.CertsLost > 0 {
+				fmt.Fprintf(w, "; lost: %d (%s registers those devices again, billable)", s.CertsLost, batch.ReissueFlags(res.ReissueNeedsNewCampaign))
+			}
+			fmt.Fprintln(w)
+		}
 		printLeft(w, res)
 		fmt.Fprintf(w, "  registrations accepted by DPS (billable): %d", s.Registers)
 		if s.Unanswered > 0 {

@@ -52,6 +52,7 @@ type provisionFlags struct {
 	retryFailed, reprovision, dryRun, verbose, quiet, jsonOut   bool
 	newCampaign, rebind                                         bool
 	issueCerts, reissue                                         bool   // --issue-certs, --reissue
+	apiVersionSet                                               bool   // --api-version was given
 	csrKeyDir                                                   string // --generate-csr-keys DIR
 	failFast                                                    int
 	strict                                                      bool                // --strict: refuse unknown manifest columns
@@ -86,8 +87,8 @@ func (p *provisionFlags) register(fs *flag.FlagSet) {
 	fs.BoolVar(&p.retryFailed, "retry-failed", false, "register again devices that failed or were disabled in an earlier run")
 	fs.BoolVar(&p.reprovision, "reprovision", false, "register again devices that are already assigned (billable), as a campaign recorded in the ledger: running the same command again continues it, and no device is registered twice by one campaign")
 	fs.BoolVar(&p.issueCerts, "issue-certs", false, "have DPS issue each device a certificate (preview, api-version "+dps.CertificateIssuanceAPIVersion+"): send the row's CSR (csr_key_path or csr_path) with its registration and write the issued chain to issued_cert_path before recording it assigned")
-	fs.BoolVar(&p.reissue, "reissue", false, "register again (billable) the devices whose issued certificate was lost (state issued-lost), as a campaign like --reprovision")
-	fs.StringVar(&p.csrKeyDir, "generate-csr-keys", "", "with --issue-certs: make a P-384 operational key `DIR`/<registration id>.key (0600) for every row that gives neither csr_key_path nor csr_path; existing key files are kept")
+	fs.BoolVar(&p.reissue, "reissue", false, "register again (billable) the devices whose issued certificate was lost (state issued-lost), as a campaign like --reprovision; implies --issue-certs")
+	fs.StringVar(&p.csrKeyDir, "generate-csr-keys", "", "make a P-384 operational key `DIR`/<registration id>.key (0600) for every row that gives neither csr_key_path nor csr_path; existing key files are kept; implies --issue-certs")
 	fs.BoolVar(&p.newCampaign, "new-campaign", false, "with --reprovision or --retry-failed: start a new campaign even though one is unfinished (the unfinished one is abandoned; its devices may be registered again)")
 	fs.IntVar(&p.failFast, "fail-fast", batch.DefaultFuseDevices, "stop the run when the first `N` devices all fail the same way (wrong endpoint, ID scope, CA or group key) and none succeeds; 0 = never")
 	fs.BoolVar(&p.rebind, "rebind", false, "bind the ledger to this --endpoint and --id-scope although it was made with others; allowed only while DPS has accepted nothing recorded in it")
@@ -149,7 +150,7 @@ func (p *provisionFlags) check() error {
 		p.issueCerts = true
 	}
 	switch {
-	case p.issueCerts && p.apiVersion != dps.DefaultAPIVersion && p.apiVersion != dps.CertificateIssuanceAPIVersion:
+	case p.issueCerts && p.apiVersion != dps.CertificateIssuanceAPIVersion && (p.apiVersionSet || p.apiVersion != dps.DefaultAPIVersion):
 		return usagef("--issue-certs (it selects --api-version "+dps.CertificateIssuanceAPIVersion+")",
 			"--issue-certs needs --api-version %s, the device API that carries a CSR; got --api-version %s", dps.CertificateIssuanceAPIVersion, p.apiVersion)
 	case p.issueCerts || p.apiVersion == dps.CertificateIssuanceAPIVersion:
@@ -241,6 +242,7 @@ func runProvision(ctx context.Context, e *env, args []string) error {
 	if err := parseFlags(fs, args); err != nil {
 		return err
 	}
+	fs.Visit(func(f *flag.Flag) { p.apiVersionSet = p.apiVersionSet || f.Name == "api-version" })
 	if *shard != "" {
 		s, err := batch.ParseShard(*shard)
 		if err != nil {
@@ -423,10 +425,14 @@ func dryRun(ctx context.Context, e *env, p *provisionFlags, groupKey []byte) err
 		fmt.Fprintf(w, "Dry run: manifest %s is valid (%d devices). Nothing was sent.\n", p.manifest, plan.Devices)
 	}
 	if kind := p.policy(); kind.Reprovision || kind.RetryFailed || kind.Reissue {
-		if open != nil && !p.newCampaign {
+		switch {
+		case open != nil && !p.newCampaign && !open.Open():
+			fmt.Fprintf(w, "  campaign #%d (%s) was completed on %s: the same command registers nothing again; add --new-campaign to start another (billable)\n",
+				open.ID, open.Kind, open.FinishedAt.Local().Format(time.DateTime))
+		case open != nil && !p.newCampaign:
 			fmt.Fprintf(w, "  continues campaign #%d (%s, started %s): devices it already registered are skipped\n",
 				open.ID, open.Kind, open.StartedAt.Local().Format(time.DateTime))
-		} else {
+		default:
 			fmt.Fprintf(w, "  starts a new re-registration campaign\n")
 		}
 	} else if open != nil {

@@ -163,7 +163,8 @@ differently (exit 3 unless --allow-conflicts).`,
 		next["register"], next["poll"], next["lookup"], next["skip"], next["skipFailed"])
 	if n := counts.ByState[ledger.StateIssuedLost]; n > 0 {
 		fmt.Fprintf(w, "%d device(s) issued-lost: DPS assigned them and issued a certificate, but the certificate never reached its file, and DPS hands it over only once.\n"+
-			"  Remedy: run the same provision command with --reissue: it registers them again with their CSR (billable, one registration each) and writes the new certificate.\n", n)
+			"  Remedy: run the same provision command with %s: it registers them again with their CSR (billable, one registration each) and writes the new certificate.\n",
+			n, batch.ReissueFlags(batch.ReissueNeedsNewCampaign(ctx, led)))
 	}
 	return nil
 }
