@@ -112,8 +112,9 @@ func TestIssueCertsCrashLoop(t *testing.T) {
 		byPhase[k.at]++
 	}
 	t.Logf("issue-certs crash loop: %d devices, %d runs, %d kills (%d validation, %d during PUTs, %d during polls, %d during the final write); "+
-		"%d devices issued-lost after the first stage (the simulator lost %d answers carrying a chain in all), each brought back by --reissue with one more registration per campaign",
-		n, c.runs, len(c.kills), byPhase[phaseValidation], byPhase[phasePuts], byPhase[phasePolls], byPhase[phaseFinal], len(lost), chainsLost)
+		"%d devices issued-lost after the first stage (the simulator lost %d answers carrying a chain in all), each brought back by --reissue with one more registration per campaign; "+
+		"kills left %d chains kept in the ledger before their file, each written by the next run",
+		n, c.runs, len(c.kills), byPhase[phaseValidation], byPhase[phasePuts], byPhase[phasePolls], byPhase[phaseFinal], len(lost), chainsLost, keptAtKills)
 }
 
 // runIssueStage runs the stage's command, killing it as schedule says
@@ -142,6 +143,7 @@ func (c *crashLoop) runIssueStage(st *stage, schedule []phase, minKills int) {
 			c.kills = append(c.kills, *k)
 			st.kills = append(st.kills, *k)
 			c.checkAfterKill(k)
+			keptAtKills += c.checkAssignedHaveFiles()
 			if t.Failed() {
 				t.FailNow()
 			}
@@ -168,6 +170,48 @@ func (c *crashLoop) runIssueStage(st *stage, schedule []phase, minKills int) {
 			t.Fatalf("%s, run %d exited %d; stderr:\n%s", st.name, st.runs, r.code, r.stderr)
 		}
 	}
+}
+
+// keptAtKills counts, over the kills of TestIssueCertsCrashLoop, the
+// devices a kill left with their chain kept in the ledger and no record of
+// the file yet: the next run wrote those from the ledger.
+var keptAtKills int
+
+// checkAssignedHaveFiles checks, right after a kill, that every device the
+// ledger records assigned with a certificate has its chain file, whole, and
+// the one the ledger names: the file is durable before the ledger says
+// assigned. It returns how many devices the kill left with a kept chain.
+func (c *crashLoop) checkAssignedHaveFiles() (kept int) {
+	t := c.t
+	if _, err := os.Stat(c.f.ledger); err != nil {
+		return 0
+	}
+	devs, led := ledgerDevices(t, c.f.ledger)
+	led.Close()
+	bad := 0
+	for id, d := range devs {
+		if d.IssuedChain != "" {
+			kept++
+		}
+		if d.State != ledger.StateAssigned || d.Issued.IsZero() {
+			continue
+		}
+		data, err := os.ReadFile(filepath.Join(c.f.dir, "issued", id+".pem"))
+		var why string
+		if err != nil {
+			why = err.Error()
+		} else if chain, err := certs.ParseCertsPEM(data); err != nil || len(chain) == 0 {
+			why = fmt.Sprintf("chain file does not parse: %v", err)
+		} else if sum := sha256.Sum256(chain[0].Raw); "sha256:"+hex.EncodeToString(sum[:]) != d.Issued.Fingerprint {
+			why = "chain file's leaf is not the certificate the ledger records"
+		}
+		if why != "" {
+			if bad++; bad <= 5 {
+				t.Errorf("after kill %d: device %s is assigned in the ledger, but %s", len(c.kills), id, why)
+			}
+		}
+	}
+	return kept
 }
 
 // verifyIssueStage checks every device after a stage and returns the
