@@ -89,6 +89,11 @@ func (l *loader) csr(keyDir string) ([]byte, crypto.PublicKey) {
 		if abs, err := filepath.Abs(written); err == nil {
 			path = abs
 		}
+		if l.planKeys {
+			if _, err := os.Stat(path); errors.Is(err, fs.ErrNotExist) {
+				return nil, nil // made by the run itself (--generate-csr-keys); a dry run plans it
+			}
+		}
 		return l.csrFromKey(written, path)
 	default:
 		l.add(colCSRKeyPath, "", "row has no CSR: certificate issuance needs one for every device",

@@ -102,6 +102,10 @@ type Options struct {
 	// with IssueCerts off, csr_key_path, csr_path and issued_cert_path are
 	// read into Row and not checked, instead of being a header error.
 	IgnoreCSRColumns bool
+	// CSRKeysPlanned, with CSRKeyDir, accepts a missing key in CSRKeyDir:
+	// the run makes it before it registers (a dry run of
+	// --generate-csr-keys). Such a device has no CSR.
+	CSRKeysPlanned bool
 }
 
 // Device is a loaded, validated manifest row, ready to register.
@@ -162,7 +166,7 @@ func (r *Reader) Load(row Row, opts Options) (*Device, []Problem) {
 	if opts.Now != nil {
 		now = opts.Now
 	}
-	l := &loader{r: r, row: row, id: safeID(row.RegistrationID), now: now(), skipSigs: opts.SkipSignatureChecks}
+	l := &loader{r: r, row: row, id: safeID(row.RegistrationID), now: now(), skipSigs: opts.SkipSignatureChecks, planKeys: opts.CSRKeysPlanned}
 	dev := &Device{Line: row.Line, RegistrationID: row.RegistrationID}
 
 	hasX509 := row.CertPath != "" || row.KeyPath != "" || row.ChainPath != ""
@@ -250,6 +254,7 @@ type loader struct {
 	errors   int
 	skipSigs bool // Options.SkipSignatureChecks
 	idBad    bool // the registration id is not valid
+	planKeys bool // Options.CSRKeysPlanned
 }
 
 func (l *loader) add(col, path, msg, hint string) {

@@ -102,6 +102,23 @@ func TestIssueCertsBadRowsSendNothing(t *testing.T) {
 	if code != exitUsage || !strings.Contains(errs, "2025-07-01-preview") {
 		t.Errorf("--issue-certs --api-version 2019-03-31: exit %d, want %d naming the preview version:\n%s", code, exitUsage, errs)
 	}
+	// Even the default version, given explicitly, is not silently changed.
+	code, _, errs = runCmd(t, f.provisionArgs("--quiet", "--issue-certs", "--api-version", "2021-10-01")...)
+	if code != exitUsage || !strings.Contains(errs, "2025-07-01-preview") {
+		t.Errorf("--issue-certs --api-version 2021-10-01: exit %d, want %d:\n%s", code, exitUsage, errs)
+	}
+	// A dry run of --generate-csr-keys plans the keys and makes none.
+	if err := os.WriteFile(f.manifest, []byte("registration_id\nsensor-00001\nsensor-00002\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	keys := filepath.Join(f.dir, "planned-keys")
+	code, out, errs = runCmd(t, f.provisionArgs("--generate-csr-keys", keys, "--dry-run")...)
+	if code != exitOK || !strings.Contains(out, "billable registrations: 2") || !strings.Contains(out, "operational keys") {
+		t.Errorf("--generate-csr-keys --dry-run: exit %d\n%s\n%s", code, out, errs)
+	}
+	if _, err := os.Stat(keys); !os.IsNotExist(err) {
+		t.Errorf("the dry run made %s (%v)", keys, err)
+	}
 	if st := f.sim.Stats(); st.RegisterRequests != 0 {
 		t.Errorf("the simulator saw %d register requests, want none", st.RegisterRequests)
 	}

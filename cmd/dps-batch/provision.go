@@ -157,10 +157,7 @@ func (p *provisionFlags) check() error {
 		p.issueCerts = true
 		p.apiVersion = dps.CertificateIssuanceAPIVersion
 	}
-	if p.csrKeyDir != "" && p.dryRun {
-		return usagef("dps-batch provision --manifest "+p.manifest+" --issue-certs --generate-csr-keys DIR (without --dry-run), or make keys with dps-batch certs csr",
-			"--dry-run writes nothing, so it cannot make the keys --generate-csr-keys asks for")
-	}
+
 	if p.settle < 0 {
 		return usagef("--settle 30s", "--settle must not be negative, got %s", p.settle)
 	}
@@ -187,7 +184,10 @@ func (p *provisionFlags) policy() batch.Policy {
 
 // manifestOptions are the manifest reading options the flags ask for.
 func (p *provisionFlags) manifestOptions(groupKey []byte) manifests.Options {
-	return manifests.Options{GroupKey: groupKey, Strict: p.strict, Columns: p.columns, IssueCerts: p.issueCerts, CSRKeyDir: p.csrKeyDir}
+	// A dry run makes no key: the keys --generate-csr-keys would make are
+	// planned, not missing.
+	return manifests.Options{GroupKey: groupKey, Strict: p.strict, Columns: p.columns, IssueCerts: p.issueCerts, CSRKeyDir: p.csrKeyDir,
+		CSRKeysPlanned: p.dryRun && p.csrKeyDir != ""}
 }
 
 // fuseOption maps --fail-fast 0 (never) to the runner's "never" value.
@@ -446,6 +446,9 @@ func dryRun(ctx context.Context, e *env, p *provisionFlags, groupKey []byte) err
 		fmt.Fprintf(w, "  credentials changed:    %d  (assigned; use --reprovision to register them again)\n", n)
 	}
 	fmt.Fprintf(w, "  billable registrations: %d\n", plan.Billable())
+	if p.csrKeyDir != "" {
+		fmt.Fprintf(w, "  operational keys: the run makes the missing ones in %s (P-384, 0600) before it registers\n", p.csrKeyDir)
+	}
 	printEstimate(w, p, plan)
 	return nil
 }
