@@ -376,7 +376,11 @@ func validateManifest(ctx context.Context, e *env, p *provisionFlags, r *batch.R
 	case errors.Is(err, os.ErrNotExist) || errors.Is(err, os.ErrPermission):
 		return usagef("check the --manifest path: dps-batch provision --manifest path/to/devices.csv --id-scope 0ne00012345", "cannot read the manifest: %v", err)
 	case errors.As(err, &he):
-		return usagef("the header needs registration_id and, for X.509, cert_path and key_path (README: Manifest format)", "%v", err)
+		hint := "the header needs registration_id and, for X.509, cert_path and key_path (README: Manifest format)"
+		if strings.Contains(err.Error(), "csr") || strings.Contains(err.Error(), "issued_cert_path") || strings.Contains(err.Error(), "certificate issuance") {
+			hint = "README: Certificates issued by DPS (the columns csr_key_path, csr_path and issued_cert_path, and --issue-certs)"
+		}
+		return usagef(hint, "%v", err)
 	case err != nil:
 		return err
 	}
