@@ -2,6 +2,7 @@ package batch
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"sync/atomic"
@@ -181,6 +182,11 @@ func (w *work) settledAt() time.Time {
 // pacer about throttling.
 func (w *work) noteError(err error, pacer *Pacer) {
 	w.lastErr = err
+	if errors.Is(err, context.Canceled) && w.lastErrMsg != "" {
+		// The device's deadline or the run's stop cut a request short:
+		// the error worth recording is the one before.
+		return
+	}
 	defer func() { w.lastErrMsg = w.rec.ErrorMessage }()
 	de := dpsError(err)
 	if de == nil {
