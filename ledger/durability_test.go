@@ -174,6 +174,29 @@ func (p *writerProc) killAndCollect(t *testing.T) map[string]int {
 	return acked
 }
 
+// waitStopped waits until the process is stopped: kill(SIGSTOP) returns
+// before a process running on another CPU has stopped, and a write it
+// acknowledges in between would be missing from a copy taken at once.
+// Where /proc is missing, a short pause stands in.
+func waitStopped(t *testing.T, pid int) {
+	t.Helper()
+	stat := fmt.Sprintf("/proc/%d/stat", pid)
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		b, err := os.ReadFile(stat)
+		if err != nil {
+			time.Sleep(50 * time.Millisecond)
+			return
+		}
+		// The state follows the parenthesised command name.
+		if i := strings.LastIndexByte(string(b), ')'); i > 0 && i+2 < len(b) && (b[i+2] == 'T' || b[i+2] == 't') {
+			return
+		}
+		time.Sleep(time.Millisecond)
+	}
+	t.Fatalf("process %d did not stop within 5 s of SIGSTOP", pid)
+}
+
 // copyLedger copies the ledger's database and write-ahead log (not the
 // shared-memory index, which does not survive a reboot) into dir.
 func copyLedger(t *testing.T, path, dir string) string {
@@ -286,6 +309,7 @@ func TestDurabilityUnderKill(t *testing.T) {
 			if err := p.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
 				t.Fatal(err)
 			}
+			waitStopped(t, p.cmd.Process.Pid)
 			snapshot = copyLedger(t, path, t.TempDir())
 			copies++
 		}
