@@ -411,19 +411,8 @@ func validateEnrollManifest(ctx context.Context, e *env, manifest string, r *bat
 // openServiceLedger opens (creating) the ledger, takes the run lock and
 // checks its enrollments belong to host.
 func openServiceLedger(ctx context.Context, path, host string) (*ledger.Ledger, error) {
-	led, err := ledger.Open(ctx, path, ledger.Options{})
+	led, err := openLocked(ctx, path)
 	if err != nil {
-		return nil, err
-	}
-	if err := led.Lock(); err != nil {
-		led.Close()
-		if errors.Is(err, ledger.ErrLocked) {
-			return nil, &exitError{code: exitBusy, err: err}
-		}
-		return nil, err
-	}
-	if err := led.QuickCheck(ctx); err != nil {
-		led.Close()
 		return nil, err
 	}
 	if err := led.BindService(ctx, host); err != nil {

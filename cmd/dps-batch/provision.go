@@ -530,9 +530,9 @@ func campaignFlags(kind string) string {
 	return strings.Join(flags, " ")
 }
 
-// openLedger opens (creating) the ledger, takes the run lock and checks the
-// ledger belongs to this ID scope and endpoint.
-func openLedger(ctx context.Context, path, idScope, endpoint string, rebind bool) (*ledger.Ledger, error) {
+// openLocked opens (creating) the ledger for a writing command, takes its
+// run lock and runs the quick integrity check.
+func openLocked(ctx context.Context, path string) (*ledger.Ledger, error) {
 	led, err := ledger.Open(ctx, path, ledger.Options{})
 	if err != nil {
 		return nil, err
@@ -547,6 +547,16 @@ func openLedger(ctx context.Context, path, idScope, endpoint string, rebind bool
 	}
 	if err := led.QuickCheck(ctx); err != nil {
 		led.Close()
+		return nil, err
+	}
+	return led, nil
+}
+
+// openLedger opens (creating) the ledger, takes the run lock and checks the
+// ledger belongs to this ID scope and endpoint.
+func openLedger(ctx context.Context, path, idScope, endpoint string, rebind bool) (*ledger.Ledger, error) {
+	led, err := openLocked(ctx, path)
+	if err != nil {
 		return nil, err
 	}
 	if err := led.Bind(ctx, idScope, endpoint); err != nil {

@@ -9,7 +9,6 @@ import (
 	"io"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
 	"text/tabwriter"
 
@@ -327,17 +326,7 @@ func statusMerged(ctx context.Context, e *env, lf *ledgerFlags, asJSON bool, run
 		fmt.Fprintln(tw, "  "+strings.Join(cells, "\t"))
 	}
 	tw.Flush()
-	if len(total.ByHub) > 0 {
-		fmt.Fprintln(w, "Assigned by hub (all stations):")
-		hubs := make([]string, 0, len(total.ByHub))
-		for h := range total.ByHub {
-			hubs = append(hubs, h)
-		}
-		slices.Sort(hubs)
-		for _, h := range hubs {
-			fmt.Fprintf(w, "  %-40s %d\n", h, total.ByHub[h])
-		}
-	}
+	printByHub(w, "Assigned by hub (all stations):", total.ByHub)
 	if res.Devices != total.Total {
 		fmt.Fprintf(w, "%d distinct devices: %d in more than one ledger with the same outcome, %d recorded differently\n",
 			res.Devices, res.Shared, res.Conflicts)

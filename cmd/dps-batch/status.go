@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
+	"maps"
 	"os"
 	"slices"
 	"strings"
@@ -129,17 +131,7 @@ differently (exit 3 unless --allow-conflicts).`,
 			fmt.Fprintf(w, "  registration states deleted (deregister): %d\n", n)
 		}
 	}
-	if len(counts.ByHub) > 0 {
-		fmt.Fprintln(w, "Assigned by hub:")
-		hubs := make([]string, 0, len(counts.ByHub))
-		for h := range counts.ByHub {
-			hubs = append(hubs, h)
-		}
-		slices.Sort(hubs)
-		for _, h := range hubs {
-			fmt.Fprintf(w, "  %-40s %d\n", h, counts.ByHub[h])
-		}
-	}
+	printByHub(w, "Assigned by hub:", counts.ByHub)
 	fmt.Fprintf(w, "Registrations DPS accepted or may have accepted (billable): %d; polls and lookups: %d\n", counts.Attempts, counts.Polls)
 	if hasRun {
 		end := "still running or killed"
@@ -167,6 +159,18 @@ differently (exit 3 unless --allow-conflicts).`,
 			n, batch.ReissueFlags(batch.ReissueNeedsNewCampaign(ctx, led)))
 	}
 	return nil
+}
+
+// printByHub prints a title and the devices per hub, sorted by hub; nothing
+// when there is no hub.
+func printByHub(w io.Writer, title string, byHub map[string]int) {
+	if len(byHub) == 0 {
+		return
+	}
+	fmt.Fprintln(w, title)
+	for _, h := range slices.Sorted(maps.Keys(byHub)) {
+		fmt.Fprintf(w, "  %-40s %d\n", h, byHub[h])
+	}
 }
 
 // runEntryJSON is a run in status --runs --json output.
